@@ -1,0 +1,1 @@
+//! Segment concatenation (being written).

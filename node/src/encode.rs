@@ -1,0 +1,1 @@
+//! FFmpeg encode executor (being written).
