@@ -1,7 +1,16 @@
-//! Domain types shared by Drover's coordinator, node agent and CLI.
+//! Domain types shared by Drover's coordinator, node agent and CLI. No async,
+//! no I/O beyond parsing text handed in.
 //!
 //! # Layout
+//! - [`spec`]: the job spec (TOML/JSON), its limits and validation.
 //! - [`shader`]: the shader contract (uniforms, prelude) and naga validation.
+//! - [`caps`]: node capabilities and requirement matching.
+//! - [`api`]: REST response bodies.
+//! - [`config`]: defaults every binary agrees on (ports, timeouts).
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod caps;
+pub mod config;
 pub mod shader;
+pub mod spec;
