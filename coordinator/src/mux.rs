@@ -101,12 +101,9 @@ pub enum MuxError {
     },
 }
 
-fn ff_err(op: &'static str, path: &Path) -> impl FnOnce(ff::Error) -> MuxError + '_ {
-    move |source| MuxError::Ffmpeg {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+fn ff_err(op: &'static str, path: &Path) -> impl FnOnce(ff::Error) -> MuxError {
+    let path = path.to_path_buf();
+    move |source| MuxError::Ffmpeg { op, path, source }
 }
 
 /// The stream properties every segment must share with the first.

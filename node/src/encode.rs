@@ -134,13 +134,10 @@ pub enum EncodeError {
     },
 }
 
-fn ff_err(op: impl Into<String>, path: &Path) -> impl FnOnce(ff::Error) -> EncodeError + '_ {
+fn ff_err(op: impl Into<String>, path: &Path) -> impl FnOnce(ff::Error) -> EncodeError {
     let op = op.into();
-    move |source| EncodeError::Ffmpeg {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    let path = path.to_path_buf();
+    move |source| EncodeError::Ffmpeg { op, path, source }
 }
 
 /// How a segment is encoded. Every segment of one job must use equal

@@ -1,1 +1,51 @@
-//! placeholder
+//! Drover's wire protocol between coordinator and node agents.
+//!
+//! Messages are rkyv archives in length-delimited frames (a `u32` big-endian
+//! length, then the archive) over QUIC streams. Nothing here opens a socket:
+//! the codec works over any `AsyncRead`/`AsyncWrite`, so the same code runs on
+//! quinn streams and in-memory pipes.
+//!
+//! # Layout
+//! - [`messages`]: the wire types and [`PROTOCOL_VERSION`].
+//! - [`codec`]: framing, the frame-size limit, validation of every archive.
+//! - [`convert`]: wire types to and from `drover_shared` domain types; the
+//!   scheduler never sees a wire type.
+//!
+//! # Streams
+//! A node opens one bidirectional *control* stream right after the QUIC
+//! handshake and sends [`messages::Hello`]; the coordinator answers
+//! [`messages::CoordToNode::Welcome`] or [`messages::CoordToNode::Refused`]. Every
+//! later control message flows on that stream. Each finished segment travels
+//! on a bidirectional stream of its own: [`messages::UploadHeader`], the raw
+//! bytes, then the coordinator's [`messages::UploadReply`]. The first byte of
+//! every stream is its [`StreamKind`].
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod convert;
+#[allow(missing_docs)] // for the types rkyv derives; the wire types themselves are documented
+pub mod messages;
+
+pub use codec::{read_msg, write_msg, WireError, MAX_CONTROL_FRAME_BYTES};
+pub use messages::*;
+
+/// What a freshly opened stream carries; its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamKind {
+    /// The node's control stream: hello, heartbeats, chunk events.
+    Control = 1,
+    /// One artifact upload.
+    Upload = 2,
+}
+
+impl StreamKind {
+    /// Parses the stream's first byte.
+    pub fn from_byte(b: u8) -> Option<StreamKind> {
+        match b {
+            1 => Some(StreamKind::Control),
+            2 => Some(StreamKind::Upload),
+            _ => None,
+        }
+    }
+}
