@@ -1,7 +1,16 @@
 //! Drover's coordinator.
 //!
 //! # Layout
+//! - [`sched`]: the sans-IO scheduler core (events in, commands out, clock
+//!   injected). No tokio, no actix, no sled in there.
+//! - [`journal`]: the sled journal; the only module that writes sled.
+//! - [`store`]: the artifact store (segments and outputs on local disk).
 //! - [`mux`]: joins encoded segments into the job's output by stream copy.
+//! - [`actors`]: the actix scheduler actor and one session actor per node.
+//! - [`quic`]: the quinn endpoint, TLS certificate, and per-connection tasks.
+//! - [`api`]: the actix-web REST API.
+//! - [`server`]: wires everything together for `drover coordinator`.
 #![warn(missing_docs)]
 
 pub mod mux;
+pub mod sched;
