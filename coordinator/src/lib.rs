@@ -12,5 +12,11 @@
 //! - [`server`]: wires everything together for `drover coordinator`.
 #![warn(missing_docs)]
 
+pub mod actors;
+pub mod api;
+pub mod journal;
 pub mod mux;
+pub mod quic;
 pub mod sched;
+pub mod server;
+pub mod store;

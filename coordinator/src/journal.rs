@@ -1,0 +1,99 @@
+//! The sled journal: job records, keyed by id. Only this module writes sled.
+//!
+//! Write path: the scheduler actor applies an event to the core, then for
+//! every `Persist` command serializes the job's record (JSON) and inserts it
+//! under the job id's big-endian bytes. A submission is flushed (fsync) before
+//! the API answers, so an acknowledged job survives a crash; progress records
+//! ride sled's periodic flush, and losing one only means a chunk is rendered
+//! again after a restart.
+
+use std::path::Path;
+
+use crate::sched::Job;
+
+/// Why the journal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// sled failed.
+    #[error("journal storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be encoded or decoded.
+    #[error("journal record for job {job}: {source}")]
+    Record {
+        /// Job id.
+        job: u64,
+        /// The serde error.
+        source: serde_json::Error,
+    },
+}
+
+/// The journal.
+#[derive(Clone)]
+pub struct Journal {
+    db: sled::Db,
+    jobs: sled::Tree,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`.
+    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
+        let db = sled::open(dir)?;
+        let jobs = db.open_tree("jobs")?;
+        Ok(Journal { db, jobs })
+    }
+
+    /// Writes a job's record.
+    pub fn put(&self, job: &Job) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(job).map_err(|source| JournalError::Record { job: job.id, source })?;
+        self.jobs.insert(job.id.to_be_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), JournalError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every job record, oldest first.
+    pub fn load(&self) -> Result<Vec<Job>, JournalError> {
+        let mut out = Vec::new();
+        for item in self.jobs.iter() {
+            let (k, v) = item?;
+            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let job: Job = serde_json::from_slice(&v).map_err(|source| JournalError::Record { job: id, source })?;
+            // Check after reading back what was checked before writing.
+            assert_eq!(job.id, id, "journal key and record disagree");
+            out.push(job);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched::{Core, CoreConfig};
+    use drover_shared::spec::JobSpec;
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = JobSpec::from_toml(
+            "name = \"j\"\nframes = { start = 0, end = 49 }\nresolution = { width = 64, height = 64 }\n[render]\nkind = \"shader\"\nshader = \"rings\"\n",
+        )
+        .unwrap();
+        spec.validate().unwrap();
+        let mut core = Core::new(CoreConfig::default());
+        let (id, _) = core.submit(7, spec);
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            j.put(core.job(id).unwrap()).unwrap();
+            j.flush().unwrap();
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        let jobs = j.load().unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(&jobs[0], core.job(id).unwrap());
+    }
+}

@@ -1,0 +1,244 @@
+//! The coordinator's QUIC endpoint: TLS identity, handshake, and one task set
+//! per node connection (control reader, control writer, upload acceptor).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use drover_protocol::{
+    codec, CoordToNode, NodeToCoord, StreamKind, UploadHeader, UploadReply, MAX_CONTROL_FRAME_BYTES,
+    PROTOCOL_VERSION,
+};
+use drover_shared::config::{CERT_FILE, CERT_SERVER_NAME, HEARTBEAT_INTERVAL_MS, KEY_FILE};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::AsyncReadExt;
+use tracing::{info, warn};
+
+use crate::actors::{Inbound, NodeSession, Scheduler, SessionOpened, Uploaded};
+use crate::store::ArtifactStore;
+
+/// Time a new connection has to send its hello.
+pub const HELLO_TIMEOUT_MS: u64 = 10_000;
+/// Largest upload header frame.
+const MAX_UPLOAD_HEADER_BYTES: usize = 4 * 1024;
+/// QUIC idle timeout: a connection silent this long is closed. Nodes send
+/// keep-alives and heartbeats well inside it.
+pub const IDLE_TIMEOUT_MS: u64 = 10_000;
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Loads the coordinator's certificate and key from `data_dir`, making a
+/// self-signed pair on first start. Returns the certificate's SHA-256
+/// fingerprint (hex) too, which nodes may pin instead of the file.
+pub fn load_or_create_identity(
+    data_dir: &Path,
+) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>, String)> {
+    let cert_path = data_dir.join(CERT_FILE);
+    let key_path = data_dir.join(KEY_FILE);
+    if !cert_path.exists() || !key_path.exists() {
+        let ck = rcgen::generate_simple_self_signed(vec![CERT_SERVER_NAME.to_string()])
+            .context("generating the coordinator certificate")?;
+        std::fs::write(&cert_path, ck.cert.der()).with_context(|| format!("writing {}", cert_path.display()))?;
+        write_private(&key_path, &ck.signing_key.serialize_der())?;
+        info!(cert = %cert_path.display(), "created a self-signed certificate");
+    }
+    let cert = std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+    let key = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let fingerprint = cert_fingerprint(&cert);
+    Ok((
+        CertificateDer::from(cert),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        fingerprint,
+    ))
+}
+
+/// SHA-256 of a DER certificate, hex.
+pub fn cert_fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(der))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// Binds the QUIC endpoint.
+pub fn bind(addr: SocketAddr, cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> anyhow::Result<quinn::Endpoint> {
+    let mut server = quinn::ServerConfig::with_single_cert(vec![cert], key).context("TLS configuration")?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).expect("small timeout"),
+    ));
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))
+}
+
+/// Accepts node connections until the endpoint closes. Runs on the actix
+/// system's thread (it creates actors).
+pub async fn serve(endpoint: quinn::Endpoint, scheduler: Addr<Scheduler>, store: ArtifactStore) {
+    while let Some(incoming) = endpoint.accept().await {
+        let scheduler = scheduler.clone();
+        let store = store.clone();
+        actix::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    if let Err(e) = connection(conn, scheduler, store).await {
+                        warn!(%remote, "node connection ended: {e:#}");
+                    }
+                }
+                Err(e) => warn!(%remote, "QUIC handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+async fn connection(conn: quinn::Connection, scheduler: Addr<Scheduler>, store: ArtifactStore) -> anyhow::Result<()> {
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), conn.accept_bi())
+        .await
+        .context("no control stream within the hello timeout")??;
+    let kind = recv.read_u8().await.context("reading stream kind")?;
+    if StreamKind::from_byte(kind) != Some(StreamKind::Control) {
+        anyhow::bail!("first stream is of kind {kind}, expected the control stream");
+    }
+    let hello: NodeToCoord = tokio::time::timeout(
+        Duration::from_millis(HELLO_TIMEOUT_MS),
+        codec::read_msg(&mut recv, MAX_CONTROL_FRAME_BYTES),
+    )
+    .await
+    .context("no hello within the hello timeout")??
+    .context("stream closed before hello")?;
+    let NodeToCoord::Hello(hello) = hello else {
+        anyhow::bail!("first message is not a hello");
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version mismatch: node {:?} speaks {}, this coordinator speaks {}; upgrade the older side",
+            hello.name, hello.protocol_version, PROTOCOL_VERSION
+        );
+        warn!(node = %hello.name, "{reason}");
+        codec::write_msg(
+            &mut send,
+            &CoordToNode::Refused {
+                reason: reason.clone(),
+                protocol_version: PROTOCOL_VERSION,
+            },
+        )
+        .await?;
+        send.finish().ok();
+        // Give the refusal time to reach the node before closing.
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        conn.close(1u32.into(), b"protocol version mismatch");
+        anyhow::bail!(reason);
+    }
+    if hello.name.is_empty() || hello.name.len() > 64 {
+        anyhow::bail!("node name must be 1..=64 bytes");
+    }
+    codec::write_msg(
+        &mut send,
+        &CoordToNode::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+        },
+    )
+    .await?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CoordToNode>();
+    let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let name = hello.name.clone();
+    let session = NodeSession::new(name.clone(), session_id, scheduler.clone(), tx).start();
+    scheduler.do_send(SessionOpened {
+        name: name.clone(),
+        session: session_id,
+        addr: session.clone(),
+        caps: (&hello.capabilities).into(),
+    });
+
+    // Writer: the only task that writes the control stream.
+    let writer = actix::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if codec::write_msg(&mut send, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Uploads: one bidirectional stream per segment.
+    let uploads = {
+        let conn = conn.clone();
+        let session = session.clone();
+        actix::spawn(async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let store = store.clone();
+                let session = session.clone();
+                actix::spawn(async move {
+                    if let Err(e) = upload(send, recv, store, session).await {
+                        warn!("upload failed: {e:#}");
+                    }
+                });
+            }
+        })
+    };
+    // Reader: every control message goes through the session actor.
+    let result = loop {
+        match codec::read_msg::<_, NodeToCoord>(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
+            Ok(Some(msg)) => session.do_send(Inbound(msg)),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(anyhow::Error::from(e).context(format!("control stream of {name}"))),
+        }
+    };
+    session.do_send(crate::actors::Close);
+    writer.abort();
+    uploads.abort();
+    conn.close(0u32.into(), b"bye");
+    result
+}
+
+async fn upload(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    store: ArtifactStore,
+    session: Addr<NodeSession>,
+) -> anyhow::Result<()> {
+    let kind = recv.read_u8().await?;
+    if StreamKind::from_byte(kind) != Some(StreamKind::Upload) {
+        anyhow::bail!("stream of kind {kind} where an upload was expected");
+    }
+    let header: UploadHeader = codec::read_msg(&mut recv, MAX_UPLOAD_HEADER_BYTES)
+        .await?
+        .context("upload stream closed before its header")?;
+    let dest = store.segment_path(header.chunk.job, header.chunk.index, header.chunk.epoch);
+    let reply = match store.receive(&mut recv, &dest, header.bytes, header.hash).await {
+        Ok(hash) => {
+            // Tell the session before the node hears "stored", so its `Done`
+            // (sent after the reply) always finds the upload recorded.
+            session
+                .send(Uploaded {
+                    chunk: header.chunk,
+                    path: dest.display().to_string(),
+                    hash,
+                })
+                .await?;
+            UploadReply::Stored
+        }
+        Err(e) => {
+            warn!(job = header.chunk.job, chunk = header.chunk.index, "segment refused: {e}");
+            UploadReply::Rejected { reason: e.to_string() }
+        }
+    };
+    codec::write_msg(&mut send, &reply).await?;
+    send.finish()?;
+    Ok(())
+}

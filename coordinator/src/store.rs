@@ -1,0 +1,163 @@
+//! The artifact store: segments uploaded by nodes and the joined outputs, on
+//! the coordinator's local disk.
+//!
+//! An upload is written to a temporary file while its BLAKE3 is computed; it
+//! gets its final name only when the size and hash match what the node
+//! announced, so a segment under its real name is always complete and
+//! verified.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// Largest segment accepted, in bytes: a 48-frame 8K chunk at high quality
+/// stays well below this, and it bounds what a node can make us write.
+pub const MAX_SEGMENT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The announced size is over [`MAX_SEGMENT_BYTES`].
+    #[error("segment of {bytes} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Announced size.
+        bytes: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// Fewer bytes arrived than announced.
+    #[error("upload ended after {got} of {want} bytes")]
+    Short {
+        /// Bytes received.
+        got: u64,
+        /// Bytes announced.
+        want: u64,
+    },
+    /// The content does not hash to the announced value.
+    #[error("hash mismatch: announced {want}, received {got}")]
+    HashMismatch {
+        /// Announced hash, hex.
+        want: String,
+        /// Hash of what arrived, hex.
+        got: String,
+    },
+    /// Disk error.
+    #[error("artifact store i/o at {path}: {source}")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The store, rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl ArtifactStore {
+    /// A store under `root` (created when missing).
+    pub fn open(root: &Path) -> Result<ArtifactStore, StoreError> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        Ok(ArtifactStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn job_dir(&self, job: u64) -> PathBuf {
+        self.root.join(format!("job-{job}"))
+    }
+
+    /// Where the segment of one attempt of a chunk lives.
+    pub fn segment_path(&self, job: u64, index: u32, epoch: u32) -> PathBuf {
+        self.job_dir(job).join(format!("chunk-{index:05}-e{epoch}.mp4"))
+    }
+
+    /// Where a job's joined output lives.
+    pub fn output_path(&self, job: u64) -> PathBuf {
+        self.job_dir(job).join("output.mp4")
+    }
+
+    /// Receives exactly `bytes` bytes from `src` into `dest`, verifying the
+    /// BLAKE3 `hash`. Returns the hex hash.
+    pub async fn receive<R: AsyncRead + Unpin>(
+        &self,
+        src: &mut R,
+        dest: &Path,
+        bytes: u64,
+        hash: [u8; 32],
+    ) -> Result<String, StoreError> {
+        if bytes > MAX_SEGMENT_BYTES {
+            return Err(StoreError::TooLarge {
+                bytes,
+                limit: MAX_SEGMENT_BYTES,
+            });
+        }
+        let dir = dest.parent().unwrap_or(&self.root);
+        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        let tmp = dest.with_extension("partial");
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        while got < bytes {
+            let want = (bytes - got).min(buf.len() as u64) as usize;
+            let n = src.read(&mut buf[..want]).await.map_err(io(&tmp))?;
+            if n == 0 {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(StoreError::Short { got, want: bytes });
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).await.map_err(io(&tmp))?;
+            got += n as u64;
+        }
+        file.sync_all().await.map_err(io(&tmp))?;
+        drop(file);
+        let actual = hasher.finalize();
+        if actual.as_bytes() != &hash {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(StoreError::HashMismatch {
+                want: hex::encode(hash),
+                got: actual.to_hex().to_string(),
+            });
+        }
+        tokio::fs::rename(&tmp, dest).await.map_err(io(dest))?;
+        Ok(actual.to_hex().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn verified_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path()).unwrap();
+        let data = vec![7u8; 300_000];
+        let hash = *blake3::hash(&data).as_bytes();
+        let dest = store.segment_path(1, 0, 1);
+        let hex = store.receive(&mut &data[..], &dest, data.len() as u64, hash).await.unwrap();
+        assert_eq!(hex, blake3::hash(&data).to_hex().as_str());
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+        let dest2 = store.segment_path(1, 1, 1);
+        let err = store.receive(&mut &data[..], &dest2, data.len() as u64, [0; 32]).await.unwrap_err();
+        assert!(matches!(err, StoreError::HashMismatch { .. }), "{err}");
+        assert!(!dest2.exists() && !dest2.with_extension("partial").exists());
+
+        let err = store.receive(&mut &data[..10], &dest2, 20, hash).await.unwrap_err();
+        assert!(matches!(err, StoreError::Short { got: 10, want: 20 }), "{err}");
+        let err = store.receive(&mut &data[..], &dest2, MAX_SEGMENT_BYTES + 1, hash).await.unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+    }
+}
