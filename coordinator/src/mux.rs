@@ -145,7 +145,11 @@ impl StreamShape {
     /// `(what, got, want)`.
     fn difference(&self, first: &StreamShape) -> Option<(&'static str, String, String)> {
         if self.codec != first.codec {
-            return Some(("codec", format!("{:?}", self.codec), format!("{:?}", first.codec)));
+            return Some((
+                "codec",
+                format!("{:?}", self.codec),
+                format!("{:?}", first.codec),
+            ));
         }
         if (self.width, self.height) != (first.width, first.height) {
             return Some((
@@ -155,10 +159,18 @@ impl StreamShape {
             ));
         }
         if self.format != first.format {
-            return Some(("pixel format", self.format.to_string(), first.format.to_string()));
+            return Some((
+                "pixel format",
+                self.format.to_string(),
+                first.format.to_string(),
+            ));
         }
         if self.time_base != first.time_base {
-            return Some(("time base", self.time_base.to_string(), first.time_base.to_string()));
+            return Some((
+                "time base",
+                self.time_base.to_string(),
+                first.time_base.to_string(),
+            ));
         }
         // Only the first segment's headers reach the output; a segment with
         // other headers (other encoder settings) would decode wrongly.
@@ -248,11 +260,11 @@ pub fn concat_segments(segments: &[PathBuf], out: &Path) -> Result<MuxReport, Mu
 /// Copies every segment's video packets into `partial`; returns the number
 /// of packets written.
 fn write_joined(segments: &[PathBuf], first_path: &Path, partial: &Path) -> Result<u64, MuxError> {
-    let mut output =
-        ff::format::output_as(&partial, "mp4").map_err(ff_err("creating", partial))?;
+    let mut output = ff::format::output_as(&partial, "mp4").map_err(ff_err("creating", partial))?;
     let input_time_base;
     {
-        let first = ff::format::input(&first_path).map_err(ff_err("opening segment", first_path))?;
+        let first =
+            ff::format::input(&first_path).map_err(ff_err("opening segment", first_path))?;
         let stream = first
             .streams()
             .best(ff::media::Type::Video)

@@ -55,14 +55,32 @@ fn builtins_render_varying_animated_images() {
                 "{} frame {f} is nearly constant ({colours} colours)",
                 builtin.name
             );
-            assert!(rgba.chunks_exact(4).all(|p| p[3] == 255), "{} alpha", builtin.name);
+            assert!(
+                rgba.chunks_exact(4).all(|p| p[3] == 255),
+                "{} alpha",
+                builtin.name
+            );
         }
         for f in 1..frames.len() {
             let diff = mean_abs_diff(&frames[f - 1], &frames[f]);
-            println!("{} frames {} -> {f}: mean |diff| {diff:.3}", builtin.name, f - 1);
-            assert!(diff > 0.05, "{} frames {} and {f} are the same", builtin.name, f - 1);
+            println!(
+                "{} frames {} -> {f}: mean |diff| {diff:.3}",
+                builtin.name,
+                f - 1
+            );
+            assert!(
+                diff > 0.05,
+                "{} frames {} and {f} are the same",
+                builtin.name,
+                f - 1
+            );
         }
         // Rendering is deterministic: the same frame twice is bit-identical.
-        assert_eq!(renderer.render(1).unwrap(), frames[1], "{} frame 1 re-render", builtin.name);
+        assert_eq!(
+            renderer.render(1).unwrap(),
+            frames[1],
+            "{} frame 1 re-render",
+            builtin.name
+        );
     }
 }

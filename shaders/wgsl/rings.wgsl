@@ -17,7 +17,7 @@ fn fs_main(@builtin(position) pos: vec4<f32>) -> @location(0) vec4<f32> {
     // Rings move outwards (phase decreases with time); a slight angular
     // wobble keeps them from looking machined.
     let wobble = 0.015 * sin(a * 6.0 + t * 1.3);
-    let phase = (r + wobble) * 18.0 - t * 4.0;
+    let phase = (r + wobble) * 30.0 - t * 4.0;
     // Soft-edged bands: a raised cosine sharpened by a power.
     let band = pow(0.5 + 0.5 * cos(phase), 3.0);
 
