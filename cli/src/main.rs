@@ -1,1 +1,339 @@
-fn main() {}
+//! `drover`: the one binary of the farm. Servers (`coordinator`, `node`),
+//! client commands (`submit`, `status`, `nodes`, `cancel`) and `demo`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use drover_shared::config::{CERT_FILE, DEFAULT_HTTP_ADDR, DEFAULT_QUIC_ADDR};
+
+use drover_cli::client::Client;
+use drover_cli::{demo, watch};
+
+#[derive(Parser)]
+#[command(name = "drover", version, about = "Drover: a distributed render farm", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the coordinator (scheduler, journal, QUIC endpoint, REST API).
+    #[command(after_help = "Example:\n  drover coordinator --data /var/lib/drover --http 0.0.0.0:8270 --quic 0.0.0.0:8271")]
+    Coordinator {
+        /// Data directory: journal, artifacts, certificate.
+        #[arg(long, env = "DROVER_DATA")]
+        data: Option<PathBuf>,
+        /// REST API address.
+        #[arg(long, env = "DROVER_HTTP", default_value = DEFAULT_HTTP_ADDR)]
+        http: SocketAddr,
+        /// QUIC address for nodes.
+        #[arg(long, env = "DROVER_QUIC", default_value = DEFAULT_QUIC_ADDR)]
+        quic: SocketAddr,
+        /// Frames per chunk.
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        chunk_frames: u64,
+    },
+    /// Run a node agent that renders and encodes chunks.
+    #[command(after_help = "Example:\n  drover node --coordinator 10.0.0.5:8271 --cert coordinator-cert.der --name gpu-07")]
+    Node {
+        /// The coordinator's QUIC address.
+        #[arg(long, env = "DROVER_COORDINATOR", default_value = DEFAULT_QUIC_ADDR)]
+        coordinator: SocketAddr,
+        /// Data directory (spool of segments not yet confirmed).
+        #[arg(long, env = "DROVER_NODE_DATA")]
+        data: Option<PathBuf>,
+        /// Node name, unique in the farm (default: the host name).
+        #[arg(long, env = "DROVER_NODE_NAME")]
+        name: Option<String>,
+        /// The coordinator's certificate to pin (default: the one in the
+        /// default coordinator data dir, for single-machine use).
+        #[arg(long, env = "DROVER_CERT", conflicts_with = "cert_sha256")]
+        cert: Option<PathBuf>,
+        /// Pin the coordinator by the SHA-256 of its certificate instead (hex,
+        /// printed by the coordinator at start).
+        #[arg(long, env = "DROVER_CERT_SHA256")]
+        cert_sha256: Option<String>,
+    },
+    /// Submit a job spec (TOML or JSON).
+    #[command(after_help = "Example:\n  drover submit shot.toml --watch")]
+    Submit {
+        /// The spec file.
+        file: PathBuf,
+        /// Follow the job with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
+        /// Coordinator REST URL.
+        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
+        url: String,
+    },
+    /// Show one job, or list all jobs.
+    #[command(after_help = "Example:\n  drover status 12\n  drover status --json")]
+    Status {
+        /// Job id.
+        job: Option<u64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Coordinator REST URL.
+        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
+        url: String,
+    },
+    /// Follow a job until it ends.
+    #[command(after_help = "Example:\n  drover watch 12")]
+    Watch {
+        /// Job id.
+        job: u64,
+        /// Coordinator REST URL.
+        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
+        url: String,
+    },
+    /// List the nodes.
+    #[command(after_help = "Example:\n  drover nodes")]
+    Nodes {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Coordinator REST URL.
+        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
+        url: String,
+    },
+    /// Cancel a job.
+    #[command(after_help = "Example:\n  drover cancel 12")]
+    Cancel {
+        /// Job id.
+        job: u64,
+        /// Coordinator REST URL.
+        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
+        url: String,
+    },
+    /// Start a coordinator and local nodes, render a sample job, report.
+    #[command(after_help = "Example:\n  drover demo --frames 240 --nodes 2 --out demo.mp4 --json")]
+    Demo(demo::DemoArgs),
+}
+
+/// The per-user data directory (`~/.local/share/drover` on Linux).
+fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "drover")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".drover"))
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Reads a spec file, resolving `render.path` relative to it, into the JSON
+/// the API takes. The spec is validated by the coordinator, which names the
+/// field at fault.
+fn load_spec(file: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let is_toml = file.extension().is_some_and(|e| e == "toml");
+    let mut value: serde_json::Value = if is_toml {
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?
+    };
+    if let Some(render) = value.get_mut("render").and_then(|r| r.as_object_mut()) {
+        if let Some(p) = render.remove("path") {
+            let p = p.as_str().context("render.path must be a string")?;
+            let full = file.parent().unwrap_or(Path::new(".")).join(p);
+            let src = std::fs::read_to_string(&full)
+                .with_context(|| format!("render.path: reading shader {}", full.display()))?;
+            render.insert("source".into(), serde_json::Value::String(src));
+        }
+    }
+    Ok(value)
+}
+
+fn print_jobs(jobs: &[drover_shared::api::JobView]) {
+    println!("{:>5}  {:<10} {:>15}  {:<24} ERROR", "ID", "STATE", "FRAMES", "NAME");
+    for j in jobs {
+        println!(
+            "{:>5}  {:<10} {:>15}  {:<24} {}",
+            j.id,
+            format!("{:?}", j.state).to_lowercase(),
+            format!("{}/{}", j.frames_done, j.frames_total),
+            j.name,
+            j.error.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Coordinator {
+            data,
+            http,
+            quic,
+            chunk_frames,
+        } => {
+            init_logs("info");
+            let data_dir = data.unwrap_or_else(|| default_data_dir().join("coordinator"));
+            let cfg = drover_coordinator::server::CoordinatorConfig {
+                data_dir,
+                http_addr: http,
+                quic_addr: quic,
+                core: drover_coordinator::sched::CoreConfig {
+                    chunk_frames,
+                    ..Default::default()
+                },
+            };
+            actix::System::new().block_on(drover_coordinator::server::run(cfg))
+        }
+        Cmd::Node {
+            coordinator,
+            data,
+            name,
+            cert,
+            cert_sha256,
+        } => {
+            init_logs("info");
+            let name = name
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "node".into());
+            let data_dir = data.unwrap_or_else(|| default_data_dir().join(format!("node-{name}")));
+            let trust = match (cert, cert_sha256) {
+                (_, Some(fp)) => drover_node::tls::Trust::Fingerprint(fp),
+                (Some(p), None) => drover_node::tls::Trust::CertFile(p),
+                (None, None) => {
+                    drover_node::tls::Trust::CertFile(default_data_dir().join("coordinator").join(CERT_FILE))
+                }
+            };
+            let cfg = drover_node::agent::AgentConfig {
+                coordinator,
+                name,
+                data_dir,
+                trust,
+            };
+            tokio::runtime::Runtime::new()?.block_on(drover_node::agent::run(cfg))
+        }
+        Cmd::Submit { file, watch, url } => {
+            init_logs("warn");
+            let client = Client::new(&url);
+            let spec = load_spec(&file)?;
+            let sub = client.submit_json(&spec)?;
+            println!("job {} submitted: {}{}", sub.id, url.trim_end_matches('/'), sub.status_url);
+            if watch {
+                let job = watch::watch(&client, sub.id, false)?;
+                return report_end(&url, &job);
+            }
+            Ok(())
+        }
+        Cmd::Watch { job, url } => {
+            init_logs("warn");
+            let client = Client::new(&url);
+            let job = watch::watch(&client, job, false)?;
+            report_end(&url, &job)
+        }
+        Cmd::Status { job, json, url } => {
+            init_logs("warn");
+            let client = Client::new(&url);
+            match job {
+                Some(id) => {
+                    let j = client.job(id)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&j)?);
+                    } else {
+                        print_jobs(std::slice::from_ref(&j));
+                        println!();
+                        println!("{:>6} {:>13} {:<10} {:<12} {:>8} {:>8}  LAST ERROR", "CHUNK", "FRAMES", "STATE", "NODE", "DONE", "ATTEMPTS");
+                        for c in &j.chunks {
+                            println!(
+                                "{:>6} {:>13} {:<10} {:<12} {:>8} {:>8}  {}",
+                                c.index,
+                                format!("{}-{}", c.start, c.end),
+                                format!("{:?}", c.state).to_lowercase(),
+                                c.node.as_deref().unwrap_or("-"),
+                                c.frames_done,
+                                c.attempts,
+                                c.last_error.as_deref().unwrap_or("")
+                            );
+                        }
+                        if let Some(u) = &j.output_url {
+                            println!("\noutput: {}{u}", url.trim_end_matches('/'));
+                        }
+                    }
+                }
+                None => {
+                    let jobs = client.jobs()?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&jobs)?);
+                    } else {
+                        print_jobs(&jobs);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Nodes { json, url } => {
+            init_logs("warn");
+            let nodes = Client::new(&url).nodes()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+                return Ok(());
+            }
+            println!("{:<16} {:<9} {:<40} {:>6} {:>8} {:>8}  CHUNKS", "NAME", "STATE", "ADAPTER", "CPU%", "HB AGE", "FRAMES");
+            for n in nodes {
+                let adapter = n
+                    .capabilities
+                    .render_adapter
+                    .as_ref()
+                    .map(|a| format!("{} ({:?})", a.name, a.device_type))
+                    .unwrap_or_default();
+                println!(
+                    "{:<16} {:<9} {:<40} {:>6.1} {:>7}ms {:>8}  {}",
+                    n.name,
+                    if n.connected { "up" } else { "down" },
+                    adapter,
+                    n.cpu_load_pct,
+                    n.heartbeat_age_ms,
+                    n.frames_rendered,
+                    n.chunks.join(" ")
+                );
+            }
+            Ok(())
+        }
+        Cmd::Cancel { job, url } => {
+            init_logs("warn");
+            let j = Client::new(&url).cancel(job)?;
+            println!("job {} is {:?}", j.id, j.state);
+            Ok(())
+        }
+        Cmd::Demo(args) => {
+            init_logs("warn");
+            demo::run(args)
+        }
+    }
+}
+
+fn report_end(url: &str, job: &drover_shared::api::JobView) -> anyhow::Result<()> {
+    match job.state {
+        drover_shared::api::JobState::Done => {
+            println!(
+                "job {} done: {} frames; output {}{}",
+                job.id,
+                job.frames_total,
+                url.trim_end_matches('/'),
+                job.output_url.as_deref().unwrap_or("")
+            );
+            Ok(())
+        }
+        state => anyhow::bail!(
+            "job {} ended {:?}: {}",
+            job.id,
+            state,
+            job.error.as_deref().unwrap_or("no reason recorded")
+        ),
+    }
+}

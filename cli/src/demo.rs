@@ -1,0 +1,191 @@
+//! `drover demo`: a coordinator and local node agents as separate processes
+//! on loopback, a sample job submitted through the REST API, progress per
+//! node, and a report of the whole farm's throughput.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use drover_shared::api::JobState;
+use serde::Serialize;
+
+use crate::cluster::Cluster;
+
+/// Flags of `drover demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Frames to render.
+    #[arg(long, default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub frames: u64,
+    /// Local node agents to start.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub nodes: u64,
+    /// Where to write the video.
+    #[arg(long, default_value = "drover-demo.mp4")]
+    pub out: PathBuf,
+    /// Built-in shader to render (plasma, rings, fractal).
+    #[arg(long, default_value = "plasma")]
+    pub shader: String,
+    /// Frame width.
+    #[arg(long, default_value_t = 1280)]
+    pub width: u32,
+    /// Frame height.
+    #[arg(long, default_value_t = 720)]
+    pub height: u32,
+    /// Frames per chunk.
+    #[arg(long, default_value_t = 24)]
+    pub chunk_frames: u64,
+    /// Working directory for the farm's data and logs (default: a fresh
+    /// temporary directory, removed at the end).
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// End with one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Per-node line of the report.
+#[derive(Debug, Serialize)]
+pub struct NodeReport {
+    /// Node name.
+    pub name: String,
+    /// Frames it rendered.
+    pub frames: u64,
+    /// Adapter it rendered on.
+    pub adapter: String,
+    /// Adapter kind.
+    pub device_type: String,
+}
+
+/// What `drover demo --json` prints.
+#[derive(Debug, Serialize)]
+pub struct DemoReport {
+    /// Output file.
+    pub output: PathBuf,
+    /// Frames in the output file, counted by decoding it.
+    pub frames: u64,
+    /// Submission to output written, on the coordinator's clock.
+    pub wall_seconds: f64,
+    /// `frames / wall_seconds`.
+    pub frames_per_second: f64,
+    /// Submission to the first chunk starting on a node, in milliseconds.
+    pub first_frame_latency_ms: Option<u64>,
+    /// Per node.
+    pub nodes: Vec<NodeReport>,
+}
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let bin = std::env::current_exe().context("locating the drover binary")?;
+    let (root, temporary) = match &args.workdir {
+        Some(d) => (d.clone(), false),
+        None => (std::env::temp_dir().join(format!("drover-demo-{}", std::process::id())), true),
+    };
+    let say = |s: String| {
+        if !args.json {
+            eprintln!("{s}");
+        }
+    };
+    let chunk = args.chunk_frames.to_string();
+    let mut cluster = Cluster::start(&bin, &root, &["--chunk-frames", &chunk], &[])?;
+    say(format!(
+        "coordinator up: REST {} QUIC {} (data and logs in {})",
+        cluster.url(),
+        cluster.addrs.quic,
+        root.display()
+    ));
+    for i in 1..=args.nodes {
+        cluster.add_node(&format!("node-{i}"))?;
+    }
+    cluster.wait_nodes(args.nodes as usize)?;
+    let client = cluster.client();
+    let nodes = client.nodes()?;
+    for n in &nodes {
+        let a = n.capabilities.render_adapter.as_ref();
+        say(format!(
+            "{} connected: {} ({:?}), encoders {}",
+            n.name,
+            a.map(|a| a.name.as_str()).unwrap_or("?"),
+            a.map(|a| a.device_type),
+            n.capabilities.encoders.join(",")
+        ));
+    }
+    let spec = serde_json::json!({
+        "name": "demo",
+        "frames": { "start": 1, "end": args.frames },
+        "fps": 24,
+        "resolution": { "width": args.width, "height": args.height },
+        "render": { "kind": "shader", "shader": args.shader },
+        "output": { "container": "mp4", "codec": "h264", "quality": 18 },
+    });
+    let started = Instant::now();
+    let sub = client.submit_json(&spec)?;
+    say(format!(
+        "job {} submitted: {} frames {}x{} '{}' -> {}{}",
+        sub.id,
+        args.frames,
+        args.width,
+        args.height,
+        args.shader,
+        cluster.url(),
+        sub.status_url
+    ));
+    let job = crate::watch::watch(&client, sub.id, args.json)?;
+    let client_wall = started.elapsed().as_secs_f64();
+    if job.state != JobState::Done {
+        bail!(
+            "demo job ended {:?}: {}\ncoordinator log:\n{}",
+            job.state,
+            job.error.as_deref().unwrap_or("no reason"),
+            cluster.log("coordinator")
+        );
+    }
+    client.download(sub.id, &args.out)?;
+    let decoded = drover_node::encode::decode_rgba_frames(&args.out, &[])
+        .with_context(|| format!("reading back {}", args.out.display()))?;
+    let wall_ms = job.finished_at_ms.unwrap_or(job.submitted_at_ms) - job.submitted_at_ms;
+    let wall_seconds = (wall_ms as f64 / 1000.0).max(client_wall.min(0.001));
+    let report = DemoReport {
+        output: std::fs::canonicalize(&args.out).unwrap_or(args.out.clone()),
+        frames: decoded.frame_count,
+        wall_seconds,
+        frames_per_second: decoded.frame_count as f64 / wall_seconds,
+        first_frame_latency_ms: job.first_frame_at_ms.map(|t| t - job.submitted_at_ms),
+        nodes: nodes
+            .iter()
+            .map(|n| NodeReport {
+                name: n.name.clone(),
+                frames: job.frames_by_node.get(&n.name).copied().unwrap_or(0),
+                adapter: n.capabilities.render_adapter.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+                device_type: n
+                    .capabilities
+                    .render_adapter
+                    .as_ref()
+                    .map(|a| format!("{:?}", a.device_type))
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    };
+    cluster.stop();
+    if temporary {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("output: {}", report.output.display());
+        println!(
+            "frames: {} ({}x{}, H.264, {} fps)",
+            report.frames, decoded.width, decoded.height, decoded.fps
+        );
+        println!("wall time: {:.2} s", report.wall_seconds);
+        println!("farm throughput: {:.1} frames/s", report.frames_per_second);
+        if let Some(l) = report.first_frame_latency_ms {
+            println!("submission to first chunk started: {l} ms");
+        }
+        for n in &report.nodes {
+            println!("  {}: {} frames on {} ({})", n.name, n.frames, n.adapter, n.device_type);
+        }
+    }
+    Ok(())
+}
