@@ -1,1 +1,399 @@
+//! End-to-end tests: the real `drover` binary as separate processes, real
+//! QUIC on loopback, real sled on disk, real wgpu (lavapipe without a GPU)
+//! and real FFmpeg.
+//!
+//! Tests take a global lock: each starts its own farm, and two farms at once
+//! on a 2-core CI machine would only make each slower.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use drover_cli::cluster::{wait_for, Cluster};
+use drover_shared::api::{ChunkState, JobState, JobView, Problem};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const BIN: &str = env!("CARGO_BIN_EXE_drover");
+const JOB_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn farm(nodes: usize, args: &[&str]) -> (tempfile::TempDir, Cluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), args, &[]).unwrap();
+    for i in 1..=nodes {
+        c.add_node(&format!("node-{i}")).unwrap();
+    }
+    c.wait_nodes(nodes).unwrap();
+    (dir, c)
+}
+
+fn spec(name: &str, frames: u64, w: u32, h: u32, shader: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "frames": { "start": 1, "end": frames },
+        "fps": 24,
+        "resolution": { "width": w, "height": h },
+        "render": { "kind": "shader", "shader": shader },
+    })
+}
+
+fn wait_done(c: &Cluster, id: u64) -> JobView {
+    let client = c.client();
+    let job = wait_for(JOB_TIMEOUT, "the job to end", || {
+        let j = client.job(id)?;
+        Ok(j.state.is_terminal().then_some(j))
+    })
+    .unwrap_or_else(|e| panic!("{e}\ncoordinator log:\n{}", c.log("coordinator")));
+    assert_eq!(
+        job.state,
+        JobState::Done,
+        "job {id} ended {:?}: {:?}\ncoordinator log:\n{}",
+        job.state,
+        job.error,
+        c.log("coordinator")
+    );
+    job
+}
+
+/// ffprobe's view of the first video stream: frames counted by decoding.
+fn ffprobe(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames,width,height,r_frame_rate,codec_name"])
+        .args(["-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (apt package ffmpeg)");
+    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["streams"][0].clone()
+}
+
+#[test]
+fn a_two_node_farm_renders_a_job_that_matches_local_renders() {
+    let _g = serial();
+    let (dir, c) = farm(2, &["--chunk-frames", "24"]);
+    let client = c.client();
+    let (w, h) = (640, 360);
+    let sub = client.submit_json(&spec("e2e", 96, w, h, "plasma")).unwrap();
+    assert_eq!(sub.status_url, format!("/v1/jobs/{}", sub.id));
+    let job = wait_done(&c, sub.id);
+
+    // Both nodes did part of the work, and every frame is accounted for.
+    assert_eq!(job.frames_done, 96);
+    assert_eq!(job.frames_by_node.values().sum::<u64>(), 96);
+    assert_eq!(job.frames_by_node.len(), 2, "{:?}", job.frames_by_node);
+    assert!(job.frames_by_node.values().all(|f| *f > 0));
+    assert!(job.chunks.iter().all(|ch| ch.state == ChunkState::Done));
+    let latency = job.first_frame_at_ms.unwrap() - job.submitted_at_ms;
+    assert!(latency < 2_000, "first frame started {latency} ms after submission");
+
+    // The output, fetched through the API, is what was asked for.
+    let out: PathBuf = dir.path().join("out.mp4");
+    client.download(sub.id, &out).unwrap();
+    let probe = ffprobe(&out);
+    assert_eq!(probe["codec_name"], "h264");
+    assert_eq!(probe["nb_read_frames"], "96");
+    assert_eq!(probe["width"], w);
+    assert_eq!(probe["height"], h);
+    assert_eq!(probe["r_frame_rate"], "24/1");
+
+    // Frame k of the video is frame 1+k of the shader, rendered here.
+    let wanted = [0u64, 23, 24, 47, 48, 71, 72, 95];
+    let decoded = drover_node::encode::decode_rgba_frames(&out, &wanted).unwrap();
+    assert_eq!(decoded.frame_count, 96);
+    let gpu = drover_node::render::Gpu::new().unwrap();
+    let source = drover_shaders::get("plasma").unwrap().source;
+    let mut r = drover_node::render::Renderer::new(&gpu, source, w, h, 24).unwrap();
+    for (k, rgba) in &decoded.frames {
+        let local = r.render(1 + k).unwrap();
+        let psnr = drover_node::encode::psnr_rgb(rgba, &local);
+        assert!(psnr >= 35.0, "frame {k}: PSNR {psnr:.1} dB against a local render");
+        // And it is not just any frame: a neighbour scores clearly lower.
+        let other = r.render(1 + k + 12).unwrap();
+        assert!(drover_node::encode::psnr_rgb(rgba, &other) < psnr);
+    }
+}
+
+/// Posts `body` and returns the status and problem document.
+fn post_raw(c: &Cluster, content_type: &str, body: &str) -> (u16, Option<Problem>) {
+    let r = ureq::post(&format!("{}/v1/jobs", c.url()))
+        .set("content-type", content_type)
+        .send_string(body);
+    match r {
+        Ok(resp) => (resp.status(), None),
+        Err(ureq::Error::Status(code, resp)) => {
+            assert_eq!(resp.header("content-type"), Some("application/problem+json"));
+            (code, resp.into_json().ok())
+        }
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
+
+#[test]
+fn bad_specs_get_400_naming_the_field_and_store_nothing() {
+    let _g = serial();
+    let (_dir, c) = farm(0, &[]);
+    let client = c.client();
+    // One good job, queued (no nodes), so "nothing changed" has content.
+    let good = spec("keep me", 10, 64, 64, "rings");
+    client.submit_json(&good).unwrap();
+    let before = serde_json::to_string(&client.jobs().unwrap()).unwrap();
+
+    let with = |path: &[&str], v: serde_json::Value| {
+        let mut s = good.clone();
+        let mut cur = &mut s;
+        for p in &path[..path.len() - 1] {
+            cur = &mut cur[*p];
+        }
+        cur[path[path.len() - 1]] = v;
+        s.to_string()
+    };
+    use serde_json::json;
+    let cases: Vec<(String, &str, &str)> = vec![
+        (with(&["colour"], json!("red")), "colour", "unknown field"),
+        (with(&["frames", "end"], json!(0)), "frames.end", "before frames.start"),
+        (with(&["frames", "end"], json!(5_000_000)), "frames", "limit is 100000"),
+        (with(&["resolution", "width"], json!(100_000)), "resolution.width", "16..=7680"),
+        (with(&["resolution", "height"], json!(99)), "resolution.height", "odd"),
+        (with(&["fps"], json!(1000)), "fps", "1..=240"),
+        (with(&["name"], json!("a/b")), "name", "contains '/'"),
+        (with(&["render", "shader"], json!("teapot")), "render.shader", "not a built-in"),
+        (with(&["render", "kind"], json!("blender")), "render.kind", "unknown variant"),
+        (with(&["output"], json!({"codec": "prores"})), "output.codec", "not supported"),
+        (with(&["output"], json!({"container": "avi"})), "output.container", "not supported"),
+        (with(&["output"], json!({"quality": 99})), "output.quality", "0..=51"),
+        (
+            with(&["render"], json!({"kind": "shader", "source": "@fragment\nfn fs_main() -> @location(0) vec4<f32> {\n  return vec4<f32>(nope, 0.0, 0.0, 1.0);\n}\n"})),
+            "render.source",
+            "line 3",
+        ),
+        ("{\"name\": \"x\",".to_string(), "spec", "EOF"),
+    ];
+    assert!(cases.len() >= 10);
+    for (body, field, msg) in &cases {
+        let (status, problem) = post_raw(&c, "application/json", body);
+        let p = problem.unwrap_or_else(|| panic!("no problem document for {body}"));
+        assert_eq!(status, 400, "{body}: {p:?}");
+        assert_eq!(p.field.as_deref(), Some(*field), "{body}: {p:?}");
+        assert!(p.detail.contains(msg), "{body}: {:?} lacks {msg:?}", p.detail);
+    }
+    // TOML goes through the same validation.
+    let (status, p) = post_raw(&c, "application/toml", "name = \"t\"\nframes = { start = 1, end = 2 }\nresolution = { width = 64, height = 64 }\n[render]\nkind = \"shader\"\nshader = \"plasma\"\nextra = 1\n");
+    assert_eq!(status, 400);
+    assert_eq!(p.unwrap().field.as_deref(), Some("render.extra"));
+    // An oversize body is refused with its limit.
+    let huge = "x".repeat(drover_shared::spec::MAX_SPEC_BYTES + 1);
+    let (status, p) = post_raw(&c, "application/json", &huge);
+    assert_eq!(status, 413);
+    assert!(p.unwrap().detail.contains(&drover_shared::spec::MAX_SPEC_BYTES.to_string()));
+
+    let after = serde_json::to_string(&client.jobs().unwrap()).unwrap();
+    assert_eq!(before, after, "a refused spec changed the job list");
+    // Unknown ids are 404 problems, bad ids 400.
+    let err = client.job(999).unwrap_err().to_string();
+    assert!(err.contains("404") && err.contains("job 999 does not exist"), "{err}");
+    let r = ureq::get(&format!("{}/v1/jobs/abc", c.url())).call();
+    assert!(matches!(r, Err(ureq::Error::Status(400, _))));
+}
+
+#[test]
+fn a_node_killed_mid_chunk_does_not_leave_the_job_stuck() {
+    let _g = serial();
+    let (dir, mut c) = farm(2, &["--chunk-frames", "48"]);
+    let client = c.client();
+    let sub = client.submit_json(&spec("kill", 240, 640, 360, "fractal")).unwrap();
+    // Wait until node-1 is inside a chunk, then SIGKILL it.
+    let victim_chunk = wait_for(JOB_TIMEOUT, "node-1 to be mid-chunk", || {
+        let j = client.job(sub.id)?;
+        Ok(j.chunks
+            .iter()
+            .find(|ch| {
+                ch.state == ChunkState::Assigned
+                    && ch.node.as_deref() == Some("node-1")
+                    && ch.frames_done > 0
+                    && ch.frames_done < ch.end - ch.start + 1
+            })
+            .map(|ch| ch.index))
+    })
+    .unwrap();
+    c.kill_node("node-1").unwrap();
+    let job = wait_done(&c, sub.id);
+    let ch = &job.chunks[victim_chunk as usize];
+    assert_eq!(ch.node.as_deref(), Some("node-2"), "the killed node's chunk was rerun elsewhere");
+    assert!(ch.attempts >= 2, "chunk {victim_chunk} attempts {}", ch.attempts);
+    assert_eq!(job.frames_by_node.values().sum::<u64>(), 240);
+    let out = dir.path().join("out.mp4");
+    client.download(sub.id, &out).unwrap();
+    assert_eq!(ffprobe(&out)["nb_read_frames"], "240");
+    let nodes = client.nodes().unwrap();
+    let n1 = nodes.iter().find(|n| n.name == "node-1").unwrap();
+    assert!(!n1.connected, "node-1 is shown down");
+}
+
+#[test]
+fn jobs_survive_a_coordinator_restart() {
+    let _g = serial();
+    let (_dir, mut c) = farm(0, &[]);
+    let sub = c.client().submit_json(&spec("durable", 30, 128, 72, "rings")).unwrap();
+    let before = c.client().job(sub.id).unwrap();
+    c.restart_coordinator().unwrap();
+    let after = c.client().job(sub.id).unwrap();
+    assert_eq!(after.state, JobState::Queued);
+    assert_eq!(after.chunks, before.chunks);
+    assert_eq!(after.submitted_at_ms, before.submitted_at_ms);
+    // A new job gets a new id, and the restored job runs once a node joins.
+    let next = c.client().submit_json(&spec("next", 5, 64, 64, "plasma")).unwrap();
+    assert_eq!(next.id, sub.id + 1);
+    c.add_node("node-1").unwrap();
+    c.wait_nodes(1).unwrap();
+    wait_done(&c, sub.id);
+    wait_done(&c, next.id);
+}
+
+#[test]
+fn an_incompatible_protocol_version_is_refused_with_a_clear_error() {
+    use drover_protocol::{codec, CoordToNode, Hello, NodeToCoord, StreamKind, WireCapabilities};
+    let _g = serial();
+    let (_dir, c) = farm(0, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(async {
+        let cfg = drover_node::tls::client_config(&drover_node::tls::Trust::CertFile(c.addrs.cert_path.clone())).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(cfg);
+        let conn = ep.connect(c.addrs.quic, "drover-coordinator").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        send.write_u8(StreamKind::Control as u8).await.unwrap();
+        let hello = NodeToCoord::Hello(Hello {
+            protocol_version: 999,
+            agent_version: "from the future".into(),
+            name: "time-traveller".into(),
+            capabilities: WireCapabilities {
+                hostname: String::new(),
+                os: String::new(),
+                cpu_brand: String::new(),
+                cpu_cores: 1,
+                memory_bytes: 0,
+                adapters: vec![],
+                render_adapter: None,
+                encoders: vec![],
+            },
+        });
+        codec::write_msg(&mut send, &hello).await.unwrap();
+        codec::read_msg::<_, CoordToNode>(&mut recv, 1 << 20).await.unwrap()
+    });
+    match reply {
+        Some(CoordToNode::Refused { reason, protocol_version }) => {
+            assert_eq!(protocol_version, drover_protocol::PROTOCOL_VERSION);
+            assert!(reason.contains("speaks 999") && reason.contains("speaks 1"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    wait_for(Duration::from_secs(10), "the refusal in the coordinator log", || {
+        Ok(c.log("coordinator").contains("protocol version mismatch").then_some(()))
+    })
+    .unwrap();
+    assert!(c.client().nodes().unwrap().is_empty(), "a refused node is not registered");
+}
+
+#[test]
+fn a_node_pinned_to_the_wrong_certificate_never_connects() {
+    let _g = serial();
+    let (dir, c) = farm(0, &[]);
+    // Right address, wrong fingerprint: the TLS handshake must fail.
+    let out = Command::new(BIN)
+        .args(["node", "--coordinator", &c.addrs.quic.to_string(), "--name", "impostor"])
+        .args(["--cert-sha256", &"00".repeat(32)])
+        .args(["--data", &dir.path().join("impostor").display().to_string()])
+        .env("DROVER_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id();
+    wait_for(Duration::from_secs(60), "a failed handshake in the coordinator log", || {
+        Ok(c.log("coordinator").contains("QUIC handshake failed").then_some(()))
+    })
+    .unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    let output = out.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pinned SHA-256 fingerprint"), "{stderr}");
+    assert!(c.client().nodes().unwrap().is_empty());
+}
+
+fn drover(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("DROVER_URL", url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_cli_submits_watches_lists_and_cancels() {
+    let _g = serial();
+    let (dir, c) = farm(1, &["--chunk-frames", "12"]);
+    let url = c.url();
+    // A spec with the user's own shader, by path relative to the spec file.
+    std::fs::write(
+        dir.path().join("stripes.wgsl"),
+        "@fragment\nfn fs_main(@builtin(position) p: vec4<f32>) -> @location(0) vec4<f32> {\n  let s = 0.5 + 0.5 * sin(p.x * 0.2 + drover.time * 6.0);\n  return vec4<f32>(s, 1.0 - s, 0.3, 1.0);\n}\n",
+    )
+    .unwrap();
+    let spec_path = dir.path().join("shot.toml");
+    std::fs::write(
+        &spec_path,
+        "name = \"stripes\"\nframes = { start = 0, end = 23 }\nfps = 12\nresolution = { width = 96, height = 64 }\n\n[render]\nkind = \"shader\"\npath = \"stripes.wgsl\"\n",
+    )
+    .unwrap();
+    let out = drover(&url, &["submit", spec_path.to_str().unwrap(), "--watch"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("job 1 submitted") && stdout.contains("job 1 done: 24 frames"), "{stdout}");
+
+    let out = drover(&url, &["status", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("stripes") && stdout.contains("done") && stdout.contains("/v1/jobs/1/output"), "{stdout}");
+
+    let out = drover(&url, &["nodes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("node-1") && stdout.contains(" up "), "{stdout}");
+
+    // A long job, cancelled from the CLI while it runs.
+    let long = dir.path().join("long.json");
+    std::fs::write(&long, spec("long", 20_000, 64, 64, "plasma").to_string()).unwrap();
+    let out = drover(&url, &["submit", long.to_str().unwrap()]);
+    assert!(out.status.success());
+    let out = drover(&url, &["cancel", "2"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Cancelled"), "{out:?}");
+    assert_eq!(c.client().job(2).unwrap().state, JobState::Cancelled);
+    let out = drover(&url, &["cancel", "2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be cancelled"));
+
+    // A bad spec fails with the field named, and nothing is stored.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"b\"\nframes = { start = 5, end = 1 }\nresolution = { width = 64, height = 64 }\n[render]\nkind = \"shader\"\nshader = \"plasma\"\n").unwrap();
+    let out = drover(&url, &["submit", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("frames.end"), "{stderr}");
+    assert_eq!(c.client().jobs().unwrap().len(), 2);
+
+    // The node keeps serving after a cancel: a new job completes.
+    let next = c.client().submit_json(&spec("after", 12, 64, 64, "rings")).unwrap();
+    wait_done(&c, next.id);
+}

@@ -40,6 +40,7 @@ pub struct Cluster {
     /// Where the coordinator listens.
     pub addrs: Addrs,
     extra_env: Vec<(String, String)>,
+    coordinator_args: Vec<String>,
 }
 
 fn spawn_logged(bin: &Path, args: &[String], log: &Path, env: &[(String, String)]) -> anyhow::Result<Child> {
@@ -73,8 +74,26 @@ impl Cluster {
     /// picks. `coordinator_args` are added to its command line.
     pub fn start(bin: &Path, root: &Path, coordinator_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(root)?;
-        let extra_env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let data = root.join("coordinator");
+        let mut cluster = Cluster {
+            bin: bin.to_path_buf(),
+            root: root.to_path_buf(),
+            coordinator: None,
+            nodes: Vec::new(),
+            addrs: Addrs {
+                http: ([127, 0, 0, 1], 0).into(),
+                quic: ([127, 0, 0, 1], 0).into(),
+                cert_sha256: String::new(),
+                cert_path: PathBuf::new(),
+            },
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
+        };
+        cluster.spawn_coordinator()?;
+        Ok(cluster)
+    }
+
+    fn spawn_coordinator(&mut self) -> anyhow::Result<()> {
+        let data = self.root.join("coordinator");
         let mut args: Vec<String> = vec![
             "coordinator".into(),
             "--data".into(),
@@ -84,14 +103,21 @@ impl Cluster {
             "--quic".into(),
             "127.0.0.1:0".into(),
         ];
-        args.extend(coordinator_args.iter().map(|s| s.to_string()));
-        let mut child = spawn_logged(bin, &args, &root.join("coordinator.log"), &extra_env)?;
+        args.extend(self.coordinator_args.iter().cloned());
+        let log = self.root.join("coordinator.log");
+        // Keep earlier logs of a restarted coordinator.
+        if log.exists() {
+            let old = std::fs::read(&log)?;
+            std::fs::write(self.root.join("coordinator.previous.log"), old)?;
+        }
+        let mut child = spawn_logged(&self.bin, &args, &log, &self.extra_env)?;
         let addrs_file = data.join(ADDRS_FILE);
+        let _ = std::fs::remove_file(&addrs_file);
         let addrs = wait_for(COORDINATOR_START_TIMEOUT, "the coordinator to start", || {
             if let Some(status) = child.try_wait()? {
                 bail!(
                     "coordinator exited with {status}; log:\n{}",
-                    std::fs::read_to_string(root.join("coordinator.log")).unwrap_or_default()
+                    std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
             match std::fs::read(&addrs_file) {
@@ -99,14 +125,19 @@ impl Cluster {
                 Err(_) => Ok(None),
             }
         })?;
-        Ok(Cluster {
-            bin: bin.to_path_buf(),
-            root: root.to_path_buf(),
-            coordinator: Some(child),
-            nodes: Vec::new(),
-            addrs,
-            extra_env,
-        })
+        self.coordinator = Some(child);
+        self.addrs = addrs;
+        Ok(())
+    }
+
+    /// Stops the coordinator (SIGTERM, so it shuts down cleanly) and starts
+    /// it again on the same data dir. Its ports change; nodes started before
+    /// keep the old address, so restart before adding nodes.
+    pub fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = self.coordinator.take() {
+            terminate(vec![c]);
+        }
+        self.spawn_coordinator()
     }
 
     /// The REST base URL.
@@ -178,23 +209,28 @@ impl Cluster {
     pub fn stop(&mut self) {
         let mut all: Vec<Child> = self.nodes.drain(..).map(|(_, c)| c).collect();
         all.extend(self.coordinator.take());
-        for c in &all {
-            // SAFETY: kill(2) on a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-            }
+        terminate(all);
+    }
+}
+
+/// SIGTERM, then SIGKILL after two seconds.
+fn terminate(children: Vec<Child>) {
+    for c in &children {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for mut c in all {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for mut c in children {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                break;
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

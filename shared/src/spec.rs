@@ -194,7 +194,7 @@ where
 {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() {
+        let field = if path == "." || path == "?" || path.is_empty() {
             "spec".to_string()
         } else {
             path
