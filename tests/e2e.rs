@@ -64,12 +64,19 @@ fn wait_done(c: &Cluster, id: u64) -> JobView {
 fn ffprobe(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames,width,height,r_frame_rate,codec_name"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,width,height,r_frame_rate,codec_name",
+        ])
         .args(["-of", "json"])
         .arg(path)
         .output()
         .expect("ffprobe runs (apt package ffmpeg)");
-    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["streams"][0].clone()
 }
@@ -80,7 +87,9 @@ fn a_two_node_farm_renders_a_job_that_matches_local_renders() {
     let (dir, c) = farm(2, &["--chunk-frames", "24"]);
     let client = c.client();
     let (w, h) = (640, 360);
-    let sub = client.submit_json(&spec("e2e", 96, w, h, "plasma")).unwrap();
+    let sub = client
+        .submit_json(&spec("e2e", 96, w, h, "plasma"))
+        .unwrap();
     assert_eq!(sub.status_url, format!("/v1/jobs/{}", sub.id));
     let job = wait_done(&c, sub.id);
 
@@ -91,7 +100,10 @@ fn a_two_node_farm_renders_a_job_that_matches_local_renders() {
     assert!(job.frames_by_node.values().all(|f| *f > 0));
     assert!(job.chunks.iter().all(|ch| ch.state == ChunkState::Done));
     let latency = job.first_frame_at_ms.unwrap() - job.submitted_at_ms;
-    assert!(latency < 2_000, "first frame started {latency} ms after submission");
+    assert!(
+        latency < 2_000,
+        "first frame started {latency} ms after submission"
+    );
 
     // The output, fetched through the API, is what was asked for.
     let out: PathBuf = dir.path().join("out.mp4");
@@ -113,7 +125,10 @@ fn a_two_node_farm_renders_a_job_that_matches_local_renders() {
     for (k, rgba) in &decoded.frames {
         let local = r.render(1 + k).unwrap();
         let psnr = drover_node::encode::psnr_rgb(rgba, &local);
-        assert!(psnr >= 35.0, "frame {k}: PSNR {psnr:.1} dB against a local render");
+        assert!(
+            psnr >= 35.0,
+            "frame {k}: PSNR {psnr:.1} dB against a local render"
+        );
         // And it is not just any frame: a neighbour scores clearly lower.
         let other = r.render(1 + k + 12).unwrap();
         assert!(drover_node::encode::psnr_rgb(rgba, &other) < psnr);
@@ -128,7 +143,10 @@ fn post_raw(c: &Cluster, content_type: &str, body: &str) -> (u16, Option<Problem
     match r {
         Ok(resp) => (resp.status(), None),
         Err(ureq::Error::Status(code, resp)) => {
-            assert_eq!(resp.header("content-type"), Some("application/problem+json"));
+            assert_eq!(
+                resp.header("content-type"),
+                Some("application/problem+json")
+            );
             (code, resp.into_json().ok())
         }
         Err(e) => panic!("transport error: {e}"),
@@ -157,19 +175,58 @@ fn bad_specs_get_400_naming_the_field_and_store_nothing() {
     use serde_json::json;
     let cases: Vec<(String, &str, &str)> = vec![
         (with(&["colour"], json!("red")), "colour", "unknown field"),
-        (with(&["frames", "end"], json!(0)), "frames.end", "before frames.start"),
-        (with(&["frames", "end"], json!(5_000_000)), "frames", "limit is 100000"),
-        (with(&["resolution", "width"], json!(100_000)), "resolution.width", "16..=7680"),
-        (with(&["resolution", "height"], json!(99)), "resolution.height", "odd"),
+        (
+            with(&["frames", "end"], json!(0)),
+            "frames.end",
+            "before frames.start",
+        ),
+        (
+            with(&["frames", "end"], json!(5_000_000)),
+            "frames",
+            "limit is 100000",
+        ),
+        (
+            with(&["resolution", "width"], json!(100_000)),
+            "resolution.width",
+            "16..=7680",
+        ),
+        (
+            with(&["resolution", "height"], json!(99)),
+            "resolution.height",
+            "odd",
+        ),
         (with(&["fps"], json!(1000)), "fps", "1..=240"),
         (with(&["name"], json!("a/b")), "name", "contains '/'"),
-        (with(&["render", "shader"], json!("teapot")), "render.shader", "not a built-in"),
-        (with(&["render", "kind"], json!("blender")), "render.kind", "unknown variant"),
-        (with(&["output"], json!({"codec": "prores"})), "output.codec", "not supported"),
-        (with(&["output"], json!({"container": "avi"})), "output.container", "not supported"),
-        (with(&["output"], json!({"quality": 99})), "output.quality", "0..=51"),
         (
-            with(&["render"], json!({"kind": "shader", "source": "@fragment\nfn fs_main() -> @location(0) vec4<f32> {\n  return vec4<f32>(nope, 0.0, 0.0, 1.0);\n}\n"})),
+            with(&["render", "shader"], json!("teapot")),
+            "render.shader",
+            "not a built-in",
+        ),
+        (
+            with(&["render", "kind"], json!("blender")),
+            "render.kind",
+            "unknown variant",
+        ),
+        (
+            with(&["output"], json!({"codec": "prores"})),
+            "output.codec",
+            "not supported",
+        ),
+        (
+            with(&["output"], json!({"container": "avi"})),
+            "output.container",
+            "not supported",
+        ),
+        (
+            with(&["output"], json!({"quality": 99})),
+            "output.quality",
+            "0..=51",
+        ),
+        (
+            with(
+                &["render"],
+                json!({"kind": "shader", "source": "@fragment\nfn fs_main() -> @location(0) vec4<f32> {\n  return vec4<f32>(nope, 0.0, 0.0, 1.0);\n}\n"}),
+            ),
             "render.source",
             "line 3",
         ),
@@ -181,7 +238,11 @@ fn bad_specs_get_400_naming_the_field_and_store_nothing() {
         let p = problem.unwrap_or_else(|| panic!("no problem document for {body}"));
         assert_eq!(status, 400, "{body}: {p:?}");
         assert_eq!(p.field.as_deref(), Some(*field), "{body}: {p:?}");
-        assert!(p.detail.contains(msg), "{body}: {:?} lacks {msg:?}", p.detail);
+        assert!(
+            p.detail.contains(msg),
+            "{body}: {:?} lacks {msg:?}",
+            p.detail
+        );
     }
     // TOML goes through the same validation.
     let (status, p) = post_raw(&c, "application/toml", "name = \"t\"\nframes = { start = 1, end = 2 }\nresolution = { width = 64, height = 64 }\n[render]\nkind = \"shader\"\nshader = \"plasma\"\nextra = 1\n");
@@ -191,13 +252,19 @@ fn bad_specs_get_400_naming_the_field_and_store_nothing() {
     let huge = "x".repeat(drover_shared::spec::MAX_SPEC_BYTES + 1);
     let (status, p) = post_raw(&c, "application/json", &huge);
     assert_eq!(status, 413);
-    assert!(p.unwrap().detail.contains(&drover_shared::spec::MAX_SPEC_BYTES.to_string()));
+    assert!(p
+        .unwrap()
+        .detail
+        .contains(&drover_shared::spec::MAX_SPEC_BYTES.to_string()));
 
     let after = serde_json::to_string(&client.jobs().unwrap()).unwrap();
     assert_eq!(before, after, "a refused spec changed the job list");
     // Unknown ids are 404 problems, bad ids 400.
     let err = client.job(999).unwrap_err().to_string();
-    assert!(err.contains("404") && err.contains("job 999 does not exist"), "{err}");
+    assert!(
+        err.contains("404") && err.contains("job 999 does not exist"),
+        "{err}"
+    );
     let r = ureq::get(&format!("{}/v1/jobs/abc", c.url())).call();
     assert!(matches!(r, Err(ureq::Error::Status(400, _))));
 }
@@ -207,7 +274,9 @@ fn a_node_killed_mid_chunk_does_not_leave_the_job_stuck() {
     let _g = serial();
     let (dir, mut c) = farm(2, &["--chunk-frames", "48"]);
     let client = c.client();
-    let sub = client.submit_json(&spec("kill", 240, 640, 360, "fractal")).unwrap();
+    let sub = client
+        .submit_json(&spec("kill", 240, 640, 360, "fractal"))
+        .unwrap();
     // Wait until node-1 is inside a chunk, then SIGKILL it.
     let victim_chunk = wait_for(JOB_TIMEOUT, "node-1 to be mid-chunk", || {
         let j = client.job(sub.id)?;
@@ -225,8 +294,16 @@ fn a_node_killed_mid_chunk_does_not_leave_the_job_stuck() {
     c.kill_node("node-1").unwrap();
     let job = wait_done(&c, sub.id);
     let ch = &job.chunks[victim_chunk as usize];
-    assert_eq!(ch.node.as_deref(), Some("node-2"), "the killed node's chunk was rerun elsewhere");
-    assert!(ch.attempts >= 2, "chunk {victim_chunk} attempts {}", ch.attempts);
+    assert_eq!(
+        ch.node.as_deref(),
+        Some("node-2"),
+        "the killed node's chunk was rerun elsewhere"
+    );
+    assert!(
+        ch.attempts >= 2,
+        "chunk {victim_chunk} attempts {}",
+        ch.attempts
+    );
     assert_eq!(job.frames_by_node.values().sum::<u64>(), 240);
     let out = dir.path().join("out.mp4");
     client.download(sub.id, &out).unwrap();
@@ -240,7 +317,10 @@ fn a_node_killed_mid_chunk_does_not_leave_the_job_stuck() {
 fn jobs_survive_a_coordinator_restart() {
     let _g = serial();
     let (_dir, mut c) = farm(0, &[]);
-    let sub = c.client().submit_json(&spec("durable", 30, 128, 72, "rings")).unwrap();
+    let sub = c
+        .client()
+        .submit_json(&spec("durable", 30, 128, 72, "rings"))
+        .unwrap();
     let before = c.client().job(sub.id).unwrap();
     c.restart_coordinator().unwrap();
     let after = c.client().job(sub.id).unwrap();
@@ -248,7 +328,10 @@ fn jobs_survive_a_coordinator_restart() {
     assert_eq!(after.chunks, before.chunks);
     assert_eq!(after.submitted_at_ms, before.submitted_at_ms);
     // A new job gets a new id, and the restored job runs once a node joins.
-    let next = c.client().submit_json(&spec("next", 5, 64, 64, "plasma")).unwrap();
+    let next = c
+        .client()
+        .submit_json(&spec("next", 5, 64, 64, "plasma"))
+        .unwrap();
     assert_eq!(next.id, sub.id + 1);
     c.add_node("node-1").unwrap();
     c.wait_nodes(1).unwrap();
@@ -263,10 +346,17 @@ fn an_incompatible_protocol_version_is_refused_with_a_clear_error() {
     let (_dir, c) = farm(0, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reply = rt.block_on(async {
-        let cfg = drover_node::tls::client_config(&drover_node::tls::Trust::CertFile(c.addrs.cert_path.clone())).unwrap();
+        let cfg = drover_node::tls::client_config(&drover_node::tls::Trust::CertFile(
+            c.addrs.cert_path.clone(),
+        ))
+        .unwrap();
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         ep.set_default_client_config(cfg);
-        let conn = ep.connect(c.addrs.quic, "drover-coordinator").unwrap().await.unwrap();
+        let conn = ep
+            .connect(c.addrs.quic, "drover-coordinator")
+            .unwrap()
+            .await
+            .unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         use tokio::io::AsyncWriteExt;
         send.write_u8(StreamKind::Control as u8).await.unwrap();
@@ -286,20 +376,37 @@ fn an_incompatible_protocol_version_is_refused_with_a_clear_error() {
             },
         });
         codec::write_msg(&mut send, &hello).await.unwrap();
-        codec::read_msg::<_, CoordToNode>(&mut recv, 1 << 20).await.unwrap()
+        codec::read_msg::<_, CoordToNode>(&mut recv, 1 << 20)
+            .await
+            .unwrap()
     });
     match reply {
-        Some(CoordToNode::Refused { reason, protocol_version }) => {
+        Some(CoordToNode::Refused {
+            reason,
+            protocol_version,
+        }) => {
             assert_eq!(protocol_version, drover_protocol::PROTOCOL_VERSION);
-            assert!(reason.contains("speaks 999") && reason.contains("speaks 1"), "{reason}");
+            assert!(
+                reason.contains("speaks 999") && reason.contains("speaks 1"),
+                "{reason}"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    wait_for(Duration::from_secs(10), "the refusal in the coordinator log", || {
-        Ok(c.log("coordinator").contains("protocol version mismatch").then_some(()))
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the refusal in the coordinator log",
+        || {
+            Ok(c.log("coordinator")
+                .contains("protocol version mismatch")
+                .then_some(()))
+        },
+    )
     .unwrap();
-    assert!(c.client().nodes().unwrap().is_empty(), "a refused node is not registered");
+    assert!(
+        c.client().nodes().unwrap().is_empty(),
+        "a refused node is not registered"
+    );
 }
 
 #[test]
@@ -308,7 +415,13 @@ fn a_node_pinned_to_the_wrong_certificate_never_connects() {
     let (dir, c) = farm(0, &[]);
     // Right address, wrong fingerprint: the TLS handshake must fail.
     let out = Command::new(BIN)
-        .args(["node", "--coordinator", &c.addrs.quic.to_string(), "--name", "impostor"])
+        .args([
+            "node",
+            "--coordinator",
+            &c.addrs.quic.to_string(),
+            "--name",
+            "impostor",
+        ])
         .args(["--cert-sha256", &"00".repeat(32)])
         .args(["--data", &dir.path().join("impostor").display().to_string()])
         .env("DROVER_LOG", "warn")
@@ -318,9 +431,15 @@ fn a_node_pinned_to_the_wrong_certificate_never_connects() {
         .spawn()
         .unwrap();
     let pid = out.id();
-    wait_for(Duration::from_secs(60), "a failed handshake in the coordinator log", || {
-        Ok(c.log("coordinator").contains("QUIC handshake failed").then_some(()))
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "a failed handshake in the coordinator log",
+        || {
+            Ok(c.log("coordinator")
+                .contains("QUIC handshake failed")
+                .then_some(()))
+        },
+    )
     .unwrap();
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe {
@@ -360,17 +479,32 @@ fn the_cli_submits_watches_lists_and_cancels() {
     .unwrap();
     let out = drover(&url, &["submit", spec_path.to_str().unwrap(), "--watch"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("job 1 submitted") && stdout.contains("job 1 done: 24 frames"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("job 1 submitted") && stdout.contains("job 1 done: 24 frames"),
+        "{stdout}"
+    );
 
     let out = drover(&url, &["status", "1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(stdout.contains("stripes") && stdout.contains("done") && stdout.contains("/v1/jobs/1/output"), "{stdout}");
+    assert!(
+        stdout.contains("stripes")
+            && stdout.contains("done")
+            && stdout.contains("/v1/jobs/1/output"),
+        "{stdout}"
+    );
 
     let out = drover(&url, &["nodes"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("node-1") && stdout.contains(" up "), "{stdout}");
+    assert!(
+        stdout.contains("node-1") && stdout.contains(" up "),
+        "{stdout}"
+    );
 
     // A long job, cancelled from the CLI while it runs.
     let long = dir.path().join("long.json");
@@ -378,7 +512,10 @@ fn the_cli_submits_watches_lists_and_cancels() {
     let out = drover(&url, &["submit", long.to_str().unwrap()]);
     assert!(out.status.success());
     let out = drover(&url, &["cancel", "2"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Cancelled"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Cancelled"),
+        "{out:?}"
+    );
     assert_eq!(c.client().job(2).unwrap().state, JobState::Cancelled);
     let out = drover(&url, &["cancel", "2"]);
     assert!(!out.status.success());
@@ -394,6 +531,9 @@ fn the_cli_submits_watches_lists_and_cancels() {
     assert_eq!(c.client().jobs().unwrap().len(), 2);
 
     // The node keeps serving after a cancel: a new job completes.
-    let next = c.client().submit_json(&spec("after", 12, 64, 64, "rings")).unwrap();
+    let next = c
+        .client()
+        .submit_json(&spec("after", 12, 64, 64, "rings"))
+        .unwrap();
     wait_done(&c, next.id);
 }

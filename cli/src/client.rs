@@ -69,7 +69,10 @@ impl Client {
 
     /// `DELETE /v1/jobs/{id}`.
     pub fn cancel(&self, id: u64) -> anyhow::Result<JobView> {
-        let r = self.agent.delete(&self.url(&format!("/v1/jobs/{id}"))).call();
+        let r = self
+            .agent
+            .delete(&self.url(&format!("/v1/jobs/{id}")))
+            .call();
         Ok(self.check(r)?.into_json()?)
     }
 
@@ -81,10 +84,14 @@ impl Client {
 
     /// `GET /v1/jobs/{id}/output`, written to `dest`.
     pub fn download(&self, id: u64, dest: &std::path::Path) -> anyhow::Result<u64> {
-        let r = self.agent.get(&self.url(&format!("/v1/jobs/{id}/output"))).call();
+        let r = self
+            .agent
+            .get(&self.url(&format!("/v1/jobs/{id}/output")))
+            .call();
         let resp = self.check(r)?;
         let tmp = dest.with_extension("download");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let n = std::io::copy(&mut resp.into_reader(), &mut f)?;
         drop(f);
         std::fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;

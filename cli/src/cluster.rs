@@ -43,7 +43,12 @@ pub struct Cluster {
     coordinator_args: Vec<String>,
 }
 
-fn spawn_logged(bin: &Path, args: &[String], log: &Path, env: &[(String, String)]) -> anyhow::Result<Child> {
+fn spawn_logged(
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<Child> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(bin);
@@ -51,12 +56,17 @@ fn spawn_logged(bin: &Path, args: &[String], log: &Path, env: &[(String, String)
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().with_context(|| format!("starting {} {}", bin.display(), args.join(" ")))
+    cmd.spawn()
+        .with_context(|| format!("starting {} {}", bin.display(), args.join(" ")))
 }
 
 /// Waits until `cond` returns `Some`, checking every 20 ms, or fails after
 /// `timeout` with `what`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = cond()? {
@@ -72,7 +82,12 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> anyh
 impl Cluster {
     /// Starts a coordinator under `root/coordinator` on loopback ports the OS
     /// picks. `coordinator_args` are added to its command line.
-    pub fn start(bin: &Path, root: &Path, coordinator_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Cluster> {
+    pub fn start(
+        bin: &Path,
+        root: &Path,
+        coordinator_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(root)?;
         let mut cluster = Cluster {
             bin: bin.to_path_buf(),
@@ -85,7 +100,10 @@ impl Cluster {
                 cert_sha256: String::new(),
                 cert_path: PathBuf::new(),
             },
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
         };
         cluster.spawn_coordinator()?;
@@ -113,18 +131,22 @@ impl Cluster {
         let mut child = spawn_logged(&self.bin, &args, &log, &self.extra_env)?;
         let addrs_file = data.join(ADDRS_FILE);
         let _ = std::fs::remove_file(&addrs_file);
-        let addrs = wait_for(COORDINATOR_START_TIMEOUT, "the coordinator to start", || {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "coordinator exited with {status}; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            match std::fs::read(&addrs_file) {
-                Ok(bytes) => Ok(Some(serde_json::from_slice::<Addrs>(&bytes)?)),
-                Err(_) => Ok(None),
-            }
-        })?;
+        let addrs = wait_for(
+            COORDINATOR_START_TIMEOUT,
+            "the coordinator to start",
+            || {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "coordinator exited with {status}; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                match std::fs::read(&addrs_file) {
+                    Ok(bytes) => Ok(Some(serde_json::from_slice::<Addrs>(&bytes)?)),
+                    Err(_) => Ok(None),
+                }
+            },
+        )?;
         self.coordinator = Some(child);
         self.addrs = addrs;
         Ok(())
@@ -163,7 +185,12 @@ impl Cluster {
             "--name".into(),
             name.into(),
         ];
-        let child = spawn_logged(&self.bin, &args, &self.root.join(format!("{name}.log")), &self.extra_env)?;
+        let child = spawn_logged(
+            &self.bin,
+            &args,
+            &self.root.join(format!("{name}.log")),
+            &self.extra_env,
+        )?;
         self.nodes.push((name.to_string(), child));
         Ok(())
     }
@@ -178,7 +205,8 @@ impl Cluster {
                 if let Some(status) = child.try_wait()? {
                     bail!(
                         "node {name} exited with {status}; log:\n{}",
-                        std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default()
+                        std::fs::read_to_string(root.join(format!("{name}.log")))
+                            .unwrap_or_default()
                     );
                 }
             }

@@ -79,7 +79,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let bin = std::env::current_exe().context("locating the drover binary")?;
     let (root, temporary) = match &args.workdir {
         Some(d) => (d.clone(), false),
-        None => (std::env::temp_dir().join(format!("drover-demo-{}", std::process::id())), true),
+        None => (
+            std::env::temp_dir().join(format!("drover-demo-{}", std::process::id())),
+            true,
+        ),
     };
     let say = |s: String| {
         if !args.json {
@@ -156,7 +159,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .map(|n| NodeReport {
                 name: n.name.clone(),
                 frames: job.frames_by_node.get(&n.name).copied().unwrap_or(0),
-                adapter: n.capabilities.render_adapter.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+                adapter: n
+                    .capabilities
+                    .render_adapter
+                    .as_ref()
+                    .map(|a| a.name.clone())
+                    .unwrap_or_default(),
                 device_type: n
                     .capabilities
                     .render_adapter
@@ -184,7 +192,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!("submission to first chunk started: {l} ms");
         }
         for n in &report.nodes {
-            println!("  {}: {} frames on {} ({})", n.name, n.frames, n.adapter, n.device_type);
+            println!(
+                "  {}: {} frames on {} ({})",
+                n.name, n.frames, n.adapter, n.device_type
+            );
         }
     }
     Ok(())

@@ -21,7 +21,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the coordinator (scheduler, journal, QUIC endpoint, REST API).
-    #[command(after_help = "Example:\n  drover coordinator --data /var/lib/drover --http 0.0.0.0:8270 --quic 0.0.0.0:8271")]
+    #[command(
+        after_help = "Example:\n  drover coordinator --data /var/lib/drover --http 0.0.0.0:8270 --quic 0.0.0.0:8271"
+    )]
     Coordinator {
         /// Data directory: journal, artifacts, certificate.
         #[arg(long, env = "DROVER_DATA")]
@@ -37,7 +39,9 @@ enum Cmd {
         chunk_frames: u64,
     },
     /// Run a node agent that renders and encodes chunks.
-    #[command(after_help = "Example:\n  drover node --coordinator 10.0.0.5:8271 --cert coordinator-cert.der --name gpu-07")]
+    #[command(
+        after_help = "Example:\n  drover node --coordinator 10.0.0.5:8271 --cert coordinator-cert.der --name gpu-07"
+    )]
     Node {
         /// The coordinator's QUIC address.
         #[arg(long, env = "DROVER_COORDINATOR", default_value = DEFAULT_QUIC_ADDR)]
@@ -134,12 +138,14 @@ fn init_logs(default: &str) {
 /// the API takes. The spec is validated by the coordinator, which names the
 /// field at fault.
 fn load_spec(file: &Path) -> anyhow::Result<serde_json::Value> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let is_toml = file.extension().is_some_and(|e| e == "toml");
     let mut value: serde_json::Value = if is_toml {
         toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?
     } else {
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", file.display()))?
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", file.display()))?
     };
     if let Some(render) = value.get_mut("render").and_then(|r| r.as_object_mut()) {
         if let Some(p) = render.remove("path") {
@@ -154,7 +160,10 @@ fn load_spec(file: &Path) -> anyhow::Result<serde_json::Value> {
 }
 
 fn print_jobs(jobs: &[drover_shared::api::JobView]) {
-    println!("{:>5}  {:<10} {:>15}  {:<24} ERROR", "ID", "STATE", "FRAMES", "NAME");
+    println!(
+        "{:>5}  {:<10} {:>15}  {:<24} ERROR",
+        "ID", "STATE", "FRAMES", "NAME"
+    );
     for j in jobs {
         println!(
             "{:>5}  {:<10} {:>15}  {:<24} {}",
@@ -199,16 +208,20 @@ fn main() -> anyhow::Result<()> {
             init_logs("info");
             let name = name
                 .or_else(|| std::env::var("HOSTNAME").ok())
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|s| s.trim().to_string())
+                })
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| "node".into());
             let data_dir = data.unwrap_or_else(|| default_data_dir().join(format!("node-{name}")));
             let trust = match (cert, cert_sha256) {
                 (_, Some(fp)) => drover_node::tls::Trust::Fingerprint(fp),
                 (Some(p), None) => drover_node::tls::Trust::CertFile(p),
-                (None, None) => {
-                    drover_node::tls::Trust::CertFile(default_data_dir().join("coordinator").join(CERT_FILE))
-                }
+                (None, None) => drover_node::tls::Trust::CertFile(
+                    default_data_dir().join("coordinator").join(CERT_FILE),
+                ),
             };
             let cfg = drover_node::agent::AgentConfig {
                 coordinator,
@@ -223,7 +236,12 @@ fn main() -> anyhow::Result<()> {
             let client = Client::new(&url);
             let spec = load_spec(&file)?;
             let sub = client.submit_json(&spec)?;
-            println!("job {} submitted: {}{}", sub.id, url.trim_end_matches('/'), sub.status_url);
+            println!(
+                "job {} submitted: {}{}",
+                sub.id,
+                url.trim_end_matches('/'),
+                sub.status_url
+            );
             if watch {
                 let job = watch::watch(&client, sub.id, false)?;
                 return report_end(&url, &job);
@@ -247,7 +265,10 @@ fn main() -> anyhow::Result<()> {
                     } else {
                         print_jobs(std::slice::from_ref(&j));
                         println!();
-                        println!("{:>6} {:>13} {:<10} {:<12} {:>8} {:>8}  LAST ERROR", "CHUNK", "FRAMES", "STATE", "NODE", "DONE", "ATTEMPTS");
+                        println!(
+                            "{:>6} {:>13} {:<10} {:<12} {:>8} {:>8}  LAST ERROR",
+                            "CHUNK", "FRAMES", "STATE", "NODE", "DONE", "ATTEMPTS"
+                        );
                         for c in &j.chunks {
                             println!(
                                 "{:>6} {:>13} {:<10} {:<12} {:>8} {:>8}  {}",
@@ -283,7 +304,10 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
                 return Ok(());
             }
-            println!("{:<16} {:<9} {:<40} {:>6} {:>8} {:>8}  CHUNKS", "NAME", "STATE", "ADAPTER", "CPU%", "HB AGE", "FRAMES");
+            println!(
+                "{:<16} {:<9} {:<40} {:>6} {:>8} {:>8}  CHUNKS",
+                "NAME", "STATE", "ADAPTER", "CPU%", "HB AGE", "FRAMES"
+            );
             for n in nodes {
                 let adapter = n
                     .capabilities

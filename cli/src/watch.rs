@@ -38,7 +38,8 @@ pub fn watch(client: &Client, id: u64, quiet: bool) -> anyhow::Result<JobView> {
     )
     .expect("static template")
     .progress_chars("=> ");
-    let node_style = ProgressStyle::with_template("{prefix:>10} {pos:>5} frames {msg}").expect("static template");
+    let node_style = ProgressStyle::with_template("{prefix:>10} {pos:>5} frames {msg}")
+        .expect("static template");
     let total_bar = multi.add(ProgressBar::new(0).with_style(style).with_prefix("job"));
     let mut node_bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
     let mut last_line = Instant::now() - Duration::from_secs(10);
@@ -50,7 +51,11 @@ pub fn watch(client: &Client, id: u64, quiet: bool) -> anyhow::Result<JobView> {
         let per_node = frames_by_node(&job);
         for (node, frames) in &per_node {
             let bar = node_bars.entry(node.clone()).or_insert_with(|| {
-                multi.add(ProgressBar::new(0).with_style(node_style.clone()).with_prefix(node.clone()))
+                multi.add(
+                    ProgressBar::new(0)
+                        .with_style(node_style.clone())
+                        .with_prefix(node.clone()),
+                )
             });
             bar.set_position(*frames);
             let running = job
@@ -65,7 +70,10 @@ pub fn watch(client: &Client, id: u64, quiet: bool) -> anyhow::Result<JobView> {
                 format!("holds frames {}", running.join(", "))
             });
         }
-        if !tty && !quiet && (last_line.elapsed() >= Duration::from_secs(1) || job.state.is_terminal()) {
+        if !tty
+            && !quiet
+            && (last_line.elapsed() >= Duration::from_secs(1) || job.state.is_terminal())
+        {
             last_line = Instant::now();
             let nodes = per_node
                 .iter()

@@ -119,17 +119,31 @@ impl Scheduler {
                     actix::spawn(async move {
                         let segs: Vec<PathBuf> = segments.iter().map(PathBuf::from).collect();
                         let out2 = out.clone();
-                        let res = tokio::task::spawn_blocking(move || crate::mux::concat_segments(&segs, &out2)).await;
+                        let res = tokio::task::spawn_blocking(move || {
+                            crate::mux::concat_segments(&segs, &out2)
+                        })
+                        .await;
                         let event = match res {
                             Ok(Ok(report)) => {
-                                info!(job, frames = report.frames, bytes = report.bytes, "output written");
+                                info!(
+                                    job,
+                                    frames = report.frames,
+                                    bytes = report.bytes,
+                                    "output written"
+                                );
                                 Event::MuxDone {
                                     job,
                                     output: out.display().to_string(),
                                 }
                             }
-                            Ok(Err(e)) => Event::MuxFailed { job, reason: e.to_string() },
-                            Err(e) => Event::MuxFailed { job, reason: e.to_string() },
+                            Ok(Err(e)) => Event::MuxFailed {
+                                job,
+                                reason: e.to_string(),
+                            },
+                            Err(e) => Event::MuxFailed {
+                                job,
+                                reason: e.to_string(),
+                            },
                         };
                         addr.do_send(CoreEvent(event));
                     });
@@ -274,7 +288,10 @@ impl Handler<SessionOpened> for Scheduler {
     type Result = ();
     fn handle(&mut self, msg: SessionOpened, ctx: &mut Context<Self>) {
         info!(node = %msg.name, session = msg.session, adapter = ?msg.caps.render_adapter.as_ref().map(|a| &a.name), "node connected");
-        if let Some((_, old)) = self.sessions.insert(msg.name.clone(), (msg.session, msg.addr)) {
+        if let Some((_, old)) = self
+            .sessions
+            .insert(msg.name.clone(), (msg.session, msg.addr))
+        {
             old.do_send(Close);
         }
         self.apply(
@@ -319,7 +336,12 @@ pub struct NodeSession {
 
 impl NodeSession {
     /// A session writing to `out` (drained by the connection's writer task).
-    pub fn new(name: String, session: u64, scheduler: Addr<Scheduler>, out: UnboundedSender<CoordToNode>) -> Self {
+    pub fn new(
+        name: String,
+        session: u64,
+        scheduler: Addr<Scheduler>,
+        out: UnboundedSender<CoordToNode>,
+    ) -> Self {
         NodeSession {
             name,
             session,
@@ -411,7 +433,8 @@ impl Handler<Inbound> for NodeSession {
                         node,
                         chunk: Self::key(&d.chunk),
                         epoch: d.chunk.epoch,
-                        reason: "node reported done but its segment was not stored with that hash".into(),
+                        reason: "node reported done but its segment was not stored with that hash"
+                            .into(),
                     },
                 }
             }

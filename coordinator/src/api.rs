@@ -11,14 +11,13 @@ use crate::actors::{CancelJob, CancelOutcome, GetJob, ListJobs, ListNodes, Sched
 
 /// Routes under `/v1` and the health check.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg
-    .route("/healthz", web::get().to(healthz))
-    .route("/v1/jobs", web::post().to(submit))
-    .route("/v1/jobs", web::get().to(list_jobs))
-    .route("/v1/jobs/{id}", web::get().to(get_job))
-    .route("/v1/jobs/{id}", web::delete().to(cancel_job))
-    .route("/v1/jobs/{id}/output", web::get().to(output))
-    .route("/v1/nodes", web::get().to(list_nodes));
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/v1/jobs", web::post().to(submit))
+        .route("/v1/jobs", web::get().to(list_jobs))
+        .route("/v1/jobs/{id}", web::get().to(get_job))
+        .route("/v1/jobs/{id}", web::delete().to(cancel_job))
+        .route("/v1/jobs/{id}/output", web::get().to(output))
+        .route("/v1/nodes", web::get().to(list_nodes));
 }
 
 fn problem(status: StatusCode, title: &str, detail: String, field: Option<&str>) -> HttpResponse {
@@ -42,7 +41,12 @@ fn unavailable(e: actix::MailboxError) -> HttpResponse {
 }
 
 fn not_found(id: u64) -> HttpResponse {
-    problem(StatusCode::NOT_FOUND, "no such job", format!("job {id} does not exist"), Some("id"))
+    problem(
+        StatusCode::NOT_FOUND,
+        "no such job",
+        format!("job {id} does not exist"),
+        Some("id"),
+    )
 }
 
 async fn healthz() -> impl Responder {
@@ -50,14 +54,23 @@ async fn healthz() -> impl Responder {
 }
 
 /// `POST /v1/jobs`: a JSON spec, or TOML with `Content-Type: application/toml`.
-async fn submit(req: HttpRequest, mut payload: web::Payload, sched: web::Data<Addr<Scheduler>>) -> HttpResponse {
+async fn submit(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    sched: web::Data<Addr<Scheduler>>,
+) -> HttpResponse {
     use futures_util::StreamExt;
     // Read by hand so that an oversize body gets a problem document that
     // names the limit, and is refused before it is all buffered.
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let Ok(chunk) = chunk else {
-            return problem(StatusCode::BAD_REQUEST, "invalid job spec", "request body could not be read".into(), Some("spec"));
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid job spec",
+                "request body could not be read".into(),
+                Some("spec"),
+            );
         };
         if body.len() + chunk.len() > MAX_SPEC_BYTES {
             return problem(
@@ -70,18 +83,32 @@ async fn submit(req: HttpRequest, mut payload: web::Payload, sched: web::Data<Ad
         body.extend_from_slice(&chunk);
     }
     let Ok(text) = std::str::from_utf8(&body) else {
-        return problem(StatusCode::BAD_REQUEST, "invalid job spec", "body is not UTF-8".into(), Some("spec"));
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid job spec",
+            "body is not UTF-8".into(),
+            Some("spec"),
+        );
     };
     let is_toml = req
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("toml"));
-    let parsed = if is_toml { JobSpec::from_toml(text) } else { JobSpec::from_json(text) };
+    let parsed = if is_toml {
+        JobSpec::from_toml(text)
+    } else {
+        JobSpec::from_json(text)
+    };
     let spec = match parsed.and_then(|mut s| s.validate().map(|()| s)) {
         Ok(s) => s,
         Err(e) => {
-            return problem(StatusCode::BAD_REQUEST, "invalid job spec", e.to_string(), Some(&e.field));
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid job spec",
+                e.to_string(),
+                Some(&e.field),
+            );
         }
     };
     match sched.send(Submit(spec)).await {
@@ -91,7 +118,12 @@ async fn submit(req: HttpRequest, mut payload: web::Payload, sched: web::Data<Ad
                 .insert_header(("location", status_url.clone()))
                 .json(Submitted { id, status_url })
         }
-        Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, "journal write failed", e, None),
+        Ok(Err(e)) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "journal write failed",
+            e,
+            None,
+        ),
         Err(e) => unavailable(e),
     }
 }
@@ -103,21 +135,18 @@ async fn list_jobs(sched: web::Data<Addr<Scheduler>>) -> HttpResponse {
     }
 }
 
-fn parse_id(raw: &str) -> Result<u64, HttpResponse> {
-    raw.parse::<u64>().map_err(|_| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "invalid job id",
-            format!("{raw:?} is not a job id (a positive integer)"),
-            Some("id"),
-        )
-    })
+fn bad_id(raw: &str) -> HttpResponse {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "invalid job id",
+        format!("{raw:?} is not a job id (a positive integer)"),
+        Some("id"),
+    )
 }
 
 async fn get_job(path: web::Path<String>, sched: web::Data<Addr<Scheduler>>) -> HttpResponse {
-    let id = match parse_id(&path) {
-        Ok(id) => id,
-        Err(r) => return r,
+    let Ok(id) = path.parse::<u64>() else {
+        return bad_id(&path);
     };
     match sched.send(GetJob(id)).await {
         Ok(Some(job)) => HttpResponse::Ok().json(job),
@@ -127,9 +156,8 @@ async fn get_job(path: web::Path<String>, sched: web::Data<Addr<Scheduler>>) -> 
 }
 
 async fn cancel_job(path: web::Path<String>, sched: web::Data<Addr<Scheduler>>) -> HttpResponse {
-    let id = match parse_id(&path) {
-        Ok(id) => id,
-        Err(r) => return r,
+    let Ok(id) = path.parse::<u64>() else {
+        return bad_id(&path);
     };
     match sched.send(CancelJob(id)).await {
         Ok(CancelOutcome::Cancelled) => match sched.send(GetJob(id)).await {
@@ -147,10 +175,13 @@ async fn cancel_job(path: web::Path<String>, sched: web::Data<Addr<Scheduler>>) 
     }
 }
 
-async fn output(req: HttpRequest, path: web::Path<String>, sched: web::Data<Addr<Scheduler>>) -> HttpResponse {
-    let id = match parse_id(&path) {
-        Ok(id) => id,
-        Err(r) => return r,
+async fn output(
+    req: HttpRequest,
+    path: web::Path<String>,
+    sched: web::Data<Addr<Scheduler>>,
+) -> HttpResponse {
+    let Ok(id) = path.parse::<u64>() else {
+        return bad_id(&path);
     };
     let job = match sched.send(GetJob(id)).await {
         Ok(Some(job)) => job,
@@ -160,10 +191,9 @@ async fn output(req: HttpRequest, path: web::Path<String>, sched: web::Data<Addr
     match (job.state, job.output_path) {
         (JobState::Done, Some(p)) => match actix_files::NamedFile::open_async(&p).await {
             Ok(f) => f
-                .set_content_disposition(actix_web::http::header::ContentDisposition::attachment(format!(
-                    "{}-{id}.mp4",
-                    job.name.replace(' ', "_")
-                )))
+                .set_content_disposition(actix_web::http::header::ContentDisposition::attachment(
+                    format!("{}-{id}.mp4", job.name.replace(' ', "_")),
+                ))
                 .into_response(&req),
             Err(e) => problem(
                 StatusCode::GONE,

@@ -44,7 +44,10 @@ impl Journal {
 
     /// Writes a job's record.
     pub fn put(&self, job: &Job) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(job).map_err(|source| JournalError::Record { job: job.id, source })?;
+        let bytes = serde_json::to_vec(job).map_err(|source| JournalError::Record {
+            job: job.id,
+            source,
+        })?;
         self.jobs.insert(job.id.to_be_bytes(), bytes)?;
         Ok(())
     }
@@ -61,7 +64,8 @@ impl Journal {
         for item in self.jobs.iter() {
             let (k, v) = item?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let job: Job = serde_json::from_slice(&v).map_err(|source| JournalError::Record { job: id, source })?;
+            let job: Job = serde_json::from_slice(&v)
+                .map_err(|source| JournalError::Record { job: id, source })?;
             // Check after reading back what was checked before writing.
             assert_eq!(job.id, id, "journal key and record disagree");
             out.push(job);

@@ -10,8 +10,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use anyhow::Context as _;
 use drover_protocol::{
-    codec, CoordToNode, NodeToCoord, StreamKind, UploadHeader, UploadReply, MAX_CONTROL_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    codec, CoordToNode, NodeToCoord, StreamKind, UploadHeader, UploadReply,
+    MAX_CONTROL_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use drover_shared::config::{CERT_FILE, CERT_SERVER_NAME, HEARTBEAT_INTERVAL_MS, KEY_FILE};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -42,12 +42,15 @@ pub fn load_or_create_identity(
     if !cert_path.exists() || !key_path.exists() {
         let ck = rcgen::generate_simple_self_signed(vec![CERT_SERVER_NAME.to_string()])
             .context("generating the coordinator certificate")?;
-        std::fs::write(&cert_path, ck.cert.der()).with_context(|| format!("writing {}", cert_path.display()))?;
+        std::fs::write(&cert_path, ck.cert.der())
+            .with_context(|| format!("writing {}", cert_path.display()))?;
         write_private(&key_path, &ck.signing_key.serialize_der())?;
         info!(cert = %cert_path.display(), "created a self-signed certificate");
     }
-    let cert = std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
-    let key = std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let cert =
+        std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+    let key =
+        std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
     let fingerprint = cert_fingerprint(&cert);
     Ok((
         CertificateDer::from(cert),
@@ -70,17 +73,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts.open(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(bytes)?;
     Ok(())
 }
 
 /// Binds the QUIC endpoint.
-pub fn bind(addr: SocketAddr, cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> anyhow::Result<quinn::Endpoint> {
-    let mut server = quinn::ServerConfig::with_single_cert(vec![cert], key).context("TLS configuration")?;
+pub fn bind(
+    addr: SocketAddr,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<quinn::Endpoint> {
+    let mut server =
+        quinn::ServerConfig::with_single_cert(vec![cert], key).context("TLS configuration")?;
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).expect("small timeout"),
+        quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS))
+            .expect("small timeout"),
     ));
     server.transport_config(Arc::new(transport));
     quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))
@@ -106,10 +117,15 @@ pub async fn serve(endpoint: quinn::Endpoint, scheduler: Addr<Scheduler>, store:
     }
 }
 
-async fn connection(conn: quinn::Connection, scheduler: Addr<Scheduler>, store: ArtifactStore) -> anyhow::Result<()> {
-    let (mut send, mut recv) = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), conn.accept_bi())
-        .await
-        .context("no control stream within the hello timeout")??;
+async fn connection(
+    conn: quinn::Connection,
+    scheduler: Addr<Scheduler>,
+    store: ArtifactStore,
+) -> anyhow::Result<()> {
+    let (mut send, mut recv) =
+        tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), conn.accept_bi())
+            .await
+            .context("no control stream within the hello timeout")??;
     let kind = recv.read_u8().await.context("reading stream kind")?;
     if StreamKind::from_byte(kind) != Some(StreamKind::Control) {
         anyhow::bail!("first stream is of kind {kind}, expected the control stream");
@@ -196,7 +212,9 @@ async fn connection(conn: quinn::Connection, scheduler: Addr<Scheduler>, store: 
         match codec::read_msg::<_, NodeToCoord>(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
             Ok(Some(msg)) => session.do_send(Inbound(msg)),
             Ok(None) => break Ok(()),
-            Err(e) => break Err(anyhow::Error::from(e).context(format!("control stream of {name}"))),
+            Err(e) => {
+                break Err(anyhow::Error::from(e).context(format!("control stream of {name}")))
+            }
         }
     };
     session.do_send(crate::actors::Close);
@@ -220,7 +238,10 @@ async fn upload(
         .await?
         .context("upload stream closed before its header")?;
     let dest = store.segment_path(header.chunk.job, header.chunk.index, header.chunk.epoch);
-    let reply = match store.receive(&mut recv, &dest, header.bytes, header.hash).await {
+    let reply = match store
+        .receive(&mut recv, &dest, header.bytes, header.hash)
+        .await
+    {
         Ok(hash) => {
             // Tell the session before the node hears "stored", so its `Done`
             // (sent after the reply) always finds the upload recorded.
@@ -234,8 +255,14 @@ async fn upload(
             UploadReply::Stored
         }
         Err(e) => {
-            warn!(job = header.chunk.job, chunk = header.chunk.index, "segment refused: {e}");
-            UploadReply::Rejected { reason: e.to_string() }
+            warn!(
+                job = header.chunk.job,
+                chunk = header.chunk.index,
+                "segment refused: {e}"
+            );
+            UploadReply::Rejected {
+                reason: e.to_string(),
+            }
         }
     };
     codec::write_msg(&mut send, &reply).await?;

@@ -446,7 +446,11 @@ impl Core {
                 }
             }
             Event::MuxFailed { job, reason } => {
-                if self.jobs.get(&job).is_some_and(|j| j.state == JobState::Muxing) {
+                if self
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|j| j.state == JobState::Muxing)
+                {
                     let why = format!("joining segments failed: {reason}");
                     self.finish_job(job, now_ms, JobState::Failed, Some(why), &mut cmds);
                 }
@@ -456,7 +460,9 @@ impl Core {
                 let dead: Vec<String> = self
                     .nodes
                     .iter()
-                    .filter(|(_, n)| n.connected && now_ms.saturating_sub(n.last_heartbeat_ms) > timeout)
+                    .filter(|(_, n)| {
+                        n.connected && now_ms.saturating_sub(n.last_heartbeat_ms) > timeout
+                    })
                     .map(|(name, _)| name.clone())
                     .collect();
                 for name in dead {
@@ -498,7 +504,13 @@ impl Core {
     /// Puts an assigned chunk back in the queue; `failure` is a reason when the
     /// node reported a failure (backoff and the failure limit apply), `None`
     /// when the node was lost.
-    fn requeue(&mut self, key: ChunkKey, now_ms: u64, failure: Option<String>, cmds: &mut Vec<Command>) {
+    fn requeue(
+        &mut self,
+        key: ChunkKey,
+        now_ms: u64,
+        failure: Option<String>,
+        cmds: &mut Vec<Command>,
+    ) {
         let cfg = self.config.clone();
         let Some(job) = self.jobs.get_mut(&key.0) else {
             return;
@@ -544,7 +556,14 @@ impl Core {
     }
 
     /// Moves a job to a terminal state and cancels its chunks on their nodes.
-    fn finish_job(&mut self, id: u64, now_ms: u64, state: JobState, error: Option<String>, cmds: &mut Vec<Command>) {
+    fn finish_job(
+        &mut self,
+        id: u64,
+        now_ms: u64,
+        state: JobState,
+        error: Option<String>,
+        cmds: &mut Vec<Command>,
+    ) {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -623,7 +642,9 @@ impl Core {
                 let best = eligible
                     .iter()
                     .filter(|(_, name)| self.nodes[name].held.len() < depth)
-                    .max_by_key(|(pref, name)| (*pref, std::cmp::Reverse(self.nodes[name].held.len())))
+                    .max_by_key(|(pref, name)| {
+                        (*pref, std::cmp::Reverse(self.nodes[name].held.len()))
+                    })
                     .map(|(_, name)| name.clone());
                 let Some(node) = best else {
                     break;
@@ -633,7 +654,11 @@ impl Core {
                 c.epoch += 1;
                 c.attempts += 1;
                 c.frames_done = 0;
-                self.nodes.get_mut(&node).expect("eligible").held.push((id, c.index));
+                self.nodes
+                    .get_mut(&node)
+                    .expect("eligible")
+                    .held
+                    .push((id, c.index));
                 cmds.push(Command::Assign {
                     node,
                     assignment: Assignment {
@@ -696,7 +721,10 @@ impl Core {
 
     /// Every job, oldest first.
     pub fn job_views(&self) -> Vec<JobView> {
-        self.jobs.keys().filter_map(|id| self.job_view(*id)).collect()
+        self.jobs
+            .keys()
+            .filter_map(|id| self.job_view(*id))
+            .collect()
     }
 
     /// Every node ever seen since start, by name.
@@ -718,10 +746,18 @@ impl Core {
     /// Asserts the invariants listed in the module doc.
     pub fn check_invariants(&self) {
         for (name, n) in &self.nodes {
-            assert!(n.held.len() <= self.config.node_queue_depth, "{name} holds too many");
+            assert!(
+                n.held.len() <= self.config.node_queue_depth,
+                "{name} holds too many"
+            );
             for (j, i) in &n.held {
                 let c = &self.jobs[j].chunks[*i as usize];
-                assert_eq!(c.state, ChunkState::Assigned, "{name} holds {j}/{i} in {:?}", c.state);
+                assert_eq!(
+                    c.state,
+                    ChunkState::Assigned,
+                    "{name} holds {j}/{i} in {:?}",
+                    c.state
+                );
                 assert_eq!(c.node.as_deref(), Some(name.as_str()));
             }
         }
@@ -729,7 +765,12 @@ impl Core {
             for c in &j.chunks {
                 if c.state == ChunkState::Assigned {
                     let n = c.node.as_ref().expect("assigned chunk has a node");
-                    assert!(self.nodes[n].held.contains(&(j.id, c.index)), "{}/{} not held by {n}", j.id, c.index);
+                    assert!(
+                        self.nodes[n].held.contains(&(j.id, c.index)),
+                        "{}/{} not held by {n}",
+                        j.id,
+                        c.index
+                    );
                 }
             }
             if matches!(j.state, JobState::Muxing | JobState::Done) {
@@ -769,7 +810,11 @@ mod tests {
         let a = Adapter {
             name: if gpu { "gpu".into() } else { "llvmpipe".into() },
             backend: "Vulkan".into(),
-            device_type: if gpu { DeviceType::DiscreteGpu } else { DeviceType::Cpu },
+            device_type: if gpu {
+                DeviceType::DiscreteGpu
+            } else {
+                DeviceType::Cpu
+            },
         };
         Capabilities {
             adapters: vec![a.clone()],
@@ -782,14 +827,22 @@ mod tests {
     fn assigns(cmds: &[Command]) -> Vec<(String, ChunkKey, u32)> {
         cmds.iter()
             .filter_map(|c| match c {
-                Command::Assign { node, assignment } => Some((node.clone(), assignment.chunk, assignment.epoch)),
+                Command::Assign { node, assignment } => {
+                    Some((node.clone(), assignment.chunk, assignment.epoch))
+                }
                 _ => None,
             })
             .collect()
     }
 
     fn connect(core: &mut Core, now: u64, name: &str, gpu: bool) -> Vec<Command> {
-        core.handle(now, Event::NodeConnected { node: name.into(), caps: caps(gpu) })
+        core.handle(
+            now,
+            Event::NodeConnected {
+                node: name.into(),
+                caps: caps(gpu),
+            },
+        )
     }
 
     fn done(core: &mut Core, now: u64, node: &str, chunk: ChunkKey, epoch: u32) -> Vec<Command> {
@@ -810,11 +863,23 @@ mod tests {
         let mut core = Core::new(CoreConfig::default());
         let (id, cmds) = core.submit(0, spec(96, "any"));
         assert!(assigns(&cmds).is_empty(), "no node yet");
-        assert!(core.job(id).unwrap().error.as_deref().unwrap().contains("no node"));
+        assert!(core
+            .job(id)
+            .unwrap()
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no node"));
         let a = assigns(&connect(&mut core, 1, "n1", false));
-        assert_eq!(a, vec![("n1".into(), (id, 0), 1), ("n1".into(), (id, 1), 1)]);
+        assert_eq!(
+            a,
+            vec![("n1".into(), (id, 0), 1), ("n1".into(), (id, 1), 1)]
+        );
         let b = assigns(&connect(&mut core, 2, "n2", false));
-        assert_eq!(b, vec![("n2".into(), (id, 2), 1), ("n2".into(), (id, 3), 1)]);
+        assert_eq!(
+            b,
+            vec![("n2".into(), (id, 2), 1), ("n2".into(), (id, 3), 1)]
+        );
         core.check_invariants();
         // Finishing every chunk asks for the mux with segments in order.
         let mut last = Vec::new();
@@ -827,12 +892,21 @@ mod tests {
             segments: (0..4).map(|i| format!("seg-{id}-{i}")).collect()
         }));
         assert_eq!(core.job(id).unwrap().state, JobState::Muxing);
-        core.handle(20, Event::MuxDone { job: id, output: "out.mp4".into() });
+        core.handle(
+            20,
+            Event::MuxDone {
+                job: id,
+                output: "out.mp4".into(),
+            },
+        );
         let v = core.job_view(id).unwrap();
         assert_eq!(v.state, JobState::Done);
         assert_eq!(v.frames_done, 96);
         assert_eq!(v.frames_by_node["n1"], 48);
-        assert_eq!(v.output_url.as_deref(), Some(&*format!("/v1/jobs/{id}/output")));
+        assert_eq!(
+            v.output_url.as_deref(),
+            Some(&*format!("/v1/jobs/{id}/output"))
+        );
     }
 
     #[test]
@@ -841,11 +915,26 @@ mod tests {
         connect(&mut core, 0, "n1", false);
         let (id, _) = core.submit(0, spec(48, "any"));
         connect(&mut core, 0, "n2", false);
-        core.handle(1_000, Event::Heartbeat { node: "n2".into(), cpu_load_pct: 1.0 });
-        core.handle(4_000, Event::Heartbeat { node: "n2".into(), cpu_load_pct: 1.0 });
+        core.handle(
+            1_000,
+            Event::Heartbeat {
+                node: "n2".into(),
+                cpu_load_pct: 1.0,
+            },
+        );
+        core.handle(
+            4_000,
+            Event::Heartbeat {
+                node: "n2".into(),
+                cpu_load_pct: 1.0,
+            },
+        );
         // n1 stopped talking at 0; past the timeout its chunks move to n2.
         let cmds = core.handle(5_500, Event::Tick);
-        assert_eq!(assigns(&cmds), vec![("n2".into(), (id, 0), 2), ("n2".into(), (id, 1), 2)]);
+        assert_eq!(
+            assigns(&cmds),
+            vec![("n2".into(), (id, 0), 2), ("n2".into(), (id, 1), 2)]
+        );
         // A late report from n1's old attempt is ignored.
         done(&mut core, 5_600, "n1", (id, 0), 1);
         assert_eq!(core.job(id).unwrap().chunks[0].state, ChunkState::Assigned);
@@ -857,20 +946,38 @@ mod tests {
 
     #[test]
     fn failures_back_off_and_then_fail_the_job() {
-        let mut core = Core::new(CoreConfig { max_chunk_failures: 2, ..Default::default() });
+        let mut core = Core::new(CoreConfig {
+            max_chunk_failures: 2,
+            ..Default::default()
+        });
         connect(&mut core, 0, "n1", false);
         let (id, _) = core.submit(0, spec(10, "any"));
         let fail = |core: &mut Core, now, epoch| {
-            core.handle(now, Event::ChunkFailed { node: "n1".into(), chunk: (id, 0), epoch, reason: "boom".into() })
+            core.handle(
+                now,
+                Event::ChunkFailed {
+                    node: "n1".into(),
+                    chunk: (id, 0),
+                    epoch,
+                    reason: "boom".into(),
+                },
+            )
         };
         let cmds = fail(&mut core, 100, 1);
         assert!(assigns(&cmds).is_empty(), "backoff holds the retry");
         assert!(assigns(&core.handle(500, Event::Tick)).is_empty());
-        assert_eq!(assigns(&core.handle(1_100, Event::Tick)), vec![("n1".into(), (id, 0), 2)]);
+        assert_eq!(
+            assigns(&core.handle(1_100, Event::Tick)),
+            vec![("n1".into(), (id, 0), 2)]
+        );
         fail(&mut core, 1_200, 2);
         let j = core.job(id).unwrap();
         assert_eq!(j.state, JobState::Failed);
-        assert!(j.error.as_deref().unwrap().contains("failed 2 times; last error: boom"));
+        assert!(j
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("failed 2 times; last error: boom"));
         core.check_invariants();
     }
 
@@ -881,7 +988,10 @@ mod tests {
         let (id, cmds) = core.submit(0, spec(24, "required"));
         assert!(assigns(&cmds).is_empty());
         let err = core.job(id).unwrap().error.clone().unwrap();
-        assert!(err.starts_with("unschedulable: cpu: requirements.gpu"), "{err}");
+        assert!(
+            err.starts_with("unschedulable: cpu: requirements.gpu"),
+            "{err}"
+        );
         let cmds = connect(&mut core, 1, "gpu", true);
         assert_eq!(assigns(&cmds), vec![("gpu".into(), (id, 0), 1)]);
         assert!(core.job(id).unwrap().error.is_none());
@@ -897,7 +1007,10 @@ mod tests {
         let (a, _) = core.submit(0, spec(96, "any"));
         let (b, _) = core.submit(0, spec(24, "any"));
         let cmds = core.handle(1, Event::CancelJob { job: a });
-        let cancels = cmds.iter().filter(|c| matches!(c, Command::Cancel { .. })).count();
+        let cancels = cmds
+            .iter()
+            .filter(|c| matches!(c, Command::Cancel { .. }))
+            .count();
         assert_eq!(cancels, 2);
         assert_eq!(assigns(&cmds), vec![("n1".into(), (b, 0), 1)]);
         assert_eq!(core.job(a).unwrap().state, JobState::Cancelled);

@@ -44,7 +44,8 @@ pub struct BoundAddrs {
 
 /// Runs a coordinator until a shutdown signal. Call inside an actix system.
 pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let addrs_path = cfg.data_dir.join(ADDRS_FILE);
     let _ = std::fs::remove_file(&addrs_path);
     let journal = Journal::open(&cfg.data_dir.join("journal")).context("opening the journal")?;
@@ -57,7 +58,11 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let (cert, key, fingerprint) = crate::quic::load_or_create_identity(&cfg.data_dir)?;
     let endpoint = crate::quic::bind(cfg.quic_addr, cert, key)?;
     let quic_addr = endpoint.local_addr()?;
-    actix::spawn(crate::quic::serve(endpoint.clone(), scheduler.clone(), store));
+    actix::spawn(crate::quic::serve(
+        endpoint.clone(),
+        scheduler.clone(),
+        store,
+    ));
 
     let data = actix_web::web::Data::new(scheduler.clone());
     let server = actix_web::HttpServer::new(move || {

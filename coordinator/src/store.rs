@@ -79,7 +79,8 @@ impl ArtifactStore {
 
     /// Where the segment of one attempt of a chunk lives.
     pub fn segment_path(&self, job: u64, index: u32, epoch: u32) -> PathBuf {
-        self.job_dir(job).join(format!("chunk-{index:05}-e{epoch}.mp4"))
+        self.job_dir(job)
+            .join(format!("chunk-{index:05}-e{epoch}.mp4"))
     }
 
     /// Where a job's joined output lives.
@@ -146,18 +147,33 @@ mod tests {
         let data = vec![7u8; 300_000];
         let hash = *blake3::hash(&data).as_bytes();
         let dest = store.segment_path(1, 0, 1);
-        let hex = store.receive(&mut &data[..], &dest, data.len() as u64, hash).await.unwrap();
+        let hex = store
+            .receive(&mut &data[..], &dest, data.len() as u64, hash)
+            .await
+            .unwrap();
         assert_eq!(hex, blake3::hash(&data).to_hex().as_str());
         assert_eq!(std::fs::read(&dest).unwrap(), data);
 
         let dest2 = store.segment_path(1, 1, 1);
-        let err = store.receive(&mut &data[..], &dest2, data.len() as u64, [0; 32]).await.unwrap_err();
+        let err = store
+            .receive(&mut &data[..], &dest2, data.len() as u64, [0; 32])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::HashMismatch { .. }), "{err}");
         assert!(!dest2.exists() && !dest2.with_extension("partial").exists());
 
-        let err = store.receive(&mut &data[..10], &dest2, 20, hash).await.unwrap_err();
-        assert!(matches!(err, StoreError::Short { got: 10, want: 20 }), "{err}");
-        let err = store.receive(&mut &data[..], &dest2, MAX_SEGMENT_BYTES + 1, hash).await.unwrap_err();
+        let err = store
+            .receive(&mut &data[..10], &dest2, 20, hash)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Short { got: 10, want: 20 }),
+            "{err}"
+        );
+        let err = store
+            .receive(&mut &data[..], &dest2, MAX_SEGMENT_BYTES + 1, hash)
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use drover_protocol::{
-    codec, Assign, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, CoordToNode, Heartbeat, Hello, NodeToCoord,
-    StreamKind, UploadHeader, UploadReply, MAX_CONTROL_FRAME_BYTES, PROTOCOL_VERSION,
+    codec, Assign, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, CoordToNode, Heartbeat, Hello,
+    NodeToCoord, StreamKind, UploadHeader, UploadReply, MAX_CONTROL_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use drover_shared::caps::Capabilities;
 use drover_shared::config::CERT_SERVER_NAME;
@@ -50,6 +50,10 @@ pub struct AgentConfig {
     pub trust: Trust,
 }
 
+/// Chunks this session holds: cancel flag and frames done, shared with the
+/// executor (writes) and the heartbeat (reads).
+type Held = Arc<Mutex<HashMap<ChunkRef, (Arc<AtomicBool>, Arc<AtomicU64>)>>>;
+
 /// How a session ended.
 enum SessionEnd {
     /// The coordinator refused us: retrying cannot help.
@@ -65,7 +69,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
     // Probing opens the GPU and test-encodes: blocking work.
     let (gpu, caps) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Gpu, Capabilities)> {
-        let gpu = Gpu::new().context("no usable graphics adapter (install Mesa's Vulkan driver for CPU rendering)")?;
+        let gpu = Gpu::new().context(
+            "no usable graphics adapter (install Mesa's Vulkan driver for CPU rendering)",
+        )?;
         let caps = crate::probe::capabilities(gpu.adapter());
         Ok((gpu, caps))
     })
@@ -77,7 +83,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         encoders = ?caps.encoders, "node ready");
     let executor = Executor::start(gpu, spool);
     let client = crate::tls::client_config(&cfg.trust)?;
-    let bind: SocketAddr = if cfg.coordinator.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
+    let bind: SocketAddr = if cfg.coordinator.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()?;
     let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(client);
 
@@ -85,7 +96,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
         match session(&endpoint, &cfg, &caps, &executor).await {
-            Ok(SessionEnd::Refused(reason)) => anyhow::bail!("coordinator refused this node: {reason}"),
+            Ok(SessionEnd::Refused(reason)) => {
+                anyhow::bail!("coordinator refused this node: {reason}")
+            }
             Ok(SessionEnd::Lost(why)) => warn!("connection to coordinator lost: {why}"),
             Err(e) => warn!("cannot reach coordinator at {}: {e:#}", cfg.coordinator),
         }
@@ -118,14 +131,16 @@ async fn session(
         }),
     )
     .await?;
-    let heartbeat_ms = match codec::read_msg::<_, CoordToNode>(&mut recv, MAX_CONTROL_FRAME_BYTES).await? {
-        Some(CoordToNode::Welcome {
-            heartbeat_interval_ms, ..
-        }) => heartbeat_interval_ms,
-        Some(CoordToNode::Refused { reason, .. }) => return Ok(SessionEnd::Refused(reason)),
-        Some(other) => anyhow::bail!("expected welcome, got {other:?}"),
-        None => anyhow::bail!("coordinator closed the stream during the handshake"),
-    };
+    let heartbeat_ms =
+        match codec::read_msg::<_, CoordToNode>(&mut recv, MAX_CONTROL_FRAME_BYTES).await? {
+            Some(CoordToNode::Welcome {
+                heartbeat_interval_ms,
+                ..
+            }) => heartbeat_interval_ms,
+            Some(CoordToNode::Refused { reason, .. }) => return Ok(SessionEnd::Refused(reason)),
+            Some(other) => anyhow::bail!("expected welcome, got {other:?}"),
+            None => anyhow::bail!("coordinator closed the stream during the handshake"),
+        };
     info!(coordinator = %cfg.coordinator, "connected");
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<NodeToCoord>();
@@ -136,13 +151,14 @@ async fn session(
             }
         }
     });
-    let held: Arc<Mutex<HashMap<ChunkRef, (Arc<AtomicBool>, Arc<AtomicU64>)>>> = Arc::default();
+    let held: Held = Arc::default();
     let heartbeat = {
         let out = out_tx.clone();
         let held = held.clone();
         tokio::spawn(async move {
             let mut sys = sysinfo::System::new().ok();
-            let mut tick = tokio::time::interval(Duration::from_millis(heartbeat_ms.clamp(100, 60_000)));
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(heartbeat_ms.clamp(100, 60_000)));
             loop {
                 tick.tick().await;
                 let cpu_load_pct = match sys.as_mut() {
@@ -180,14 +196,19 @@ async fn session(
             let mut last_progress: HashMap<ChunkRef, Instant> = HashMap::new();
             while let Some(ev) = ev_rx.recv().await {
                 match ev {
-                    WorkerEvent::Progress { chunk, frames_done, total } => {
+                    WorkerEvent::Progress {
+                        chunk,
+                        frames_done,
+                        total,
+                    } => {
                         let now = Instant::now();
-                        let due = last_progress
-                            .get(&chunk)
-                            .is_none_or(|t| now.duration_since(*t) >= Duration::from_millis(PROGRESS_INTERVAL_MS));
+                        let due = last_progress.get(&chunk).is_none_or(|t| {
+                            now.duration_since(*t) >= Duration::from_millis(PROGRESS_INTERVAL_MS)
+                        });
                         if due || frames_done == 0 || frames_done == total {
                             last_progress.insert(chunk, now);
-                            let _ = out.send(NodeToCoord::Progress(ChunkProgress { chunk, frames_done }));
+                            let _ = out
+                                .send(NodeToCoord::Progress(ChunkProgress { chunk, frames_done }));
                         }
                     }
                     WorkerEvent::Finished {
@@ -220,7 +241,11 @@ async fn session(
                         held.lock().expect("held map").remove(&assign.chunk);
                         let _ = out.send(msg);
                     }
-                    WorkerEvent::Failed { chunk, reason, log_tail } => {
+                    WorkerEvent::Failed {
+                        chunk,
+                        reason,
+                        log_tail,
+                    } => {
                         last_progress.remove(&chunk);
                         let cancelled = held
                             .lock()
@@ -228,8 +253,16 @@ async fn session(
                             .remove(&chunk)
                             .is_none_or(|(c, _)| c.load(Ordering::Relaxed));
                         if !cancelled {
-                            error!(job = chunk.job, chunk = chunk.index, "chunk failed: {reason}");
-                            let _ = out.send(NodeToCoord::Failed(ChunkFailed { chunk, reason, log_tail }));
+                            error!(
+                                job = chunk.job,
+                                chunk = chunk.index,
+                                "chunk failed: {reason}"
+                            );
+                            let _ = out.send(NodeToCoord::Failed(ChunkFailed {
+                                chunk,
+                                reason,
+                                log_tail,
+                            }));
                         }
                     }
                 }
@@ -279,8 +312,15 @@ async fn session(
 
 /// Sends a finished segment on its own stream and waits for the
 /// coordinator's verdict.
-async fn upload(conn: &quinn::Connection, a: &Assign, path: &Path, hash: [u8; 32]) -> anyhow::Result<()> {
-    let mut file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
+async fn upload(
+    conn: &quinn::Connection,
+    a: &Assign,
+    path: &Path,
+    hash: [u8; 32],
+) -> anyhow::Result<()> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
     let bytes = file.metadata().await?.len();
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_u8(StreamKind::Upload as u8).await?;
@@ -297,14 +337,18 @@ async fn upload(conn: &quinn::Connection, a: &Assign, path: &Path, hash: [u8; 32
     send.finish()?;
     match codec::read_msg::<_, UploadReply>(&mut recv, 64 * 1024).await? {
         Some(UploadReply::Stored) => Ok(()),
-        Some(UploadReply::Rejected { reason }) => anyhow::bail!("coordinator rejected the segment: {reason}"),
+        Some(UploadReply::Rejected { reason }) => {
+            anyhow::bail!("coordinator rejected the segment: {reason}")
+        }
         None => anyhow::bail!("coordinator closed the upload stream without a verdict"),
     }
 }
 
 impl Executor {
     fn submit(&self, item: WorkItem) {
-        self.queue.send(item).expect("executor thread lives as long as the agent");
+        self.queue
+            .send(item)
+            .expect("executor thread lives as long as the agent");
     }
 }
 

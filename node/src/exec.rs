@@ -131,7 +131,14 @@ pub struct RendererCache {
 
 impl RendererCache {
     /// A renderer for this shader, size and rate, reused when it matches.
-    pub fn get(&mut self, gpu: &Gpu, source: &str, width: u32, height: u32, fps: u32) -> Result<&mut Renderer, RenderError> {
+    pub fn get(
+        &mut self,
+        gpu: &Gpu,
+        source: &str,
+        width: u32,
+        height: u32,
+        fps: u32,
+    ) -> Result<&mut Renderer, RenderError> {
         let key = (source.to_string(), width, height, fps);
         if self.key.as_ref() != Some(&key) || self.renderer.is_none() {
             self.renderer = None;
@@ -202,7 +209,12 @@ pub fn render_and_encode(
     })
 }
 
-fn run_chunk(gpu: &Gpu, cache: &mut RendererCache, spool: &Path, item: &WorkItem) -> Result<(PathBuf, [u8; 32]), ChunkError> {
+fn run_chunk(
+    gpu: &Gpu,
+    cache: &mut RendererCache,
+    spool: &Path,
+    item: &WorkItem,
+) -> Result<(PathBuf, [u8; 32]), ChunkError> {
     let a = &item.assign;
     let total = a.end - a.start + 1;
     let report = |frames_done: u64| {
@@ -227,7 +239,15 @@ fn run_chunk(gpu: &Gpu, cache: &mut RendererCache, spool: &Path, item: &WorkItem
         "job-{}-chunk-{:05}-e{}.mp4",
         a.chunk.job, a.chunk.index, a.chunk.epoch
     ));
-    let result = render_and_encode(renderer, &settings, a.start, a.end, &path, &item.cancel, report);
+    let result = render_and_encode(
+        renderer,
+        &settings,
+        a.start,
+        a.end,
+        &path,
+        &item.cancel,
+        report,
+    );
     match result {
         Ok(frames) if frames == total => {}
         Ok(frames) => {

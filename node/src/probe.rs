@@ -22,7 +22,11 @@ pub fn capabilities(render_adapter: &AdapterReport) -> Capabilities {
         Ok(mut sys) => {
             sys.refresh_memory();
             sys.refresh_cpu_all();
-            let brand = sys.cpus().first().map(|c| c.brand().trim().to_string()).unwrap_or_default();
+            let brand = sys
+                .cpus()
+                .first()
+                .map(|c| c.brand().trim().to_string())
+                .unwrap_or_default();
             (brand, sys.cpus().len() as u32, sys.total_memory())
         }
         Err(e) => {
@@ -36,7 +40,10 @@ pub fn capabilities(render_adapter: &AdapterReport) -> Capabilities {
         cpu_brand,
         cpu_cores,
         memory_bytes,
-        adapters: crate::render::probe_adapters().iter().map(adapter).collect(),
+        adapters: crate::render::probe_adapters()
+            .iter()
+            .map(adapter)
+            .collect(),
         render_adapter: Some(adapter(render_adapter)),
         encoders: crate::encode::probe_encoders(),
     }

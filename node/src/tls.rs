@@ -42,16 +42,20 @@ pub fn client_config(trust: &Trust) -> anyhow::Result<quinn::ClientConfig> {
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         Trust::Fingerprint(hex_fp) => {
-            let want = hex::decode(hex_fp.trim()).ok().filter(|b| b.len() == 32).with_context(|| {
-                format!("--cert-sha256 {hex_fp:?} is not 64 hex digits (a SHA-256 fingerprint)")
-            })?;
+            let want = hex::decode(hex_fp.trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .with_context(|| {
+                    format!("--cert-sha256 {hex_fp:?} is not 64 hex digits (a SHA-256 fingerprint)")
+                })?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedFingerprint { want, provider }))
                 .with_no_client_auth()
         }
     };
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("QUIC TLS configuration")?;
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("QUIC TLS configuration")?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(Arc::new(crate::agent::transport()));
     Ok(cfg)
@@ -98,10 +102,17 @@ impl ServerCertVerifier for PinnedFingerprint {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

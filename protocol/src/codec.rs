@@ -67,7 +67,8 @@ where
 
 /// Serializes `msg` into one frame (length prefix included).
 pub fn encode_frame<T: Encode>(msg: &T) -> Result<Vec<u8>, WireError> {
-    let body = rkyv::to_bytes::<rancor::Error>(msg).map_err(|e| WireError::Invalid(e.to_string()))?;
+    let body =
+        rkyv::to_bytes::<rancor::Error>(msg).map_err(|e| WireError::Invalid(e.to_string()))?;
     let len = u32::try_from(body.len()).map_err(|_| WireError::FrameTooLarge {
         bytes: body.len(),
         limit: u32::MAX as usize,
@@ -145,7 +146,11 @@ mod tests {
 
     fn assign() -> CoordToNode {
         CoordToNode::Assign(Assign {
-            chunk: ChunkRef { job: 7, index: 3, epoch: 2 },
+            chunk: ChunkRef {
+                job: 7,
+                index: 3,
+                epoch: 2,
+            },
             start: 24,
             end: 47,
             fps: 24,
@@ -161,13 +166,26 @@ mod tests {
     async fn round_trip_over_a_pipe() {
         let (mut a, mut b) = tokio::io::duplex(64 * 1024);
         write_msg(&mut a, &assign()).await.unwrap();
-        write_msg(&mut a, &CoordToNode::Cancel(ChunkRef { job: 1, index: 0, epoch: 1 }))
-            .await
-            .unwrap();
+        write_msg(
+            &mut a,
+            &CoordToNode::Cancel(ChunkRef {
+                job: 1,
+                index: 0,
+                epoch: 1,
+            }),
+        )
+        .await
+        .unwrap();
         drop(a);
-        let m: CoordToNode = read_msg(&mut b, MAX_CONTROL_FRAME_BYTES).await.unwrap().unwrap();
+        let m: CoordToNode = read_msg(&mut b, MAX_CONTROL_FRAME_BYTES)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(m, assign());
-        let m: CoordToNode = read_msg(&mut b, MAX_CONTROL_FRAME_BYTES).await.unwrap().unwrap();
+        let m: CoordToNode = read_msg(&mut b, MAX_CONTROL_FRAME_BYTES)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(matches!(m, CoordToNode::Cancel(c) if c.job == 1));
         let end: Option<CoordToNode> = read_msg(&mut b, MAX_CONTROL_FRAME_BYTES).await.unwrap();
         assert!(end.is_none());
@@ -178,11 +196,15 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1024);
         // Announce 100 MiB and send nothing more: the reader must refuse on
         // the length alone rather than wait for (and buffer) the body.
-        a.write_all(&(100u32 * 1024 * 1024).to_be_bytes()).await.unwrap();
+        a.write_all(&(100u32 * 1024 * 1024).to_be_bytes())
+            .await
+            .unwrap();
         let err = read_msg::<_, CoordToNode>(&mut b, MAX_CONTROL_FRAME_BYTES)
             .await
             .unwrap_err();
-        assert!(matches!(err, WireError::FrameTooLarge { bytes, limit } if bytes == 100 << 20 && limit == MAX_CONTROL_FRAME_BYTES));
+        assert!(
+            matches!(err, WireError::FrameTooLarge { bytes, limit } if bytes == 100 << 20 && limit == MAX_CONTROL_FRAME_BYTES)
+        );
     }
 
     #[tokio::test]
@@ -193,14 +215,18 @@ mod tests {
         frame.extend_from_slice(&[0xff; 64]);
         let (mut a, mut b) = tokio::io::duplex(64 * 1024);
         a.write_all(&frame).await.unwrap();
-        let err = read_msg::<_, CoordToNode>(&mut b, MAX_CONTROL_FRAME_BYTES).await.unwrap_err();
+        let err = read_msg::<_, CoordToNode>(&mut b, MAX_CONTROL_FRAME_BYTES)
+            .await
+            .unwrap_err();
         assert!(matches!(err, WireError::Invalid(_)), "{err}");
 
         let frame = encode_frame(&assign()).unwrap();
         let (mut a, mut b) = tokio::io::duplex(64 * 1024);
         a.write_all(&frame[..frame.len() - 3]).await.unwrap();
         drop(a);
-        let err = read_msg::<_, CoordToNode>(&mut b, MAX_CONTROL_FRAME_BYTES).await.unwrap_err();
+        let err = read_msg::<_, CoordToNode>(&mut b, MAX_CONTROL_FRAME_BYTES)
+            .await
+            .unwrap_err();
         assert!(matches!(err, WireError::Truncated), "{err}");
     }
 

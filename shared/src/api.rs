@@ -24,7 +24,10 @@ pub enum JobState {
 impl JobState {
     /// True when nothing more will happen to the job.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Done | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 

@@ -209,7 +209,10 @@ mod tests {
             "@fragment fn other(@builtin(position) p: vec4<f32>) -> @location(0) vec4<f32> { return p; }",
             Err("no `@fragment fn fs_main`"),
         );
-        check(&"/".repeat(MAX_SHADER_SOURCE_BYTES + 1), Err("limit is 65536"));
+        check(
+            &"/".repeat(MAX_SHADER_SOURCE_BYTES + 1),
+            Err("limit is 65536"),
+        );
         check(
             "@fragment fn fs_main(@builtin(position) p: vec4<f32>) -> @location(0) vec4<f32> { return vec4<f32>(drover.time); }",
             Ok(()),

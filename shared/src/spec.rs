@@ -357,8 +357,9 @@ impl JobSpec {
                     ),
                 )),
             },
-            (None, Some(src)) => shader::validate(src)
-                .map_err(|e| SpecError::new("render.source", e.to_string())),
+            (None, Some(src)) => {
+                shader::validate(src).map_err(|e| SpecError::new("render.source", e.to_string()))
+            }
         }
     }
 
@@ -420,19 +421,63 @@ mod tests {
     #[test]
     fn bad_specs_name_the_field() {
         use serde_json::json;
-        check(|v| v["colour"] = json!(1), "colour", "unknown field `colour`");
-        check(|v| v["output"] = json!({"codex": "h264"}), "output.codex", "unknown field `codex`");
-        check(|v| v["frames"] = json!({"start": 10, "end": 2}), "frames.end", "before");
-        check(|v| v["frames"] = json!({"start": 0, "end": 200000}), "frames", "limit is 100000");
-        check(|v| v["resolution"]["width"] = json!(9000), "resolution.width", "16..=7680");
-        check(|v| v["resolution"]["height"] = json!(181), "resolution.height", "odd");
+        check(
+            |v| v["colour"] = json!(1),
+            "colour",
+            "unknown field `colour`",
+        );
+        check(
+            |v| v["output"] = json!({"codex": "h264"}),
+            "output.codex",
+            "unknown field `codex`",
+        );
+        check(
+            |v| v["frames"] = json!({"start": 10, "end": 2}),
+            "frames.end",
+            "before",
+        );
+        check(
+            |v| v["frames"] = json!({"start": 0, "end": 200000}),
+            "frames",
+            "limit is 100000",
+        );
+        check(
+            |v| v["resolution"]["width"] = json!(9000),
+            "resolution.width",
+            "16..=7680",
+        );
+        check(
+            |v| v["resolution"]["height"] = json!(181),
+            "resolution.height",
+            "odd",
+        );
         check(|v| v["fps"] = json!(0), "fps", "1..=240");
         check(|v| v["name"] = json!(""), "name", "empty");
-        check(|v| v["render"]["shader"] = json!("nope"), "render.shader", "not a built-in");
-        check(|v| v["render"]["kind"] = json!("blender"), "render.kind", "unknown variant");
-        check(|v| v["output"] = json!({"codec": "prores"}), "output.codec", "not supported");
-        check(|v| v["output"] = json!({"quality": 80}), "output.quality", "0..=51");
-        check(|v| v["resolution"]["width"] = json!(-5), "resolution.width", "invalid value");
+        check(
+            |v| v["render"]["shader"] = json!("nope"),
+            "render.shader",
+            "not a built-in",
+        );
+        check(
+            |v| v["render"]["kind"] = json!("blender"),
+            "render.kind",
+            "unknown variant",
+        );
+        check(
+            |v| v["output"] = json!({"codec": "prores"}),
+            "output.codec",
+            "not supported",
+        );
+        check(
+            |v| v["output"] = json!({"quality": 80}),
+            "output.quality",
+            "0..=51",
+        );
+        check(
+            |v| v["resolution"]["width"] = json!(-5),
+            "resolution.width",
+            "invalid value",
+        );
         check(
             |v| v["render"] = json!({"kind": "shader", "source": "fn fs_main( {"}),
             "render.source",
