@@ -314,29 +314,50 @@ fn a_node_killed_mid_chunk_does_not_leave_the_job_stuck() {
 }
 
 #[test]
-fn jobs_survive_a_coordinator_restart() {
+fn jobs_survive_coordinator_restarts_and_nodes_reconnect() {
     let _g = serial();
-    let (_dir, mut c) = farm(0, &[]);
-    let sub = c
+    let (_dir, mut c) = farm(0, &["--chunk-frames", "30"]);
+    let queued = c
         .client()
         .submit_json(&spec("durable", 30, 128, 72, "rings"))
         .unwrap();
-    let before = c.client().job(sub.id).unwrap();
+    let before = c.client().job(queued.id).unwrap();
     c.restart_coordinator().unwrap();
-    let after = c.client().job(sub.id).unwrap();
+    let after = c.client().job(queued.id).unwrap();
     assert_eq!(after.state, JobState::Queued);
     assert_eq!(after.chunks, before.chunks);
     assert_eq!(after.submitted_at_ms, before.submitted_at_ms);
-    // A new job gets a new id, and the restored job runs once a node joins.
-    let next = c
-        .client()
-        .submit_json(&spec("next", 5, 64, 64, "plasma"))
-        .unwrap();
-    assert_eq!(next.id, sub.id + 1);
+
+    // With a node attached, restart again in the middle of a running job:
+    // the node reconnects on its own and nothing is lost.
     c.add_node("node-1").unwrap();
     c.wait_nodes(1).unwrap();
-    wait_done(&c, sub.id);
-    wait_done(&c, next.id);
+    let running = c
+        .client()
+        .submit_json(&spec("interrupted", 600, 320, 180, "fractal"))
+        .unwrap();
+    assert_eq!(
+        running.id,
+        queued.id + 1,
+        "ids continue after the restored ones"
+    );
+    wait_for(JOB_TIMEOUT, "the second job to run", || {
+        let j = c.client().job(running.id)?;
+        Ok((j.frames_done > 0 && j.state == JobState::Running).then_some(()))
+    })
+    .unwrap();
+    c.restart_coordinator().unwrap();
+    let j = c.client().job(running.id).unwrap();
+    assert!(
+        !j.state.is_terminal(),
+        "restored mid-run, not finished: {:?}",
+        j.state
+    );
+    c.wait_nodes(1).unwrap();
+    wait_done(&c, queued.id);
+    let done = wait_done(&c, running.id);
+    assert_eq!(done.frames_by_node["node-1"], 600);
+    assert!(c.log("node-1").contains("connection to coordinator lost"));
 }
 
 #[test]

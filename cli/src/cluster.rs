@@ -112,14 +112,16 @@ impl Cluster {
 
     fn spawn_coordinator(&mut self) -> anyhow::Result<()> {
         let data = self.root.join("coordinator");
+        // Port 0 on first start; a restart keeps the ports it had, as a
+        // restarted production coordinator does, so nodes can reconnect.
         let mut args: Vec<String> = vec![
             "coordinator".into(),
             "--data".into(),
             data.display().to_string(),
             "--http".into(),
-            "127.0.0.1:0".into(),
+            self.addrs.http.to_string(),
             "--quic".into(),
-            "127.0.0.1:0".into(),
+            self.addrs.quic.to_string(),
         ];
         args.extend(self.coordinator_args.iter().cloned());
         let log = self.root.join("coordinator.log");
@@ -153,8 +155,8 @@ impl Cluster {
     }
 
     /// Stops the coordinator (SIGTERM, so it shuts down cleanly) and starts
-    /// it again on the same data dir. Its ports change; nodes started before
-    /// keep the old address, so restart before adding nodes.
+    /// it again on the same data dir and the same ports; running nodes
+    /// reconnect by themselves.
     pub fn restart_coordinator(&mut self) -> anyhow::Result<()> {
         if let Some(c) = self.coordinator.take() {
             terminate(vec![c]);
