@@ -31,7 +31,7 @@ use clap::Parser;
 use drover_cli::client::Client;
 use drover_cli::cluster::Cluster;
 use drover_node::encode::{EncodeSettings, DEFAULT_CODEC, DEFAULT_PRESET};
-use drover_node::exec::render_and_encode;
+use drover_node::exec::{render_and_encode, start_segment, PendingSegment};
 use drover_node::render::{Gpu, Renderer};
 use drover_shared::api::{JobState, JobView};
 
@@ -165,10 +165,13 @@ fn main() -> anyhow::Result<()> {
         let chunk = chunk_frames.to_string();
         let started = Instant::now();
         // NO_COLOR keeps ANSI escapes out of the logs this bench reads.
+        // Min and max pinned to the same size, so the farm cuts exactly the
+        // chunks the in-process side does (the default cutter would pick 60
+        // frames for 240 frames on one node).
         let mut cluster = Cluster::start(
             &drover,
             &root,
-            &["--chunk-frames", &chunk],
+            &["--chunk-frames", &chunk, "--max-chunk-frames", &chunk],
             &[("NO_COLOR", "1")],
         )?;
         cluster.add_node("node-1")?;
@@ -294,15 +297,41 @@ fn run_chunked(
     let mut renderer =
         Renderer::new(gpu, source, WIDTH, HEIGHT, FPS).context("creating the renderer")?;
     let renderer_ms = started.elapsed().as_millis() as u64;
+    // As on a node: the next chunk renders while the previous encoder
+    // flushes (`start_segment`), and at most two encoders are alive.
     let mut segments = Vec::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut finishing: Option<PendingSegment> = None;
     let mut start = 1;
     while start <= frames {
         let end = (start + chunk_frames - 1).min(frames);
         let path = seg_dir.join(format!("segment-{start:06}.mp4"));
-        render_and_encode(&mut renderer, &settings, start, end, &path, &cancel, |_| {})
-            .with_context(|| format!("rendering and encoding {}", path.display()))?;
+        let tx = tx.clone();
+        let pending = start_segment(
+            &mut renderer,
+            &settings,
+            start,
+            end,
+            &path,
+            &cancel,
+            |_| {},
+            move |r| {
+                let _ = tx.send(r);
+            },
+        )
+        .with_context(|| format!("rendering {}", path.display()))?;
+        if let Some(prev) = finishing.replace(pending) {
+            prev.wait();
+        }
         segments.push(path);
         start = end + 1;
+    }
+    if let Some(prev) = finishing {
+        prev.wait();
+    }
+    drop(tx);
+    for result in rx {
+        result.context("encoding a segment")?;
     }
     let joining = Instant::now();
     let report = drover_coordinator::mux::concat_segments(&segments, &out)

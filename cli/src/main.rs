@@ -34,9 +34,13 @@ enum Cmd {
         /// QUIC address for nodes.
         #[arg(long, env = "DROVER_QUIC", default_value = DEFAULT_QUIC_ADDR)]
         quic: SocketAddr,
-        /// Frames per chunk.
+        /// Smallest chunk in frames; jobs are cut into about four chunks per
+        /// node that can run them, within this and --max-chunk-frames.
         #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         chunk_frames: u64,
+        /// Largest chunk in frames.
+        #[arg(long, default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        max_chunk_frames: u64,
     },
     /// Run a node agent that renders and encodes chunks.
     #[command(
@@ -184,6 +188,7 @@ fn main() -> anyhow::Result<()> {
             http,
             quic,
             chunk_frames,
+            max_chunk_frames,
         } => {
             init_logs("info");
             let data_dir = data.unwrap_or_else(|| default_data_dir().join("coordinator"));
@@ -193,6 +198,7 @@ fn main() -> anyhow::Result<()> {
                 quic_addr: quic,
                 core: drover_coordinator::sched::CoreConfig {
                     chunk_frames,
+                    max_chunk_frames,
                     ..Default::default()
                 },
             };

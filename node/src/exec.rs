@@ -78,42 +78,34 @@ impl Executor {
             .name("drover-executor".into())
             .spawn(move || {
                 let mut cache = RendererCache::default();
+                // The previous chunk's encoder, possibly still flushing while
+                // this thread renders the next chunk. Joined before a third
+                // starts, so at most two encoders are alive.
+                let mut finishing: Option<PendingSegment> = None;
                 for item in rx {
-                    let chunk = item.assign.chunk;
                     if item.cancel.load(Ordering::Relaxed) {
                         let _ = item.events.send(WorkerEvent::Failed {
-                            chunk,
+                            chunk: item.assign.chunk,
                             reason: "cancelled before it started".into(),
                             log_tail: String::new(),
                         });
                         continue;
                     }
-                    let started = Instant::now();
                     let events = item.events.clone();
-                    let result = run_chunk(&gpu, &mut cache, &spool, &item);
-                    let ev = match result {
-                        Ok((path, hash)) => WorkerEvent::Finished {
-                            assign: item.assign,
-                            path,
-                            hash,
-                            adapter: gpu.adapter().name.clone(),
-                            elapsed_ms: started.elapsed().as_millis() as u64,
-                        },
-                        Err(e) => WorkerEvent::Failed {
-                            chunk,
-                            reason: e.to_string(),
-                            log_tail: format!(
-                                "job {} chunk {} frames {}-{} on {} ({}): {e}",
-                                chunk.job,
-                                chunk.index,
-                                item.assign.start,
-                                item.assign.end,
-                                gpu.adapter().name,
-                                gpu.adapter().device_type
-                            ),
-                        },
-                    };
-                    let _ = events.send(ev);
+                    let assign = item.assign.clone();
+                    match start_chunk(&gpu, &mut cache, &spool, item, Instant::now()) {
+                        Ok(pending) => {
+                            if let Some(prev) = finishing.replace(pending) {
+                                prev.wait();
+                            }
+                        }
+                        Err(e) => {
+                            let _ = events.send(failed(&assign, gpu.adapter(), &e));
+                        }
+                    }
+                }
+                if let Some(prev) = finishing {
+                    prev.wait();
                 }
             })
             .expect("spawning the executor thread");
@@ -166,11 +158,37 @@ pub enum ChunkError {
     Io(#[from] std::io::Error),
 }
 
-/// Renders and encodes frames `start..=end` into one segment at `path`,
-/// calling `progress` with the frames done so far. This is the whole work of
-/// a chunk; the benchmark calls it directly as the no-farm baseline.
+/// What the renderer tells the encoder thread.
+enum ToEncoder {
+    Frame(Vec<u8>),
+    /// Rendering ended: `Ok` after the last frame, `Err` when it failed or
+    /// was cancelled (the segment is then discarded).
+    End(Result<(), ChunkError>),
+}
+
+/// A segment whose frames are all rendered and whose encoder may still be
+/// flushing on its own thread.
+pub struct PendingSegment {
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl PendingSegment {
+    /// Waits for the encoder thread (and the callback it ran) to finish.
+    pub fn wait(self) {
+        self.handle.join().expect("encoder thread panicked");
+    }
+}
+
+/// Renders frames `start..=end` and feeds them to an encoder thread writing
+/// the segment at `path`; returns as soon as the last frame is rendered.
+///
+/// The encoder's flush (x264 drains its lookahead and frame threads, about
+/// 100 ms at 720p) and the trailer then finish on the encoder thread, which
+/// calls `on_done` with the frames written, so the caller can start
+/// rendering the next chunk meanwhile. On failure or cancellation the
+/// segment file is removed before `on_done` sees the error.
 #[allow(clippy::too_many_arguments)]
-pub fn render_and_encode(
+pub fn start_segment(
     renderer: &mut Renderer,
     settings: &EncodeSettings,
     start: u64,
@@ -178,49 +196,102 @@ pub fn render_and_encode(
     path: &Path,
     cancel: &AtomicBool,
     mut progress: impl FnMut(u64),
-) -> Result<u64, ChunkError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(RENDER_QUEUE_FRAMES);
-    std::thread::scope(|s| {
-        let encoder = s.spawn(move || -> Result<u64, ChunkError> {
-            let mut enc = SegmentEncoder::create(path, settings)?;
-            for frame in rx {
-                enc.push_rgba(&frame)?;
+    on_done: impl FnOnce(Result<u64, ChunkError>) + Send + 'static,
+) -> Result<PendingSegment, ChunkError> {
+    let mut encoder = SegmentEncoder::create(path, settings)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ToEncoder>(RENDER_QUEUE_FRAMES);
+    let seg_path = path.to_path_buf();
+    let handle = std::thread::Builder::new()
+        .name("drover-encoder".into())
+        .spawn(move || {
+            let mut result = Err(ChunkError::Render(RenderError::Sink(
+                "renderer stopped".into(),
+            )));
+            for msg in rx {
+                match msg {
+                    ToEncoder::Frame(rgba) => {
+                        if let Err(e) = encoder.push_rgba(&rgba) {
+                            result = Err(e.into());
+                            break;
+                        }
+                    }
+                    ToEncoder::End(end) => {
+                        result = end;
+                        break;
+                    }
+                }
             }
-            Ok(enc.finish()?.frames)
-        });
-        let rendered = renderer.render_range(start..end + 1, |frame, rgba| {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(RenderError::Sink("cancelled".into()));
+            let result = result.and_then(|()| Ok(encoder.finish()?.frames));
+            if result.is_err() {
+                let _ = std::fs::remove_file(&seg_path);
             }
-            tx.send(rgba)
-                .map_err(|_| RenderError::Sink("encoder stopped".into()))?;
-            progress(frame - start + 1);
-            Ok(())
-        });
-        drop(tx);
-        let encoded = encoder.join().expect("encoder thread panicked");
+            on_done(result);
+        })?;
+    let rendered = renderer.render_range(start..end + 1, |frame, rgba| {
         if cancel.load(Ordering::Relaxed) {
-            return Err(ChunkError::Cancelled);
+            return Err(RenderError::Sink("cancelled".into()));
         }
-        // An encoder error explains a render "sink stopped"; report it first.
-        let frames = encoded?;
-        rendered?;
-        Ok(frames)
-    })
+        tx.send(ToEncoder::Frame(rgba))
+            .map_err(|_| RenderError::Sink("encoder stopped".into()))?;
+        progress(frame - start + 1);
+        Ok(())
+    });
+    let end_msg = match rendered {
+        _ if cancel.load(Ordering::Relaxed) => Err(ChunkError::Cancelled),
+        Ok(()) => Ok(()),
+        Err(e) => Err(e.into()),
+    };
+    // The encoder may already have stopped on its own error; it then
+    // reports that error, which explains the render's "encoder stopped".
+    let _ = tx.send(ToEncoder::End(end_msg));
+    Ok(PendingSegment { handle })
 }
 
-fn run_chunk(
+/// Renders and encodes frames `start..=end` into one segment at `path` and
+/// waits for the segment to be complete: the whole work of a chunk, without
+/// overlapping the next one. The benchmark's no-farm baseline.
+pub fn render_and_encode(
+    renderer: &mut Renderer,
+    settings: &EncodeSettings,
+    start: u64,
+    end: u64,
+    path: &Path,
+    cancel: &AtomicBool,
+    progress: impl FnMut(u64),
+) -> Result<u64, ChunkError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pending = start_segment(
+        renderer,
+        settings,
+        start,
+        end,
+        path,
+        cancel,
+        progress,
+        move |r| {
+            let _ = tx.send(r);
+        },
+    )?;
+    pending.wait();
+    rx.recv().expect("on_done always runs")
+}
+
+/// Starts one chunk: renders it on this thread and leaves its encoder
+/// finishing; the encoder thread hashes the segment and reports the result.
+fn start_chunk(
     gpu: &Gpu,
     cache: &mut RendererCache,
     spool: &Path,
-    item: &WorkItem,
-) -> Result<(PathBuf, [u8; 32]), ChunkError> {
-    let a = &item.assign;
+    item: WorkItem,
+    started: Instant,
+) -> Result<PendingSegment, ChunkError> {
+    let a = item.assign.clone();
     let total = a.end - a.start + 1;
+    let chunk = a.chunk;
     let report = |frames_done: u64| {
         item.frames_done.store(frames_done, Ordering::Relaxed);
         let _ = item.events.send(WorkerEvent::Progress {
-            chunk: a.chunk,
+            chunk,
             frames_done,
             total,
         });
@@ -239,29 +310,52 @@ fn run_chunk(
         "job-{}-chunk-{:05}-e{}.mp4",
         a.chunk.job, a.chunk.index, a.chunk.epoch
     ));
-    let result = render_and_encode(
+    let adapter = gpu.adapter().clone();
+    let events = item.events.clone();
+    let seg = path.clone();
+    let on_done = move |result: Result<u64, ChunkError>| {
+        let finished = result.and_then(|frames| {
+            if frames != total {
+                let _ = std::fs::remove_file(&seg);
+                return Err(ChunkError::Io(std::io::Error::other(format!(
+                    "encoder wrote {frames} frames, expected {total}"
+                ))));
+            }
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(std::fs::File::open(&seg)?)?;
+            Ok(*hasher.finalize().as_bytes())
+        });
+        let ev = match finished {
+            Ok(hash) => WorkerEvent::Finished {
+                assign: a,
+                path: seg,
+                hash,
+                adapter: adapter.name.clone(),
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            },
+            Err(e) => failed(&a, &adapter, &e),
+        };
+        let _ = events.send(ev);
+    };
+    start_segment(
         renderer,
         &settings,
-        a.start,
-        a.end,
+        item.assign.start,
+        item.assign.end,
         &path,
         &item.cancel,
         report,
-    );
-    match result {
-        Ok(frames) if frames == total => {}
-        Ok(frames) => {
-            let _ = std::fs::remove_file(&path);
-            return Err(ChunkError::Io(std::io::Error::other(format!(
-                "encoder wrote {frames} frames, expected {total}"
-            ))));
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
+        on_done,
+    )
+}
+
+fn failed(a: &Assign, adapter: &crate::render::AdapterReport, e: &ChunkError) -> WorkerEvent {
+    WorkerEvent::Failed {
+        chunk: a.chunk,
+        reason: e.to_string(),
+        log_tail: format!(
+            "job {} chunk {} frames {}-{} on {} ({}): {e}",
+            a.chunk.job, a.chunk.index, a.start, a.end, adapter.name, adapter.device_type
+        ),
     }
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(&path)?)?;
-    Ok((path, *hasher.finalize().as_bytes()))
 }
