@@ -106,10 +106,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     for n in &nodes {
         let a = n.capabilities.render_adapter.as_ref();
         say(format!(
-            "{} connected: {} ({:?}), encoders {}",
+            "{} connected: {} ({}), encoders {}",
             n.name,
             a.map(|a| a.name.as_str()).unwrap_or("?"),
-            a.map(|a| a.device_type),
+            a.map(|a| format!("{:?}", a.device_type))
+                .unwrap_or_default(),
             n.capabilities.encoders.join(",")
         ));
     }

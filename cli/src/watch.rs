@@ -14,6 +14,13 @@ use crate::client::Client;
 /// only paces the display.
 const POLL_INTERVAL_MS: u64 = 100;
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Frames per node: done chunks plus the progress of running ones.
 pub fn frames_by_node(job: &JobView) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -34,7 +41,7 @@ pub fn watch(client: &Client, id: u64, quiet: bool) -> anyhow::Result<JobView> {
         ProgressDrawTarget::hidden()
     });
     let style = ProgressStyle::with_template(
-        "{prefix:>10} [{bar:40.cyan/blue}] {pos:>5}/{len} frames {per_sec:>12} ETA {eta:>4} {msg}",
+        "{prefix:>10} [{bar:40.cyan/blue}] {pos:>5}/{len} frames  ETA {eta:>4}  {msg}",
     )
     .expect("static template")
     .progress_chars("=> ");
@@ -47,7 +54,14 @@ pub fn watch(client: &Client, id: u64, quiet: bool) -> anyhow::Result<JobView> {
         let job = client.job(id)?;
         total_bar.set_length(job.frames_total);
         total_bar.set_position(job.frames_done);
-        total_bar.set_message(format!("{:?}", job.state).to_lowercase());
+        let rate = match job.first_frame_at_ms {
+            Some(t) => {
+                let end = job.finished_at_ms.unwrap_or_else(now_ms);
+                job.frames_done as f64 * 1000.0 / (end.saturating_sub(t).max(1)) as f64
+            }
+            None => 0.0,
+        };
+        total_bar.set_message(format!("{:.1} frames/s  {:?}", rate, job.state).to_lowercase());
         let per_node = frames_by_node(&job);
         for (node, frames) in &per_node {
             let bar = node_bars.entry(node.clone()).or_insert_with(|| {
