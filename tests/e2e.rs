@@ -384,6 +384,7 @@ fn an_incompatible_protocol_version_is_refused_with_a_clear_error() {
         let hello = NodeToCoord::Hello(Hello {
             protocol_version: 999,
             agent_version: "from the future".into(),
+            node_id: "0".repeat(32),
             name: "time-traveller".into(),
             capabilities: WireCapabilities {
                 hostname: String::new(),
@@ -557,4 +558,67 @@ fn the_cli_submits_watches_lists_and_cancels() {
         .submit_json(&spec("after", 12, 64, 64, "rings"))
         .unwrap();
     wait_done(&c, next.id);
+}
+
+#[test]
+fn demo_reports_the_whole_farm_as_json() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.mp4");
+    let run = Command::new(BIN)
+        .args([
+            "demo", "--frames", "48", "--nodes", "2", "--width", "320", "--height", "180", "--json",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .arg("--workdir")
+        .arg(dir.path().join("farm"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The last line is one JSON object with the whole report.
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["frames"], 48);
+    assert_eq!(
+        std::path::PathBuf::from(report["output"].as_str().unwrap()),
+        std::fs::canonicalize(&out).unwrap()
+    );
+    assert!(report["wall_seconds"].as_f64().unwrap() > 0.0);
+    let fps = report["frames_per_second"].as_f64().unwrap();
+    let expect = 48.0 / report["wall_seconds"].as_f64().unwrap();
+    assert!(
+        (fps - expect).abs() < 1e-6 * expect.max(1.0),
+        "{fps} vs {expect}"
+    );
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|n| n["frames"].as_u64().unwrap())
+            .sum::<u64>(),
+        48
+    );
+    assert!(nodes
+        .iter()
+        .all(|n| !n["adapter"].as_str().unwrap().is_empty()));
+    assert_eq!(ffprobe(&out)["nb_read_frames"], "48");
+    // No process of the demo is left behind.
+    let farm_dir = dir.path().join("farm").display().to_string();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&farm_dir))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "leftover demo processes: {leftovers:?}"
+    );
 }

@@ -163,6 +163,7 @@ async fn connection(
     if hello.name.is_empty() || hello.name.len() > 64 {
         anyhow::bail!("node name must be 1..=64 bytes");
     }
+    info!(node = %hello.name, node_id = %hello.node_id, agent_version = %hello.agent_version, "hello");
     codec::write_msg(
         &mut send,
         &CoordToNode::Welcome {

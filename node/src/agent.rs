@@ -67,6 +67,7 @@ enum SessionEnd {
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let spool = cfg.data_dir.join("spool");
     std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
+    let node_id = load_or_create_node_id(&cfg.data_dir)?;
     // Probing opens the GPU and test-encodes: blocking work.
     let (gpu, caps) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Gpu, Capabilities)> {
         let gpu = Gpu::new().context(
@@ -79,7 +80,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if caps.encoders.is_empty() {
         anyhow::bail!("no FFmpeg encoder opened in the probe; install FFmpeg with libx264");
     }
-    info!(name = %cfg.name, adapter = %gpu.adapter().name, device = %gpu.adapter().device_type,
+    info!(name = %cfg.name, %node_id, adapter = %gpu.adapter().name, device = %gpu.adapter().device_type,
         encoders = ?caps.encoders, "node ready");
     let executor = Executor::start(gpu, spool);
     let client = crate::tls::client_config(&cfg.trust)?;
@@ -95,7 +96,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut backoff_ms = RECONNECT_MIN_MS;
     loop {
         let started = Instant::now();
-        match session(&endpoint, &cfg, &caps, &executor).await {
+        match session(&endpoint, &node_id, &cfg, &caps, &executor).await {
             Ok(SessionEnd::Refused(reason)) => {
                 anyhow::bail!("coordinator refused this node: {reason}")
             }
@@ -114,6 +115,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
 async fn session(
     endpoint: &quinn::Endpoint,
+    node_id: &str,
     cfg: &AgentConfig,
     caps: &Capabilities,
     executor: &Executor,
@@ -126,6 +128,7 @@ async fn session(
         &NodeToCoord::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            node_id: node_id.to_string(),
             name: cfg.name.clone(),
             capabilities: caps.into(),
         }),
@@ -310,6 +313,22 @@ async fn session(
     Ok(end)
 }
 
+/// The node's id, made on first start (16 random bytes, hex) and kept in
+/// `data_dir/node-id`.
+pub fn load_or_create_node_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(id.to_string());
+        }
+        warn!(path = %path.display(), "ignoring a malformed node id; making a new one");
+    }
+    let id = hex::encode(rand::random::<[u8; 16]>());
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
 /// Sends a finished segment on its own stream and waits for the
 /// coordinator's verdict.
 async fn upload(
@@ -346,9 +365,15 @@ async fn upload(
 
 impl Executor {
     fn submit(&self, item: WorkItem) {
-        self.queue
-            .send(item)
-            .expect("executor thread lives as long as the agent");
+        // The executor thread only ends if it panicked; report the chunk
+        // failed rather than take the agent down with it.
+        if let Err(std::sync::mpsc::SendError(item)) = self.queue.send(item) {
+            let _ = item.events.send(WorkerEvent::Failed {
+                chunk: item.assign.chunk,
+                reason: "the node's executor thread has stopped; restart the node".into(),
+                log_tail: String::new(),
+            });
+        }
     }
 }
 

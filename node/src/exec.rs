@@ -175,7 +175,11 @@ pub struct PendingSegment {
 impl PendingSegment {
     /// Waits for the encoder thread (and the callback it ran) to finish.
     pub fn wait(self) {
-        self.handle.join().expect("encoder thread panicked");
+        // The thread catches its own panics and reports them through
+        // `on_done`; a join error can only come from the callback itself.
+        if self.handle.join().is_err() {
+            tracing::error!("segment completion callback panicked");
+        }
     }
 }
 
@@ -204,24 +208,33 @@ pub fn start_segment(
     let handle = std::thread::Builder::new()
         .name("drover-encoder".into())
         .spawn(move || {
-            let mut result = Err(ChunkError::Render(RenderError::Sink(
-                "renderer stopped".into(),
-            )));
-            for msg in rx {
-                match msg {
-                    ToEncoder::Frame(rgba) => {
-                        if let Err(e) = encoder.push_rgba(&rgba) {
-                            result = Err(e.into());
+            // A panic inside FFmpeg's wrapper must still end in `on_done`,
+            // or the chunk would stay assigned to a live node forever.
+            let encode = std::panic::AssertUnwindSafe(|| {
+                let mut result = Err(ChunkError::Render(RenderError::Sink(
+                    "renderer stopped".into(),
+                )));
+                for msg in rx {
+                    match msg {
+                        ToEncoder::Frame(rgba) => {
+                            if let Err(e) = encoder.push_rgba(&rgba) {
+                                result = Err(e.into());
+                                break;
+                            }
+                        }
+                        ToEncoder::End(end) => {
+                            result = end;
                             break;
                         }
                     }
-                    ToEncoder::End(end) => {
-                        result = end;
-                        break;
-                    }
                 }
-            }
-            let result = result.and_then(|()| Ok(encoder.finish()?.frames));
+                result.and_then(|()| Ok(encoder.finish()?.frames))
+            });
+            let result = std::panic::catch_unwind(encode).unwrap_or_else(|_| {
+                Err(ChunkError::Io(std::io::Error::other(
+                    "encoder thread panicked",
+                )))
+            });
             if result.is_err() {
                 let _ = std::fs::remove_file(&seg_path);
             }

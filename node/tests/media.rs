@@ -247,59 +247,6 @@ fn bad_settings_and_frames_are_refused() {
     assert_eq!(psnr_rgb(&[1, 2, 3, 4], &[1, 2, 3, 9]), f64::INFINITY);
 }
 
-/// Throughput at 720p on this machine's adapter: printed, not asserted
-/// (machines differ), so the numbers can be compared run to run.
-#[test]
-fn throughput_at_720p() {
-    const W: u32 = 1280;
-    const H: u32 = 720;
-    const FRAMES: u64 = 96;
-    let gpu = Gpu::new().expect("render adapter");
-    let mut renderer = Renderer::new(&gpu, plasma(), W, H, FPS).unwrap();
-    renderer.render(0).unwrap(); // warm-up: first-use allocations
-
-    // Sinks that drop the frames, so both loops measure rendering and
-    // readback, not the allocator.
-    let start = Instant::now();
-    let mut rendered = 0u64;
-    renderer
-        .render_range(0..FRAMES, |_, rgba| {
-            assert_eq!(rgba.len(), (W * H * 4) as usize);
-            rendered += 1;
-            Ok(())
-        })
-        .unwrap();
-    let render_s = start.elapsed().as_secs_f64();
-    assert_eq!(rendered, FRAMES);
-
-    let start = Instant::now();
-    for f in 0..FRAMES {
-        renderer.render(f).unwrap();
-    }
-    let single_s = start.elapsed().as_secs_f64();
-
-    let frames: Vec<Vec<u8>> = (0..FRAMES).map(|f| renderer.render(f).unwrap()).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("720p.mp4");
-    let start = Instant::now();
-    let mut encoder = SegmentEncoder::create(&path, &EncodeSettings::new(W, H, FPS)).unwrap();
-    for rgba in &frames {
-        encoder.push_rgba(rgba).unwrap();
-    }
-    let info = encoder.finish().unwrap();
-    let encode_s = start.elapsed().as_secs_f64();
-    assert_eq!(info.frames, FRAMES);
-    println!(
-        "720p on {}: render_range {:.1} frames/s, render() one at a time {:.1} frames/s, \
-         encode (libx264 veryfast) {:.1} frames/s, {} bytes for {FRAMES} frames",
-        gpu.adapter().name,
-        FRAMES as f64 / render_s,
-        FRAMES as f64 / single_s,
-        FRAMES as f64 / encode_s,
-        info.bytes
-    );
-}
-
 #[test]
 fn segment_encoder_is_send() {
     fn send<T: Send>() {}

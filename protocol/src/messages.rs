@@ -58,7 +58,11 @@ pub struct Hello {
     pub protocol_version: u32,
     /// Agent build version (crate version), for logs.
     pub agent_version: String,
-    /// Stable node name, unique in the farm.
+    /// Node id: random, made on the node's first start and kept in its data
+    /// dir, so the coordinator can tell a renamed or re-imaged machine from
+    /// the same one.
+    pub node_id: String,
+    /// Node name, unique in the farm; the scheduler's key for the node.
     pub name: String,
     /// What it has.
     pub capabilities: WireCapabilities,
