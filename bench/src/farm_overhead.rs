@@ -46,10 +46,14 @@ const FPS: u32 = 24;
 /// The spec's `output.quality`, which the coordinator passes to nodes as CRF.
 const QUALITY: u8 = 18;
 
-/// How often the job view is polled while waiting for a job to end: the
-/// resolution of the client-side phase timings (the wall time itself comes
-/// from the coordinator's own timestamps).
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the job view is polled while frames are still rendering. Slow,
+/// because every poll costs the coordinator CPU that the node would
+/// otherwise have; the wall time comes from the coordinator's own
+/// timestamps, so this does not blur it.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often it is polled once every frame is rendered: the resolution of
+/// the client-side mux timing.
+const POLL_INTERVAL_NEAR_END: Duration = Duration::from_millis(10);
 /// A job that runs longer than this is reported as stuck, not waited for
 /// forever: 240 frames of 720p take well under a minute even on lavapipe.
 const JOB_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -382,7 +386,11 @@ fn run_farm(client: &Client, cluster: &Cluster, pids: &[u32], frames: u64) -> an
         if Instant::now() > deadline {
             bail!("job {} still {:?} after {JOB_TIMEOUT:?}", sub.id, job.state);
         }
-        std::thread::sleep(POLL_INTERVAL);
+        std::thread::sleep(if job.frames_done >= job.frames_total {
+            POLL_INTERVAL_NEAR_END
+        } else {
+            POLL_INTERVAL
+        });
     };
     let mux_ms = muxing_seen.map(|t| t.elapsed().as_millis() as u64);
     let cpu_ms = farm_cpu_ms(pids)
