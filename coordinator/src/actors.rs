@@ -28,12 +28,19 @@ use crate::store::ArtifactStore;
 /// How often the scheduler ticks (reaps silent nodes, releases backoffs).
 pub const TICK_INTERVAL_MS: u64 = 250;
 
-/// Wall-clock milliseconds since the Unix epoch: the clock injected into the core.
+/// Milliseconds since the Unix epoch, read once at start and advanced by
+/// the monotonic clock: the clock injected into the core. A wall-clock step
+/// (NTP) must not reap every node at once or reorder events.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    static START: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (t0, wall0) = START.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        (std::time::Instant::now(), wall)
+    });
+    wall0 + t0.elapsed().as_millis() as u64
 }
 
 /// The scheduler actor.

@@ -95,7 +95,18 @@ mod tests {
             j.put(core.job(id).unwrap()).unwrap();
             j.flush().unwrap();
         }
-        let j = Journal::open(dir.path()).unwrap();
+        // sled's flusher thread lets go of the file lock shortly after the
+        // last handle drops; wait for that condition, not a fixed time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let j = loop {
+            match Journal::open(dir.path()) {
+                Ok(j) => break j,
+                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("reopening the journal: {e}"),
+            }
+        };
         let jobs = j.load().unwrap();
         assert_eq!(jobs.len(), 1);
         assert_eq!(&jobs[0], core.job(id).unwrap());

@@ -384,6 +384,9 @@ impl Core {
             }
             Event::Heartbeat { node, cpu_load_pct } => {
                 if let Some(n) = self.nodes.get_mut(&node) {
+                    // A node reaped for silence whose connection survived is
+                    // alive again; its old chunks were cancelled on reaping.
+                    n.connected = true;
                     n.last_heartbeat_ms = now_ms;
                     n.cpu_load_pct = cpu_load_pct;
                 }
@@ -512,6 +515,15 @@ impl Core {
             None => return,
         };
         for key in held {
+            // Tell the node to stop, in case it is still there (reaped for
+            // silence, or replaced by a new session): its work is requeued.
+            if let Some(c) = self.jobs.get(&key.0).and_then(|j| j.chunks.get(key.1 as usize)) {
+                cmds.push(Command::Cancel {
+                    node: node.to_string(),
+                    chunk: key,
+                    epoch: c.epoch,
+                });
+            }
             self.requeue(key, now_ms, None, cmds);
         }
     }
@@ -649,6 +661,7 @@ impl Core {
             if !pending || eligible.is_empty() {
                 continue;
             }
+            let mut assigned_any = false;
             for c in job.chunks.iter_mut() {
                 if c.state != ChunkState::Pending || c.not_before_ms > now_ms {
                     continue;
@@ -674,6 +687,7 @@ impl Core {
                     .expect("eligible")
                     .held
                     .push((id, c.index));
+                assigned_any = true;
                 cmds.push(Command::Assign {
                     node,
                     assignment: Assignment {
@@ -683,6 +697,11 @@ impl Core {
                         end: c.end,
                     },
                 });
+            }
+            // Epochs and attempts must survive a restart, or a restarted
+            // coordinator could hand out an epoch a second time.
+            if assigned_any {
+                cmds.push(Command::Persist { job: id });
             }
         }
     }
@@ -970,6 +989,23 @@ mod tests {
         done(&mut core, 6_000, "n2", (id, 0), 2);
         done(&mut core, 6_000, "n2", (id, 1), 2);
         assert_eq!(core.job(id).unwrap().state, JobState::Muxing);
+    }
+
+    #[test]
+    fn a_reaped_node_that_heartbeats_again_is_cancelled_then_reused() {
+        let mut core = Core::new(CoreConfig::default());
+        connect(&mut core, 0, "n1", false);
+        let (id, _) = core.submit(0, spec(48, "any"));
+        let cmds = core.handle(6_000, Event::Tick);
+        let cancels: Vec<_> = cmds
+            .iter()
+            .filter(|c| matches!(c, Command::Cancel { node, .. } if node == "n1"))
+            .collect();
+        assert_eq!(cancels.len(), 2, "the reaped node is told to stop: {cmds:?}");
+        assert!(cmds.iter().any(|c| matches!(c, Command::Persist { job } if *job == id)));
+        let cmds = core.handle(6_100, Event::Heartbeat { node: "n1".into(), cpu_load_pct: 0.0 });
+        assert_eq!(assigns(&cmds), vec![("n1".into(), (id, 0), 2), ("n1".into(), (id, 1), 2)]);
+        core.check_invariants();
     }
 
     #[test]
