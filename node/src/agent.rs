@@ -36,6 +36,12 @@ pub const RECONNECT_MAX_MS: u64 = 5_000;
 const KEEP_ALIVE_MS: u64 = 1_000;
 /// Minimum interval between two progress messages of one chunk.
 const PROGRESS_INTERVAL_MS: u64 = 100;
+/// `frames_done` of a chunk the executor has not started yet.
+const NOT_STARTED: u64 = u64::MAX;
+/// Longest wait for a QUIC handshake with the coordinator before retrying.
+const CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// The node's QUIC idle timeout: a coordinator silent this long is gone.
+const IDLE_TIMEOUT_MS: u64 = 10_000;
 
 /// Settings of one node agent.
 #[derive(Debug, Clone)]
@@ -66,6 +72,11 @@ enum SessionEnd {
 /// is stopped.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let spool = cfg.data_dir.join("spool");
+    // Segments left by an earlier run belong to chunks the coordinator has
+    // requeued since (it re-adopts nothing yet), so they are dropped.
+    if spool.exists() {
+        std::fs::remove_dir_all(&spool).with_context(|| format!("clearing {}", spool.display()))?;
+    }
     std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
     let node_id = load_or_create_node_id(&cfg.data_dir)?;
     // Probing opens the GPU and test-encodes: blocking work.
@@ -120,7 +131,10 @@ async fn session(
     caps: &Capabilities,
     executor: &Executor,
 ) -> anyhow::Result<SessionEnd> {
-    let conn = endpoint.connect(cfg.coordinator, CERT_SERVER_NAME)?.await?;
+    let connecting = endpoint.connect(cfg.coordinator, CERT_SERVER_NAME)?;
+    let conn = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
+        .await
+        .map_err(|_| anyhow::anyhow!("no QUIC handshake within {CONNECT_TIMEOUT_MS} ms"))??;
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_u8(StreamKind::Control as u8).await?;
     codec::write_msg(
@@ -175,6 +189,9 @@ async fn session(
                     .lock()
                     .expect("held map")
                     .iter()
+                    // Queued chunks are not reported: only the executor's
+                    // first progress (0 frames) marks a chunk started.
+                    .filter(|(_, (_, done))| done.load(Ordering::Relaxed) != NOT_STARTED)
                     .map(|(c, (_, done))| ChunkProgress {
                         chunk: *c,
                         frames_done: done.load(Ordering::Relaxed),
@@ -235,11 +252,16 @@ async fn session(
                                     elapsed_ms,
                                 })
                             }
-                            Err(e) => NodeToCoord::Failed(ChunkFailed {
-                                chunk: assign.chunk,
-                                reason: format!("upload failed: {e:#}"),
-                                log_tail: String::new(),
-                            }),
+                            Err(e) => {
+                                // The chunk will be rendered again; a stale
+                                // segment must not fill the spool.
+                                let _ = tokio::fs::remove_file(&path).await;
+                                NodeToCoord::Failed(ChunkFailed {
+                                    chunk: assign.chunk,
+                                    reason: format!("upload failed: {e:#}"),
+                                    log_tail: String::new(),
+                                })
+                            }
                         };
                         held.lock().expect("held map").remove(&assign.chunk);
                         let _ = out.send(msg);
@@ -279,7 +301,7 @@ async fn session(
                 info!(job = a.chunk.job, chunk = a.chunk.index, epoch = a.chunk.epoch,
                     frames = %format!("{}-{}", a.start, a.end), "assigned");
                 let cancel = Arc::new(AtomicBool::new(false));
-                let done = Arc::new(AtomicU64::new(0));
+                let done = Arc::new(AtomicU64::new(NOT_STARTED));
                 held.lock()
                     .expect("held map")
                     .insert(a.chunk, (cancel.clone(), done.clone()));
@@ -381,5 +403,8 @@ impl Executor {
 pub(crate) fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_MS)));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).expect("small timeout"),
+    ));
     t
 }

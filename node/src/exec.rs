@@ -93,7 +93,16 @@ impl Executor {
                     }
                     let events = item.events.clone();
                     let assign = item.assign.clone();
-                    match start_chunk(&gpu, &mut cache, &spool, item, Instant::now()) {
+                    // A panic in the renderer must fail this chunk, not kill
+                    // the thread and strand every chunk queued behind it.
+                    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        start_chunk(&gpu, &mut cache, &spool, item, Instant::now())
+                    }))
+                    .unwrap_or_else(|_| {
+                        cache = RendererCache::default();
+                        Err(ChunkError::Io(std::io::Error::other("renderer panicked")))
+                    });
+                    match started {
                         Ok(pending) => {
                             if let Some(prev) = finishing.replace(pending) {
                                 prev.wait();
