@@ -9,7 +9,7 @@
 //!   its connection stored and verified, so a `Done` without its segment is a
 //!   failure, never a hole in the output.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,12 +43,19 @@ pub fn now_ms() -> u64 {
     wall0 + t0.elapsed().as_millis() as u64
 }
 
+/// A live session: its id, actor and the node id its hello carried.
+struct SessionEntry {
+    session: u64,
+    addr: Addr<NodeSession>,
+    node_id: String,
+}
+
 /// The scheduler actor.
 pub struct Scheduler {
     core: Core,
     journal: Journal,
     store: ArtifactStore,
-    sessions: HashMap<String, (u64, Addr<NodeSession>)>,
+    sessions: HashMap<String, SessionEntry>,
     pending_commands: Vec<Command>,
 }
 
@@ -99,13 +106,13 @@ impl Scheduler {
                     });
                     info!(job = assignment.chunk.0, chunk = assignment.chunk.1, epoch = assignment.epoch, %node,
                         frames = %format!("{}-{}", assignment.start, assignment.end), "assign");
-                    if let Some((_, s)) = self.sessions.get(&node) {
-                        s.do_send(Deliver(msg));
+                    if let Some(s) = self.sessions.get(&node) {
+                        s.addr.do_send(Deliver(msg));
                     }
                 }
                 Command::Cancel { node, chunk, epoch } => {
-                    if let Some((_, s)) = self.sessions.get(&node) {
-                        s.do_send(Deliver(CoordToNode::Cancel(ChunkRef {
+                    if let Some(s) = self.sessions.get(&node) {
+                        s.addr.do_send(Deliver(CoordToNode::Cancel(ChunkRef {
                             job: chunk.0,
                             index: chunk.1,
                             epoch,
@@ -138,6 +145,11 @@ impl Scheduler {
                                     bytes = report.bytes,
                                     "output written"
                                 );
+                                // The output holds every frame now; the
+                                // segments would only fill the disk.
+                                for seg in &segments {
+                                    let _ = std::fs::remove_file(seg);
+                                }
                                 Event::MuxDone {
                                     job,
                                     output: out.display().to_string(),
@@ -278,11 +290,14 @@ impl Handler<CoreEvent> for Scheduler {
 
 /// A node finished its handshake; `session` is a process-unique id so that a
 /// stale session closing never unregisters a newer one of the same name.
+/// Refused (with the reason) when another live node already uses the name.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), String>")]
 pub struct SessionOpened {
     /// Node name.
     pub name: String,
+    /// Node id from the hello (persistent per node data dir).
+    pub node_id: String,
     /// Session id.
     pub session: u64,
     /// Its actor.
@@ -292,14 +307,27 @@ pub struct SessionOpened {
 }
 
 impl Handler<SessionOpened> for Scheduler {
-    type Result = ();
-    fn handle(&mut self, msg: SessionOpened, ctx: &mut Context<Self>) {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: SessionOpened, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(old) = self.sessions.get(&msg.name) {
+            if old.node_id != msg.node_id && old.addr.connected() {
+                warn!(node = %msg.name, node_id = %msg.node_id, "refused: name in use by node {}", old.node_id);
+                return Err(format!(
+                    "node name {:?} is already used by another connected node (id {}); give this node its own --name",
+                    msg.name, old.node_id
+                ));
+            }
+        }
         info!(node = %msg.name, session = msg.session, adapter = ?msg.caps.render_adapter.as_ref().map(|a| &a.name), "node connected");
-        if let Some((_, old)) = self
-            .sessions
-            .insert(msg.name.clone(), (msg.session, msg.addr))
-        {
-            old.do_send(Close);
+        let entry = SessionEntry {
+            session: msg.session,
+            addr: msg.addr,
+            node_id: msg.node_id,
+        };
+        // The same node reconnecting before its old connection was noticed
+        // dead: the old session goes, and its chunks are requeued below.
+        if let Some(old) = self.sessions.insert(msg.name.clone(), entry) {
+            old.addr.do_send(Close);
         }
         self.apply(
             Event::NodeConnected {
@@ -308,6 +336,7 @@ impl Handler<SessionOpened> for Scheduler {
             },
             ctx,
         );
+        Ok(())
     }
 }
 
@@ -324,7 +353,7 @@ pub struct SessionClosed {
 impl Handler<SessionClosed> for Scheduler {
     type Result = ();
     fn handle(&mut self, msg: SessionClosed, ctx: &mut Context<Self>) {
-        if self.sessions.get(&msg.name).map(|(s, _)| *s) == Some(msg.session) {
+        if self.sessions.get(&msg.name).map(|s| s.session) == Some(msg.session) {
             warn!(node = %msg.name, "node disconnected");
             self.sessions.remove(&msg.name);
             self.apply(Event::NodeDisconnected { node: msg.name }, ctx);
@@ -338,6 +367,9 @@ pub struct NodeSession {
     session: u64,
     scheduler: Addr<Scheduler>,
     out: UnboundedSender<CoordToNode>,
+    /// Chunks assigned to this node and not yet finished: the only ones it
+    /// may upload.
+    assigned: HashSet<ChunkRef>,
     uploads: HashMap<ChunkRef, (String, String)>,
 }
 
@@ -354,6 +386,7 @@ impl NodeSession {
             session,
             scheduler,
             out,
+            assigned: HashSet::new(),
             uploads: HashMap::new(),
         }
     }
@@ -382,6 +415,16 @@ pub struct Deliver(pub CoordToNode);
 impl Handler<Deliver> for NodeSession {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        match &msg.0 {
+            CoordToNode::Assign(a) => {
+                self.assigned.insert(a.chunk);
+            }
+            CoordToNode::Cancel(c) => {
+                self.assigned.remove(c);
+                self.uploads.remove(c);
+            }
+            _ => {}
+        }
         if self.out.send(msg.0).is_err() {
             ctx.stop();
         }
@@ -423,6 +466,7 @@ impl Handler<Inbound> for NodeSession {
                 frames_done: p.frames_done,
             },
             NodeToCoord::Done(d) => {
+                self.assigned.remove(&d.chunk);
                 let hash = hex::encode(d.output_hash);
                 match self.uploads.remove(&d.chunk) {
                     Some((segment, stored)) if stored == hash => {
@@ -446,6 +490,8 @@ impl Handler<Inbound> for NodeSession {
                 }
             }
             NodeToCoord::Failed(f) => {
+                self.assigned.remove(&f.chunk);
+                self.uploads.remove(&f.chunk);
                 warn!(job = f.chunk.job, chunk = f.chunk.index, %node, reason = %f.reason, log = %f.log_tail, "chunk failed");
                 Event::ChunkFailed {
                     node,
@@ -456,6 +502,19 @@ impl Handler<Inbound> for NodeSession {
             }
         };
         self.scheduler.do_send(CoreEvent(event));
+    }
+}
+
+/// May this connection upload the segment of `0`? Only for a chunk assigned
+/// to it, not finished, and not already uploaded.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct MayUpload(pub ChunkRef);
+
+impl Handler<MayUpload> for NodeSession {
+    type Result = bool;
+    fn handle(&mut self, msg: MayUpload, _: &mut Context<Self>) -> bool {
+        self.assigned.contains(&msg.0) && !self.uploads.contains_key(&msg.0)
     }
 }
 

@@ -101,7 +101,9 @@ mod tests {
         let j = loop {
             match Journal::open(dir.path()) {
                 Ok(j) => break j,
-                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
                 Err(e) => panic!("reopening the journal: {e}"),

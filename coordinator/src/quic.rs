@@ -18,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
-use crate::actors::{Inbound, NodeSession, Scheduler, SessionOpened, Uploaded};
+use crate::actors::{Inbound, MayUpload, NodeSession, Scheduler, SessionOpened, Uploaded};
 use crate::store::ArtifactStore;
 
 /// Time a new connection has to send its hello.
@@ -28,6 +28,9 @@ const MAX_UPLOAD_HEADER_BYTES: usize = 4 * 1024;
 /// QUIC idle timeout: a connection silent this long is closed. Nodes send
 /// keep-alives and heartbeats well inside it.
 pub const IDLE_TIMEOUT_MS: u64 = 10_000;
+
+/// Streams a node may have open at once (control plus uploads).
+pub const MAX_STREAMS_PER_NODE: u32 = 8;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -89,6 +92,9 @@ pub fn bind(
     let mut server =
         quinn::ServerConfig::with_single_cert(vec![cert], key).context("TLS configuration")?;
     let mut transport = quinn::TransportConfig::default();
+    // Uploads per node at once: a node holds at most two chunks, so eight
+    // leaves room for retries without letting a peer open hundreds.
+    transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_NODE.into());
     transport.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS))
             .expect("small timeout"),
@@ -126,7 +132,10 @@ async fn connection(
         tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), conn.accept_bi())
             .await
             .context("no control stream within the hello timeout")??;
-    let kind = recv.read_u8().await.context("reading stream kind")?;
+    let kind = tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), recv.read_u8())
+        .await
+        .context("no stream kind within the hello timeout")?
+        .context("reading stream kind")?;
     if StreamKind::from_byte(kind) != Some(StreamKind::Control) {
         anyhow::bail!("first stream is of kind {kind}, expected the control stream");
     }
@@ -146,24 +155,34 @@ async fn connection(
             hello.name, hello.protocol_version, PROTOCOL_VERSION
         );
         warn!(node = %hello.name, "{reason}");
-        codec::write_msg(
-            &mut send,
-            &CoordToNode::Refused {
-                reason: reason.clone(),
-                protocol_version: PROTOCOL_VERSION,
-            },
-        )
-        .await?;
-        send.finish().ok();
-        // Give the refusal time to reach the node before closing.
-        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-        conn.close(1u32.into(), b"protocol version mismatch");
+        refuse(&conn, &mut send, &reason).await?;
         anyhow::bail!(reason);
     }
     if hello.name.is_empty() || hello.name.len() > 64 {
         anyhow::bail!("node name must be 1..=64 bytes");
     }
     info!(node = %hello.name, node_id = %hello.node_id, agent_version = %hello.agent_version, "hello");
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CoordToNode>();
+    let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let name = hello.name.clone();
+    let session = NodeSession::new(name.clone(), session_id, scheduler.clone(), tx).start();
+    let opened = scheduler
+        .send(SessionOpened {
+            name: name.clone(),
+            node_id: hello.node_id.clone(),
+            session: session_id,
+            addr: session.clone(),
+            caps: (&hello.capabilities).into(),
+        })
+        .await?;
+    if let Err(reason) = opened {
+        session.do_send(crate::actors::Close);
+        refuse(&conn, &mut send, &reason).await?;
+        anyhow::bail!(reason);
+    }
+    // Welcome goes first; assignments the scheduler made meanwhile wait in
+    // the channel for the writer below.
     codec::write_msg(
         &mut send,
         &CoordToNode::Welcome {
@@ -172,17 +191,6 @@ async fn connection(
         },
     )
     .await?;
-
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CoordToNode>();
-    let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    let name = hello.name.clone();
-    let session = NodeSession::new(name.clone(), session_id, scheduler.clone(), tx).start();
-    scheduler.do_send(SessionOpened {
-        name: name.clone(),
-        session: session_id,
-        addr: session.clone(),
-        caps: (&hello.capabilities).into(),
-    });
 
     // Writer: the only task that writes the control stream.
     let writer = actix::spawn(async move {
@@ -225,19 +233,60 @@ async fn connection(
     result
 }
 
+/// Sends a refusal on the control stream, lets it reach the node, closes.
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    reason: &str,
+) -> anyhow::Result<()> {
+    codec::write_msg(
+        send,
+        &CoordToNode::Refused {
+            reason: reason.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+        },
+    )
+    .await?;
+    send.finish().ok();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    conn.close(1u32.into(), b"refused");
+    Ok(())
+}
+
 async fn upload(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     store: ArtifactStore,
     session: Addr<NodeSession>,
 ) -> anyhow::Result<()> {
-    let kind = recv.read_u8().await?;
-    if StreamKind::from_byte(kind) != Some(StreamKind::Upload) {
-        anyhow::bail!("stream of kind {kind} where an upload was expected");
+    // Kind and header must arrive promptly; the body may take as long as
+    // its size needs (the connection's idle timeout still applies).
+    let header: UploadHeader =
+        tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), async {
+            let kind = recv.read_u8().await?;
+            if StreamKind::from_byte(kind) != Some(StreamKind::Upload) {
+                anyhow::bail!("stream of kind {kind} where an upload was expected");
+            }
+            codec::read_msg(&mut recv, MAX_UPLOAD_HEADER_BYTES)
+                .await?
+                .context("upload stream closed before its header")
+        })
+        .await
+        .context("no upload header within the timeout")??;
+    if !session.send(MayUpload(header.chunk)).await? {
+        let reason = format!(
+            "chunk {}/{} epoch {} is not assigned to this node, or already uploaded",
+            header.chunk.job, header.chunk.index, header.chunk.epoch
+        );
+        warn!(
+            job = header.chunk.job,
+            chunk = header.chunk.index,
+            "upload refused: {reason}"
+        );
+        codec::write_msg(&mut send, &UploadReply::Rejected { reason }).await?;
+        send.finish()?;
+        return Ok(());
     }
-    let header: UploadHeader = codec::read_msg(&mut recv, MAX_UPLOAD_HEADER_BYTES)
-        .await?
-        .context("upload stream closed before its header")?;
     let dest = store.segment_path(header.chunk.job, header.chunk.index, header.chunk.epoch);
     let reply = match store
         .receive(&mut recv, &dest, header.bytes, header.hash)

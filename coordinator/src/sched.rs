@@ -517,7 +517,11 @@ impl Core {
         for key in held {
             // Tell the node to stop, in case it is still there (reaped for
             // silence, or replaced by a new session): its work is requeued.
-            if let Some(c) = self.jobs.get(&key.0).and_then(|j| j.chunks.get(key.1 as usize)) {
+            if let Some(c) = self
+                .jobs
+                .get(&key.0)
+                .and_then(|j| j.chunks.get(key.1 as usize))
+            {
                 cmds.push(Command::Cancel {
                     node: node.to_string(),
                     chunk: key,
@@ -1001,10 +1005,25 @@ mod tests {
             .iter()
             .filter(|c| matches!(c, Command::Cancel { node, .. } if node == "n1"))
             .collect();
-        assert_eq!(cancels.len(), 2, "the reaped node is told to stop: {cmds:?}");
-        assert!(cmds.iter().any(|c| matches!(c, Command::Persist { job } if *job == id)));
-        let cmds = core.handle(6_100, Event::Heartbeat { node: "n1".into(), cpu_load_pct: 0.0 });
-        assert_eq!(assigns(&cmds), vec![("n1".into(), (id, 0), 2), ("n1".into(), (id, 1), 2)]);
+        assert_eq!(
+            cancels.len(),
+            2,
+            "the reaped node is told to stop: {cmds:?}"
+        );
+        assert!(cmds
+            .iter()
+            .any(|c| matches!(c, Command::Persist { job } if *job == id)));
+        let cmds = core.handle(
+            6_100,
+            Event::Heartbeat {
+                node: "n1".into(),
+                cpu_load_pct: 0.0,
+            },
+        );
+        assert_eq!(
+            assigns(&cmds),
+            vec![("n1".into(), (id, 0), 2), ("n1".into(), (id, 1), 2)]
+        );
         core.check_invariants();
     }
 

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-/// Largest segment accepted, in bytes: a 48-frame 8K chunk at high quality
-/// stays well below this, and it bounds what a node can make us write.
-pub const MAX_SEGMENT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Largest segment accepted, in bytes: bounds what a node can make us write.
+/// A chunk holds at most 240 frames by default (`max_chunk_frames`); at 8K
+/// and CRF 0 that is about 30 MB a frame, 7 GB a chunk, within this.
+pub const MAX_SEGMENT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 /// Why an upload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +106,11 @@ impl ArtifactStore {
         }
         let dir = dest.parent().unwrap_or(&self.root);
         tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
-        let tmp = dest.with_extension("partial");
+        // A name of its own per upload, so two uploads of one chunk can never
+        // write into the same file.
+        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dest.with_extension(format!("partial-{}-{n}", std::process::id()));
         let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
         let mut hasher = blake3::Hasher::new();
         let mut got = 0u64;
@@ -160,7 +165,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::HashMismatch { .. }), "{err}");
-        assert!(!dest2.exists() && !dest2.with_extension("partial").exists());
+        assert!(!dest2.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dest2.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "a refused upload left {leftovers:?}");
 
         let err = store
             .receive(&mut &data[..10], &dest2, 20, hash)

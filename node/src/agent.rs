@@ -404,7 +404,8 @@ pub(crate) fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_MS)));
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS)).expect("small timeout"),
+        quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS))
+            .expect("small timeout"),
     ));
     t
 }
