@@ -374,9 +374,28 @@ async fn upload(
         },
     )
     .await?;
-    tokio::io::copy(&mut file, &mut send).await?;
-    send.finish()?;
-    match codec::read_msg::<_, UploadReply>(&mut recv, 64 * 1024).await? {
+    // The coordinator may refuse before reading the body (not assigned,
+    // too large): the copy then fails, but its verdict is still on the way.
+    let sent = match tokio::io::copy(&mut file, &mut send).await {
+        Ok(_) => send.finish().map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    let verdict = tokio::time::timeout(
+        Duration::from_millis(CONNECT_TIMEOUT_MS),
+        codec::read_msg::<_, UploadReply>(&mut recv, 64 * 1024),
+    )
+    .await;
+    let verdict = match (sent, verdict) {
+        (_, Ok(Ok(Some(v)))) => Some(v),
+        (Err(e), _) => return Err(e.context("sending the segment")),
+        (Ok(()), Ok(Err(e))) => return Err(e.into()),
+        (Ok(()), Ok(Ok(None))) => None,
+        (Ok(()), Err(_)) => {
+            // Sent in full; a large segment may take long to verify.
+            codec::read_msg::<_, UploadReply>(&mut recv, 64 * 1024).await?
+        }
+    };
+    match verdict {
         Some(UploadReply::Stored) => Ok(()),
         Some(UploadReply::Rejected { reason }) => {
             anyhow::bail!("coordinator rejected the segment: {reason}")
