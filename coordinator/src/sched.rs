@@ -45,6 +45,11 @@ pub struct CoreConfig {
     pub max_chunk_attempts: u32,
     /// First retry delay after a failure; doubles with each failure.
     pub retry_backoff_ms: u64,
+    /// An assigned chunk whose progress has not moved for this long, on a
+    /// node that still heartbeats, is taken back as failed (a hung encoder
+    /// or renderer must not hold a job forever). Generous: a queued chunk
+    /// waits behind the running one, and a frame may be slow.
+    pub chunk_stall_timeout_ms: u64,
 }
 
 impl Default for CoreConfig {
@@ -58,6 +63,7 @@ impl Default for CoreConfig {
             max_chunk_failures: 3,
             max_chunk_attempts: 8,
             retry_backoff_ms: 1_000,
+            chunk_stall_timeout_ms: 10 * 60 * 1_000,
         }
     }
 }
@@ -88,6 +94,9 @@ pub struct Chunk {
     pub failures: u32,
     /// Frames done in the current attempt.
     pub frames_done: u64,
+    /// When the current attempt was assigned or last made progress.
+    #[serde(default)]
+    pub progress_at_ms: u64,
     /// Not to be assigned before this time (retry backoff).
     pub not_before_ms: u64,
     /// Last failure reason.
@@ -330,6 +339,7 @@ impl Core {
                 attempts: 0,
                 failures: 0,
                 frames_done: 0,
+                progress_at_ms: 0,
                 not_before_ms: 0,
                 last_error: None,
                 segment: None,
@@ -402,7 +412,11 @@ impl Core {
                 }
                 if let Some((job, idx)) = self.current(&node, chunk, epoch) {
                     let c = &mut job.chunks[idx];
-                    c.frames_done = frames_done.min(c.frames());
+                    let frames_done = frames_done.min(c.frames());
+                    if frames_done > c.frames_done || c.progress_at_ms == 0 {
+                        c.progress_at_ms = now_ms;
+                    }
+                    c.frames_done = frames_done;
                     if job.state == JobState::Queued {
                         job.state = JobState::Running;
                         job.first_frame_at_ms = Some(now_ms);
@@ -488,6 +502,30 @@ impl Core {
                     if let Some(n) = self.nodes.get_mut(&name) {
                         n.connected = false;
                     }
+                }
+                let stall = self.config.chunk_stall_timeout_ms;
+                let stalled: Vec<(String, ChunkKey, u32)> = self
+                    .jobs
+                    .values()
+                    .filter(|j| matches!(j.state, JobState::Queued | JobState::Running))
+                    .flat_map(|j| j.chunks.iter().map(move |c| (j.id, c)))
+                    .filter(|(_, c)| {
+                        c.state == ChunkState::Assigned
+                            && now_ms.saturating_sub(c.progress_at_ms) > stall
+                    })
+                    .filter_map(|(id, c)| Some((c.node.clone()?, (id, c.index), c.epoch)))
+                    .collect();
+                for (node, chunk, epoch) in stalled {
+                    cmds.push(Command::Cancel {
+                        node: node.clone(),
+                        chunk,
+                        epoch,
+                    });
+                    if let Some(n) = self.nodes.get_mut(&node) {
+                        n.held.retain(|k| *k != chunk);
+                    }
+                    let why = format!("no progress for {} s on {node}", stall / 1000);
+                    self.requeue(chunk, now_ms, Some(why), &mut cmds);
                 }
             }
         }
@@ -686,6 +724,7 @@ impl Core {
                 c.epoch += 1;
                 c.attempts += 1;
                 c.frames_done = 0;
+                c.progress_at_ms = now_ms;
                 self.nodes
                     .get_mut(&node)
                     .expect("eligible")
@@ -1023,6 +1062,58 @@ mod tests {
         assert_eq!(
             assigns(&cmds),
             vec![("n1".into(), (id, 0), 2), ("n1".into(), (id, 1), 2)]
+        );
+        core.check_invariants();
+    }
+
+    #[test]
+    fn a_chunk_that_stops_progressing_on_a_live_node_is_taken_back() {
+        let cfg = CoreConfig {
+            chunk_stall_timeout_ms: 60_000,
+            node_timeout_ms: 1_000_000,
+            ..Default::default()
+        };
+        let mut core = Core::new(cfg);
+        connect(&mut core, 0, "n1", false);
+        let (id, _) = core.submit(0, spec(10, "any"));
+        let progress = |core: &mut Core, now, frames_done| {
+            core.handle(
+                now,
+                Event::Progress {
+                    node: "n1".into(),
+                    chunk: (id, 0),
+                    epoch: 1,
+                    frames_done,
+                },
+            )
+        };
+        progress(&mut core, 1_000, 3);
+        // Heartbeats repeat the same count: that is not progress.
+        progress(&mut core, 30_000, 3);
+        assert!(
+            core.handle(60_500, Event::Tick).is_empty(),
+            "59.5 s without progress is not a stall yet"
+        );
+        let cmds = core.handle(61_500, Event::Tick);
+        assert!(
+            cmds.contains(&Command::Cancel {
+                node: "n1".into(),
+                chunk: (id, 0),
+                epoch: 1
+            }),
+            "{cmds:?}"
+        );
+        let c = &core.job(id).unwrap().chunks[0];
+        assert_eq!(c.failures, 1);
+        assert!(c
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("no progress for 60 s"));
+        // After the backoff it is assigned again.
+        assert_eq!(
+            assigns(&core.handle(62_600, Event::Tick)),
+            vec![("n1".into(), (id, 0), 2)]
         );
         core.check_invariants();
     }
