@@ -105,6 +105,18 @@ fn a_two_node_farm_renders_a_job_that_matches_local_renders() {
         "first frame started {latency} ms after submission"
     );
 
+    // Once joined, the coordinator keeps the output and drops the segments.
+    let job_dir = dir
+        .path()
+        .join("coordinator/artifacts")
+        .join(format!("job-{}", sub.id));
+    let mut stored: Vec<String> = std::fs::read_dir(&job_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, vec!["output.mp4".to_string()]);
+
     // The output, fetched through the API, is what was asked for.
     let out: PathBuf = dir.path().join("out.mp4");
     client.download(sub.id, &out).unwrap();

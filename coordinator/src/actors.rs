@@ -119,6 +119,19 @@ impl Scheduler {
                         })));
                     }
                 }
+                Command::Discard { job } => {
+                    // Segments of a job that will never be joined.
+                    let dir = self.store.job_dir(job);
+                    actix::spawn(async move {
+                        if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
+                            while let Ok(Some(e)) = entries.next_entry().await {
+                                if e.file_name().to_string_lossy().starts_with("chunk-") {
+                                    let _ = tokio::fs::remove_file(e.path()).await;
+                                }
+                            }
+                        }
+                    });
+                }
                 Command::Persist { job } => {
                     if let Some(j) = self.core.job(job) {
                         if let Err(e) = self.journal.put(j) {
@@ -199,9 +212,25 @@ impl Handler<Submit> for Scheduler {
     type Result = Result<u64, String>;
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         let (id, cmds) = self.core.submit(now_ms(), msg.0);
+        // Durable first, then visible to nodes: if the journal cannot keep
+        // the job, it is withdrawn before any node hears of it, and the
+        // client's error is the whole truth.
+        let durable = self
+            .core
+            .job(id)
+            .ok_or_else(|| "job vanished".to_string())
+            .and_then(|j| self.journal.put(j).map_err(|e| e.to_string()))
+            .and_then(|()| self.journal.flush().map_err(|e| e.to_string()));
+        if let Err(e) = durable {
+            error!(job = id, "journal write failed, job withdrawn: {e}");
+            self.core.withdraw(id);
+            return Err(e);
+        }
         info!(job = id, "job accepted");
+        // The record just written already holds the assignments `submit` made.
+        let mut cmds = cmds;
+        cmds.retain(|c| !matches!(c, Command::Persist { job } if *job == id));
         self.execute(cmds, ctx);
-        self.journal.flush().map_err(|e| e.to_string())?;
         Ok(id)
     }
 }

@@ -263,6 +263,11 @@ pub enum Command {
         /// Job id.
         job: u64,
     },
+    /// Delete the stored segments of a job that ended without an output.
+    Discard {
+        /// Job id.
+        job: u64,
+    },
     /// Join these segments, in order, into the job's output.
     Mux {
         /// Job id.
@@ -664,6 +669,9 @@ impl Core {
             };
         }
         cmds.push(Command::Persist { job: id });
+        if state != JobState::Done {
+            cmds.push(Command::Discard { job: id });
+        }
     }
 
     /// Hands pending chunks to nodes with free slots, oldest job first, the
@@ -745,6 +753,20 @@ impl Core {
             // coordinator could hand out an epoch a second time.
             if assigned_any {
                 cmds.push(Command::Persist { job: id });
+            }
+        }
+    }
+
+    /// Removes a job that was just submitted and could not be journaled, as
+    /// if it had never been: its chunks leave the nodes' queues. The driver
+    /// calls this before carrying out any command `submit` returned.
+    pub fn withdraw(&mut self, id: u64) {
+        if self.jobs.remove(&id).is_some() {
+            for n in self.nodes.values_mut() {
+                n.held.retain(|(j, _)| *j != id);
+            }
+            if self.next_job_id == id + 1 {
+                self.next_job_id = id;
             }
         }
     }
@@ -1213,6 +1235,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(chunk_frames_for(&big_min, 100_000, 1), 500);
+    }
+
+    #[test]
+    fn a_withdrawn_submission_leaves_no_trace() {
+        let mut core = Core::new(CoreConfig::default());
+        connect(&mut core, 0, "n1", false);
+        let (id, cmds) = core.submit(0, spec(48, "any"));
+        assert_eq!(assigns(&cmds).len(), 2);
+        core.withdraw(id);
+        core.check_invariants();
+        assert!(core.job(id).is_none());
+        assert!(core.node_views(1)[0].chunks.is_empty());
+        let (again, cmds) = core.submit(2, spec(48, "any"));
+        assert_eq!(again, id, "the id is reused, nothing was acknowledged");
+        assert_eq!(assigns(&cmds).len(), 2);
     }
 
     #[test]

@@ -74,7 +74,8 @@ impl ArtifactStore {
         })
     }
 
-    fn job_dir(&self, job: u64) -> PathBuf {
+    /// The directory holding a job's segments and output.
+    pub fn job_dir(&self, job: u64) -> PathBuf {
         self.root.join(format!("job-{job}"))
     }
 
