@@ -126,6 +126,13 @@ fn a_two_node_farm_renders_a_job_that_matches_local_renders() {
     assert_eq!(probe["width"], w);
     assert_eq!(probe["height"], h);
     assert_eq!(probe["r_frame_rate"], "24/1");
+    // faststart: the index comes before the media, so players start at once.
+    let bytes = std::fs::read(&out).unwrap();
+    let find = |tag: &[u8]| bytes.windows(4).position(|w| w == tag).unwrap();
+    assert!(
+        find(b"moov") < find(b"mdat"),
+        "moov after mdat: not faststart"
+    );
 
     // Frame k of the video is frame 1+k of the shader, rendered here.
     let wanted = [0u64, 23, 24, 47, 48, 71, 72, 95];

@@ -12,7 +12,13 @@ use drover_cli::client::Client;
 use drover_cli::{demo, watch};
 
 #[derive(Parser)]
-#[command(name = "drover", version, about = "Drover: a distributed render farm", long_about = None)]
+#[command(
+    name = "drover",
+    version,
+    about = "Drover: a distributed render farm",
+    long_about = None,
+    after_help = "Examples:\n  drover demo                      # a local farm renders a sample job\n  drover coordinator &             # then, on each render machine:\n  drover node --coordinator HOST:8271 --cert coordinator-cert.der\n  drover submit shot.toml --watch  # DROVER_URL points at the coordinator"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
