@@ -667,3 +667,31 @@ fn demo_reports_the_whole_farm_as_json() {
         "leftover demo processes: {leftovers:?}"
     );
 }
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [
+        "coordinator",
+        "node",
+        "submit",
+        "status",
+        "watch",
+        "nodes",
+        "cancel",
+        "demo",
+    ] {
+        let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd} --help failed");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("Example"),
+            "`drover {cmd} --help` has no example:\n{help}"
+        );
+        assert!(
+            help.contains(&format!("drover {cmd}")),
+            "{cmd}'s example does not use it:\n{help}"
+        );
+    }
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"));
+}
