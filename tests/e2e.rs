@@ -105,17 +105,24 @@ fn a_two_node_farm_renders_a_job_that_matches_local_renders() {
         "first frame started {latency} ms after submission"
     );
 
-    // Once joined, the coordinator keeps the output and drops the segments.
+    // Once joined (and the Done record flushed), the coordinator keeps the
+    // output and drops the segments.
     let job_dir = dir
         .path()
         .join("coordinator/artifacts")
         .join(format!("job-{}", sub.id));
-    let mut stored: Vec<String> = std::fs::read_dir(&job_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    stored.sort();
-    assert_eq!(stored, vec!["output.mp4".to_string()]);
+    wait_for(
+        Duration::from_secs(30),
+        "the segments to be deleted",
+        || {
+            let mut stored: Vec<String> = std::fs::read_dir(&job_dir)?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()?;
+            stored.sort();
+            Ok((stored == ["output.mp4"]).then_some(()))
+        },
+    )
+    .unwrap();
 
     // The output, fetched through the API, is what was asked for.
     let out: PathBuf = dir.path().join("out.mp4");
@@ -482,7 +489,16 @@ fn a_node_pinned_to_the_wrong_certificate_never_connects() {
     .unwrap();
     node.kill().unwrap();
     node.wait().unwrap();
-    assert!(c.log("coordinator").contains("QUIC handshake failed"));
+    wait_for(
+        Duration::from_secs(30),
+        "the coordinator to log the failed handshake",
+        || {
+            Ok(c.log("coordinator")
+                .contains("QUIC handshake failed")
+                .then_some(()))
+        },
+    )
+    .unwrap();
     assert!(c.client().nodes().unwrap().is_empty());
 }
 
@@ -491,8 +507,10 @@ fn a_second_node_with_a_taken_name_is_refused() {
     let _g = serial();
     let (dir, c) = farm(1, &[]);
     // Same name, its own data dir (so its own node id): a configuration
-    // mistake that must not kick the first node off.
-    let out = Command::new(BIN)
+    // mistake that must not kick the first node off. The twin is refused
+    // and keeps retrying (the name may free up), so it is stopped here.
+    let log = dir.path().join("twin.log");
+    let mut twin = Command::new(BIN)
         .args([
             "node",
             "--coordinator",
@@ -505,13 +523,22 @@ fn a_second_node_with_a_taken_name_is_refused() {
         .arg("--data")
         .arg(dir.path().join("twin"))
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let refused = wait_for(Duration::from_secs(90), "the twin to be refused", || {
+        let text = std::fs::read_to_string(&log)?;
+        Ok(text
+            .contains("coordinator refused this node, retrying")
+            .then_some(text))
+    });
+    twin.kill().unwrap();
+    twin.wait().unwrap();
+    let text = refused.unwrap();
     assert!(
-        stderr.contains("node name \"node-1\" is already used by another connected node"),
-        "{stderr}"
+        text.contains("node name \"node-1\" is already used by another connected node"),
+        "{text}"
     );
     let nodes = c.client().nodes().unwrap();
     assert_eq!(nodes.len(), 1);

@@ -120,12 +120,21 @@ impl Scheduler {
                     }
                 }
                 Command::Discard { job } => {
-                    // Segments of a job that will never be joined.
+                    // The job's final state must be durable before its
+                    // segments go: a crash in between would otherwise restore
+                    // a job that needs segments which no longer exist.
+                    if let Err(e) = self.journal.flush() {
+                        error!(job, "journal flush failed; keeping the segments: {e}");
+                        continue;
+                    }
                     let dir = self.store.job_dir(job);
                     actix::spawn(async move {
                         if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
                             while let Ok(Some(e)) = entries.next_entry().await {
-                                if e.file_name().to_string_lossy().starts_with("chunk-") {
+                                let name = e.file_name().to_string_lossy().into_owned();
+                                // Finished segments only: a partial file
+                                // belongs to an upload still running.
+                                if name.starts_with("chunk-") && name.ends_with(".mp4") {
                                     let _ = tokio::fs::remove_file(e.path()).await;
                                 }
                             }
@@ -158,11 +167,6 @@ impl Scheduler {
                                     bytes = report.bytes,
                                     "output written"
                                 );
-                                // The output holds every frame now; the
-                                // segments would only fill the disk.
-                                for seg in &segments {
-                                    let _ = std::fs::remove_file(seg);
-                                }
                                 Event::MuxDone {
                                     job,
                                     output: out.display().to_string(),
@@ -224,6 +228,13 @@ impl Handler<Submit> for Scheduler {
         if let Err(e) = durable {
             error!(job = id, "journal write failed, job withdrawn: {e}");
             self.core.withdraw(id);
+            if let Err(e) = self.journal.remove(id) {
+                error!(job = id, "removing the withdrawn record failed too: {e}");
+            }
+            // `submit` dispatched every job; what it did for the others
+            // still has to happen.
+            let others = cmds.into_iter().filter(|c| c.job() != id).collect();
+            self.execute(others, ctx);
             return Err(e);
         }
         info!(job = id, "job accepted");

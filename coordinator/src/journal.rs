@@ -52,6 +52,13 @@ impl Journal {
         Ok(())
     }
 
+    /// Removes a job's record (a submission withdrawn before it was
+    /// acknowledged).
+    pub fn remove(&self, job: u64) -> Result<(), JournalError> {
+        self.jobs.remove(job.to_be_bytes())?;
+        Ok(())
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), JournalError> {
         self.db.flush()?;

@@ -183,14 +183,19 @@ async fn connection(
     }
     // Welcome goes first; assignments the scheduler made meanwhile wait in
     // the channel for the writer below.
-    codec::write_msg(
+    let welcome = codec::write_msg(
         &mut send,
         &CoordToNode::Welcome {
             protocol_version: PROTOCOL_VERSION,
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = welcome {
+        // The session is registered: end it, or it would hold the name.
+        session.do_send(crate::actors::Close);
+        return Err(e.into());
+    }
 
     // Writer: the only task that writes the control stream.
     let writer = actix::spawn(async move {

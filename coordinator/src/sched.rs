@@ -97,6 +97,9 @@ pub struct Chunk {
     /// When the current attempt was assigned or last made progress.
     #[serde(default)]
     pub progress_at_ms: u64,
+    /// Whether the node reported starting the current attempt.
+    #[serde(default)]
+    pub started: bool,
     /// Not to be assigned before this time (retry backoff).
     pub not_before_ms: u64,
     /// Last failure reason.
@@ -263,7 +266,8 @@ pub enum Command {
         /// Job id.
         job: u64,
     },
-    /// Delete the stored segments of a job that ended without an output.
+    /// Delete the stored segments of a job that has ended, once its final
+    /// state is durable.
     Discard {
         /// Job id.
         job: u64,
@@ -275,6 +279,17 @@ pub enum Command {
         /// Segment paths in frame order.
         segments: Vec<String>,
     },
+}
+
+impl Command {
+    /// The job a command concerns.
+    pub fn job(&self) -> u64 {
+        match self {
+            Command::Assign { assignment, .. } => assignment.chunk.0,
+            Command::Cancel { chunk, .. } => chunk.0,
+            Command::Persist { job } | Command::Discard { job } | Command::Mux { job, .. } => *job,
+        }
+    }
 }
 
 /// The scheduling state.
@@ -345,6 +360,7 @@ impl Core {
                 failures: 0,
                 frames_done: 0,
                 progress_at_ms: 0,
+                started: false,
                 not_before_ms: 0,
                 last_error: None,
                 segment: None,
@@ -418,7 +434,10 @@ impl Core {
                 if let Some((job, idx)) = self.current(&node, chunk, epoch) {
                     let c = &mut job.chunks[idx];
                     let frames_done = frames_done.min(c.frames());
-                    if frames_done > c.frames_done || c.progress_at_ms == 0 {
+                    // The first report of an attempt (0 frames) starts its
+                    // stall clock; after that only new frames reset it.
+                    if !c.started || frames_done > c.frames_done {
+                        c.started = true;
                         c.progress_at_ms = now_ms;
                     }
                     c.frames_done = frames_done;
@@ -514,9 +533,16 @@ impl Core {
                     .values()
                     .filter(|j| matches!(j.state, JobState::Queued | JobState::Running))
                     .flat_map(|j| j.chunks.iter().map(move |c| (j.id, c)))
+                    // A chunk still queued on its node waits behind the running
+                    // one, so it gets twice as long before it counts as stuck.
                     .filter(|(_, c)| {
+                        let limit = if c.started {
+                            stall
+                        } else {
+                            stall.saturating_mul(2)
+                        };
                         c.state == ChunkState::Assigned
-                            && now_ms.saturating_sub(c.progress_at_ms) > stall
+                            && now_ms.saturating_sub(c.progress_at_ms) > limit
                     })
                     .filter_map(|(id, c)| Some((c.node.clone()?, (id, c.index), c.epoch)))
                     .collect();
@@ -669,9 +695,9 @@ impl Core {
             };
         }
         cmds.push(Command::Persist { job: id });
-        if state != JobState::Done {
-            cmds.push(Command::Discard { job: id });
-        }
+        // Done: the output holds every frame. Failed or cancelled: nothing
+        // will be joined. Either way the segments only fill the disk.
+        cmds.push(Command::Discard { job: id });
     }
 
     /// Hands pending chunks to nodes with free slots, oldest job first, the
@@ -733,6 +759,7 @@ impl Core {
                 c.attempts += 1;
                 c.frames_done = 0;
                 c.progress_at_ms = now_ms;
+                c.started = false;
                 self.nodes
                     .get_mut(&node)
                     .expect("eligible")

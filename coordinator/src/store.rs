@@ -112,34 +112,53 @@ impl ArtifactStore {
         static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dest.with_extension(format!("partial-{}-{n}", std::process::id()));
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut got = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        while got < bytes {
-            let want = (bytes - got).min(buf.len() as u64) as usize;
-            let n = src.read(&mut buf[..want]).await.map_err(io(&tmp))?;
-            if n == 0 {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(StoreError::Short { got, want: bytes });
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).await.map_err(io(&tmp))?;
-            got += n as u64;
-        }
-        file.sync_all().await.map_err(io(&tmp))?;
-        drop(file);
-        let actual = hasher.finalize();
-        if actual.as_bytes() != &hash {
+        let result = write_verified(src, &tmp, bytes, hash).await;
+        let result = match result {
+            Ok(hex) => tokio::fs::rename(&tmp, dest)
+                .await
+                .map(|()| hex)
+                .map_err(io(dest)),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // Whatever went wrong, no partial file outlives its upload.
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(StoreError::HashMismatch {
-                want: hex::encode(hash),
-                got: actual.to_hex().to_string(),
-            });
         }
-        tokio::fs::rename(&tmp, dest).await.map_err(io(dest))?;
-        Ok(actual.to_hex().to_string())
+        result
     }
+}
+
+/// Copies exactly `bytes` bytes from `src` into a new file at `tmp`, fsyncs
+/// it, and checks the BLAKE3 against `hash`. Returns the hex hash.
+async fn write_verified<R: AsyncRead + Unpin>(
+    src: &mut R,
+    tmp: &Path,
+    bytes: u64,
+    hash: [u8; 32],
+) -> Result<String, StoreError> {
+    let mut file = tokio::fs::File::create(tmp).await.map_err(io(tmp))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    while got < bytes {
+        let want = (bytes - got).min(buf.len() as u64) as usize;
+        let n = src.read(&mut buf[..want]).await.map_err(io(tmp))?;
+        if n == 0 {
+            return Err(StoreError::Short { got, want: bytes });
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).await.map_err(io(tmp))?;
+        got += n as u64;
+    }
+    file.sync_all().await.map_err(io(tmp))?;
+    let actual = hasher.finalize();
+    if actual.as_bytes() != &hash {
+        return Err(StoreError::HashMismatch {
+            want: hex::encode(hash),
+            got: actual.to_hex().to_string(),
+        });
+    }
+    Ok(actual.to_hex().to_string())
 }
 
 #[cfg(test)]

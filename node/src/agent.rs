@@ -62,8 +62,10 @@ type Held = Arc<Mutex<HashMap<ChunkRef, (Arc<AtomicBool>, Arc<AtomicU64>)>>>;
 
 /// How a session ended.
 enum SessionEnd {
-    /// The coordinator refused us: retrying cannot help.
-    Refused(String),
+    /// The coordinator refused us; `permanent` when it speaks another
+    /// protocol version (retrying cannot help), otherwise (name in use, say)
+    /// the node retries with backoff, as the cause may clear.
+    Refused { reason: String, permanent: bool },
     /// The connection went away.
     Lost(String),
 }
@@ -108,8 +110,18 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
         match session(&endpoint, &node_id, &cfg, &caps, &executor).await {
-            Ok(SessionEnd::Refused(reason)) => {
+            Ok(SessionEnd::Refused {
+                reason,
+                permanent: true,
+            }) => {
                 anyhow::bail!("coordinator refused this node: {reason}")
+            }
+            Ok(SessionEnd::Refused {
+                reason,
+                permanent: false,
+            }) => {
+                error!("coordinator refused this node, retrying: {reason}");
+                backoff_ms = RECONNECT_MAX_MS;
             }
             Ok(SessionEnd::Lost(why)) => warn!("connection to coordinator lost: {why}"),
             Err(e) => warn!("cannot reach coordinator at {}: {e:#}", cfg.coordinator),
@@ -154,7 +166,15 @@ async fn session(
                 heartbeat_interval_ms,
                 ..
             }) => heartbeat_interval_ms,
-            Some(CoordToNode::Refused { reason, .. }) => return Ok(SessionEnd::Refused(reason)),
+            Some(CoordToNode::Refused {
+                reason,
+                protocol_version,
+            }) => {
+                return Ok(SessionEnd::Refused {
+                    reason,
+                    permanent: protocol_version != PROTOCOL_VERSION,
+                })
+            }
             Some(other) => anyhow::bail!("expected welcome, got {other:?}"),
             None => anyhow::bail!("coordinator closed the stream during the handshake"),
         };
@@ -318,7 +338,15 @@ async fn session(
                     flag.store(true, Ordering::Relaxed);
                 }
             }
-            Ok(Some(CoordToNode::Refused { reason, .. })) => break SessionEnd::Refused(reason),
+            Ok(Some(CoordToNode::Refused {
+                reason,
+                protocol_version,
+            })) => {
+                break SessionEnd::Refused {
+                    reason,
+                    permanent: protocol_version != PROTOCOL_VERSION,
+                }
+            }
             Ok(Some(CoordToNode::Welcome { .. })) => warn!("unexpected second welcome"),
             Ok(None) => break SessionEnd::Lost("coordinator closed the control stream".into()),
             Err(e) => break SessionEnd::Lost(e.to_string()),
