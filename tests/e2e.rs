@@ -455,28 +455,47 @@ fn an_incompatible_protocol_version_is_refused_with_a_clear_error() {
     );
 }
 
+/// A node started outside the cluster's bookkeeping, logging to `log`, for
+/// tests where it is expected not to join.
+fn stray_node(
+    c: &Cluster,
+    name: &str,
+    trust: &[&str],
+    data: &Path,
+    log: &Path,
+) -> std::process::Child {
+    Command::new(BIN)
+        .args([
+            "node",
+            "--coordinator",
+            &c.addrs.quic.to_string(),
+            "--name",
+            name,
+        ])
+        .args(trust)
+        .arg("--data")
+        .arg(data)
+        .env("DROVER_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_node_pinned_to_the_wrong_certificate_never_connects() {
     let _g = serial();
     let (dir, c) = farm(0, &[]);
     // Right address, wrong fingerprint: the TLS handshake must fail.
     let log = dir.path().join("impostor.log");
-    let mut node = Command::new(BIN)
-        .args([
-            "node",
-            "--coordinator",
-            &c.addrs.quic.to_string(),
-            "--name",
-            "impostor",
-        ])
-        .args(["--cert-sha256", &"00".repeat(32)])
-        .args(["--data", &dir.path().join("impostor").display().to_string()])
-        .env("DROVER_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut node = stray_node(
+        &c,
+        "impostor",
+        &["--cert-sha256", &"00".repeat(32)],
+        &dir.path().join("impostor"),
+        &log,
+    );
     wait_for(
         Duration::from_secs(60),
         "the node to report the pin mismatch",
@@ -510,23 +529,14 @@ fn a_second_node_with_a_taken_name_is_refused() {
     // mistake that must not kick the first node off. The twin is refused
     // and keeps retrying (the name may free up), so it is stopped here.
     let log = dir.path().join("twin.log");
-    let mut twin = Command::new(BIN)
-        .args([
-            "node",
-            "--coordinator",
-            &c.addrs.quic.to_string(),
-            "--name",
-            "node-1",
-        ])
-        .arg("--cert")
-        .arg(&c.addrs.cert_path)
-        .arg("--data")
-        .arg(dir.path().join("twin"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let cert = c.addrs.cert_path.display().to_string();
+    let mut twin = stray_node(
+        &c,
+        "node-1",
+        &["--cert", &cert],
+        &dir.path().join("twin"),
+        &log,
+    );
     let refused = wait_for(Duration::from_secs(90), "the twin to be refused", || {
         let text = std::fs::read_to_string(&log)?;
         Ok(text
