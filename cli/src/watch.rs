@@ -14,13 +14,6 @@ use crate::client::Client;
 /// only paces the display.
 const POLL_INTERVAL_MS: u64 = 100;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Frames per node: done chunks plus the progress of running ones.
 pub fn frames_by_node(job: &JobView) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -56,7 +49,7 @@ pub fn watch(client: &Client, id: u64, quiet: bool) -> anyhow::Result<JobView> {
         total_bar.set_position(job.frames_done);
         let rate = match job.first_frame_at_ms {
             Some(t) => {
-                let end = job.finished_at_ms.unwrap_or_else(now_ms);
+                let end = job.finished_at_ms.unwrap_or_else(drover_coordinator::actors::now_ms);
                 job.frames_done as f64 * 1000.0 / (end.saturating_sub(t).max(1)) as f64
             }
             None => 0.0,

@@ -585,7 +585,9 @@ impl Core {
         };
         for key in held {
             // Tell the node to stop, in case it is still there (reaped for
-            // silence, or replaced by a new session): its work is requeued.
+            // silence but still connected): its work is requeued. When the
+            // session is gone or replaced, the node dropped this work itself
+            // and the cancel is a no-op.
             if let Some(c) = self
                 .jobs
                 .get(&key.0)
@@ -611,7 +613,11 @@ impl Core {
         failure: Option<String>,
         cmds: &mut Vec<Command>,
     ) {
-        let cfg = self.config.clone();
+        let (backoff_ms, max_failures, max_attempts) = (
+            self.config.retry_backoff_ms,
+            self.config.max_chunk_failures,
+            self.config.max_chunk_attempts,
+        );
         let Some(job) = self.jobs.get_mut(&key.0) else {
             return;
         };
@@ -629,8 +635,8 @@ impl Core {
             Some(reason) => {
                 c.failures += 1;
                 let shift = (c.failures - 1).min(10);
-                c.not_before_ms = now_ms + (cfg.retry_backoff_ms << shift);
-                if c.failures >= cfg.max_chunk_failures {
+                c.not_before_ms = now_ms + (backoff_ms << shift);
+                if c.failures >= max_failures {
                     fatal = Some(format!(
                         "chunk {} (frames {}-{}) failed {} times; last error: {reason}",
                         c.index, c.start, c.end, c.failures
@@ -638,15 +644,19 @@ impl Core {
                 }
                 c.last_error = Some(reason);
             }
-            None => {
-                c.last_error = Some("node lost while running the chunk".into());
-                if c.attempts >= cfg.max_chunk_attempts {
-                    fatal = Some(format!(
-                        "chunk {} (frames {}-{}) was started {} times without finishing",
-                        c.index, c.start, c.end, c.attempts
-                    ));
-                }
-            }
+            None => c.last_error = Some("node lost while running the chunk".into()),
+        }
+        // Attempts count failures and lost nodes together, so a chunk that
+        // alternates between the two still ends.
+        if fatal.is_none() && c.attempts >= max_attempts {
+            fatal = Some(format!(
+                "chunk {} (frames {}-{}) was started {} times without finishing; last error: {}",
+                c.index,
+                c.start,
+                c.end,
+                c.attempts,
+                c.last_error.as_deref().unwrap_or("none")
+            ));
         }
         let id = job.id;
         cmds.push(Command::Persist { job: id });
@@ -1163,6 +1173,40 @@ mod tests {
         assert_eq!(
             assigns(&core.handle(62_600, Event::Tick)),
             vec![("n1".into(), (id, 0), 2)]
+        );
+        core.check_invariants();
+    }
+
+    #[test]
+    fn failures_and_lost_nodes_together_are_bounded() {
+        let mut core = Core::new(CoreConfig {
+            max_chunk_failures: 100,
+            max_chunk_attempts: 3,
+            retry_backoff_ms: 0,
+            ..Default::default()
+        });
+        let (id, _) = core.submit(0, spec(10, "any"));
+        for (round, now) in [(1u32, 10u64), (2, 20)] {
+            connect(&mut core, now, "n1", false);
+            core.handle(now, Event::NodeDisconnected { node: "n1".into() });
+            assert_eq!(core.job(id).unwrap().chunks[0].attempts, round);
+        }
+        connect(&mut core, 30, "n1", false);
+        core.handle(
+            31,
+            Event::ChunkFailed {
+                node: "n1".into(),
+                chunk: (id, 0),
+                epoch: 3,
+                reason: "boom".into(),
+            },
+        );
+        let j = core.job(id).unwrap();
+        assert_eq!(j.state, JobState::Failed);
+        assert!(
+            j.error.as_deref().unwrap().contains("started 3 times"),
+            "{:?}",
+            j.error
         );
         core.check_invariants();
     }
