@@ -49,7 +49,9 @@ pub fn watch(client: &Client, id: u64, quiet: bool) -> anyhow::Result<JobView> {
         total_bar.set_position(job.frames_done);
         let rate = match job.first_frame_at_ms {
             Some(t) => {
-                let end = job.finished_at_ms.unwrap_or_else(drover_coordinator::actors::now_ms);
+                let end = job
+                    .finished_at_ms
+                    .unwrap_or_else(drover_coordinator::actors::now_ms);
                 job.frames_done as f64 * 1000.0 / (end.saturating_sub(t).max(1)) as f64
             }
             None => 0.0,
