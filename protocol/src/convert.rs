@@ -1,9 +1,9 @@
 //! Conversions between wire types and `drover_shared` domain types. Only this
 //! module knows both, so a wire change never ripples into the scheduler.
 
-use drover_shared::caps::{Adapter, Capabilities, DeviceType};
+use drover_shared::caps::{Adapter, Calibration, Capabilities, DeviceType};
 
-use crate::messages::{WireAdapter, WireCapabilities};
+use crate::messages::{WireAdapter, WireCalibration, WireCapabilities};
 
 impl From<&Adapter> for WireAdapter {
     fn from(a: &Adapter) -> Self {
@@ -11,6 +11,8 @@ impl From<&Adapter> for WireAdapter {
             name: a.name.clone(),
             backend: a.backend.clone(),
             device_type: format!("{:?}", a.device_type),
+            vendor: a.vendor.clone(),
+            vram_bytes: a.vram_bytes.unwrap_or(0),
         }
     }
 }
@@ -21,6 +23,8 @@ impl From<&WireAdapter> for Adapter {
             name: a.name.clone(),
             backend: a.backend.clone(),
             device_type: DeviceType::from_name(&a.device_type),
+            vendor: a.vendor.clone(),
+            vram_bytes: (a.vram_bytes > 0).then_some(a.vram_bytes),
         }
     }
 }
@@ -36,6 +40,14 @@ impl From<&Capabilities> for WireCapabilities {
             adapters: c.adapters.iter().map(Into::into).collect(),
             render_adapter: c.render_adapter.as_ref().map(Into::into),
             encoders: c.encoders.clone(),
+            tags: c.tags.clone(),
+            pool: c.pool.clone(),
+            calibration: c.calibration.map(|k| WireCalibration {
+                frames_per_s: k.frames_per_s,
+                width: k.width,
+                height: k.height,
+            }),
+            test_override: c.test_override.clone(),
         }
     }
 }
@@ -51,6 +63,14 @@ impl From<&WireCapabilities> for Capabilities {
             adapters: c.adapters.iter().map(Into::into).collect(),
             render_adapter: c.render_adapter.as_ref().map(Into::into),
             encoders: c.encoders.clone(),
+            tags: c.tags.clone(),
+            pool: c.pool.clone(),
+            calibration: c.calibration.map(|k| Calibration {
+                frames_per_s: k.frames_per_s,
+                width: k.width,
+                height: k.height,
+            }),
+            test_override: c.test_override.clone(),
         }
     }
 }
@@ -65,6 +85,8 @@ mod tests {
             name: "NVIDIA H100".into(),
             backend: "Vulkan".into(),
             device_type: DeviceType::DiscreteGpu,
+            vendor: "nvidia".into(),
+            vram_bytes: Some(80 << 30),
         };
         let caps = Capabilities {
             hostname: "n1".into(),
@@ -75,6 +97,14 @@ mod tests {
             adapters: vec![gpu.clone()],
             render_adapter: Some(gpu),
             encoders: vec!["libx264".into()],
+            tags: vec!["fast".into()],
+            pool: "studio".into(),
+            calibration: Some(Calibration {
+                frames_per_s: 120.5,
+                width: 640,
+                height: 360,
+            }),
+            test_override: None,
         };
         let wire = WireCapabilities::from(&caps);
         assert_eq!(Capabilities::from(&wire), caps);

@@ -8,12 +8,16 @@
 //! # Layout
 //! - [`messages`]: the wire types and [`PROTOCOL_VERSION`].
 //! - [`codec`]: framing, the frame-size limit, validation of every archive.
+//! - [`preamble`]: the fixed raw preamble (magic, version) that opens the
+//!   control stream, so peers of any two versions learn each other's version.
 //! - [`convert`]: wire types to and from `drover_shared` domain types; the
 //!   scheduler never sees a wire type.
 //!
 //! # Streams
 //! A node opens one bidirectional *control* stream right after the QUIC
-//! handshake and sends [`messages::Hello`]; the coordinator answers
+//! handshake, writes its [`preamble`], reads the coordinator's preamble
+//! (either side closes, naming both versions, when they differ), then sends
+//! [`messages::Hello`]; the coordinator answers
 //! [`messages::CoordToNode::Welcome`] or [`messages::CoordToNode::Refused`]. Every
 //! later control message flows on that stream. Each finished segment travels
 //! on a bidirectional stream of its own: [`messages::UploadHeader`], the raw
@@ -25,6 +29,7 @@ pub mod codec;
 pub mod convert;
 #[allow(missing_docs)] // for the types rkyv derives; the wire types themselves are documented
 pub mod messages;
+pub mod preamble;
 
 pub use codec::{read_msg, write_msg, WireError, MAX_CONTROL_FRAME_BYTES};
 pub use messages::*;

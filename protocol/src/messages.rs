@@ -4,7 +4,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this wire format. A peer with another version is refused in
 /// the handshake with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Identifies one attempt at one chunk. `epoch` grows with every assignment
 /// of the chunk, so a late message from an earlier attempt is recognised and
@@ -28,6 +28,21 @@ pub struct WireAdapter {
     pub backend: String,
     /// Device type name (`DiscreteGpu`, `Cpu`, ...).
     pub device_type: String,
+    /// Vendor in lower case, empty when unknown.
+    pub vendor: String,
+    /// VRAM in bytes, 0 when unknown.
+    pub vram_bytes: u64,
+}
+
+/// The node's calibration render.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct WireCalibration {
+    /// Frames per second rendered and encoded.
+    pub frames_per_s: f64,
+    /// Width of the calibration frames.
+    pub width: u32,
+    /// Height of the calibration frames.
+    pub height: u32,
 }
 
 /// A node's capabilities as the wire carries them.
@@ -49,6 +64,14 @@ pub struct WireCapabilities {
     pub render_adapter: Option<WireAdapter>,
     /// Encoders that opened.
     pub encoders: Vec<String>,
+    /// Admin-given tags.
+    pub tags: Vec<String>,
+    /// Node pool, empty for none.
+    pub pool: String,
+    /// The calibration render, when it ran.
+    pub calibration: Option<WireCalibration>,
+    /// What a test aid overrode, if anything.
+    pub test_override: Option<String>,
 }
 
 /// First message of a node.
@@ -86,6 +109,18 @@ pub struct Heartbeat {
     pub chunks: Vec<ChunkProgress>,
 }
 
+/// The node's answer to [`CoordToNode::Shrink`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct ShrinkAck {
+    /// Which attempt.
+    pub chunk: ChunkRef,
+    /// The last frame the node will really render: the proposal, or later
+    /// when it had already started frames past it. `None` when the node no
+    /// longer holds the chunk (it finished or failed; that message is on
+    /// its way or already arrived).
+    pub end: Option<u64>,
+}
+
 /// A chunk finished: its segment is uploaded and the coordinator confirmed it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ChunkDone {
@@ -112,6 +147,8 @@ pub struct ChunkFailed {
     pub reason: String,
     /// Last lines of the chunk's log.
     pub log_tail: String,
+    /// The frame whose render failed, when the failure is a frame's.
+    pub failed_frame: Option<u64>,
 }
 
 /// Messages a node sends on its control stream.
@@ -127,6 +164,8 @@ pub enum NodeToCoord {
     Done(ChunkDone),
     /// A chunk failed.
     Failed(ChunkFailed),
+    /// Answer to a shrink proposal.
+    ShrinkAck(ShrinkAck),
 }
 
 /// Work for a node: render frames `start..=end` and encode them into one
@@ -174,6 +213,15 @@ pub enum CoordToNode {
     Assign(Assign),
     /// Stop a chunk and drop its output.
     Cancel(ChunkRef),
+    /// Work stealing: stop the chunk after `proposed_end` instead of its
+    /// current end, and answer with [`ShrinkAck`]. The segment then holds
+    /// frames `start..=end` of the answer.
+    Shrink {
+        /// Which attempt.
+        chunk: ChunkRef,
+        /// Proposed last frame.
+        proposed_end: u64,
+    },
 }
 
 /// First message of an upload stream, followed by exactly `bytes` raw bytes.
@@ -181,6 +229,11 @@ pub enum CoordToNode {
 pub struct UploadHeader {
     /// The attempt whose segment this is.
     pub chunk: ChunkRef,
+    /// First frame in the segment, inclusive.
+    pub start: u64,
+    /// Last frame in the segment, inclusive (the chunk's end after any
+    /// shrink).
+    pub end: u64,
     /// Size of the segment.
     pub bytes: u64,
     /// BLAKE3 of the segment.

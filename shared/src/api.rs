@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub enum JobState {
     /// Accepted; no chunk has started.
     Queued,
+    /// Waiting: no connected node meets its requirements; `error` names each
+    /// requirement no node meets. Runs as soon as such a node joins.
+    Unschedulable,
     /// At least one chunk started.
     Running,
     /// Every chunk is stored; the segments are being joined.
@@ -35,7 +38,8 @@ impl JobState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkState {
-    /// Waiting for a node.
+    /// Frames waiting for a node (not a chunk yet: chunks are carved from
+    /// these when a node has a free slot).
     Pending,
     /// Sent to a node, which has it queued or is running it.
     Assigned,
@@ -47,11 +51,28 @@ pub enum ChunkState {
     Cancelled,
 }
 
+/// How a chunk came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkKind {
+    /// Carved from the job's waiting frames.
+    #[default]
+    Normal,
+    /// The tail of a running chunk, taken by an idle node (work stealing).
+    Stolen,
+    /// A copy of a straggling chunk; the first of the two to finish wins.
+    Speculative,
+}
+
 /// One chunk as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkView {
-    /// Index within the job.
-    pub index: u32,
+    /// Chunk id within the job: stable, never reused, also after splits.
+    /// Absent for frames still waiting for a node.
+    pub index: Option<u32>,
+    /// How it came to be.
+    #[serde(default)]
+    pub kind: ChunkKind,
     /// First frame, inclusive.
     pub start: u64,
     /// Last frame, inclusive.
@@ -60,9 +81,9 @@ pub struct ChunkView {
     pub state: ChunkState,
     /// Node running it or that ran it.
     pub node: Option<String>,
-    /// Frames rendered so far in the current attempt.
+    /// Frames rendered so far.
     pub frames_done: u64,
-    /// Attempts started so far.
+    /// Failed attempts at these frames before this one.
     pub attempts: u32,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
@@ -83,8 +104,28 @@ pub struct JobView {
     pub frames_done: u64,
     /// Frames per node name, of done chunks.
     pub frames_by_node: std::collections::BTreeMap<String, u64>,
-    /// Chunks in frame order.
+    /// Priority, 0..=100.
+    #[serde(default)]
+    pub priority: u8,
+    /// Project, for fair share.
+    #[serde(default)]
+    pub project: String,
+    /// Encoder every chunk uses.
+    #[serde(default)]
+    pub encoder: String,
+    /// Done and running chunks and waiting frame ranges, in frame order.
     pub chunks: Vec<ChunkView>,
+    /// Frames moved from a running chunk to another node by work stealing.
+    #[serde(default)]
+    pub frames_stolen: u64,
+    /// Frames rendered and thrown away: losers of speculative copies and
+    /// cancelled attempts.
+    #[serde(default)]
+    pub frames_wasted: u64,
+    /// Frames left out of the output because they failed on every retry
+    /// (only with `allow_missing_frames`).
+    #[serde(default)]
+    pub missing_frames: Vec<u64>,
     /// Why it failed, or why no node can run it.
     pub error: Option<String>,
     /// Milliseconds since the Unix epoch when it was submitted.
@@ -116,6 +157,17 @@ pub struct NodeView {
     pub cpu_load_pct: f32,
     /// Frames it has rendered in done chunks since the coordinator started.
     pub frames_rendered: u64,
+    /// Why it is quarantined (no new work until an admin clears it).
+    #[serde(default)]
+    pub quarantined: Option<String>,
+    /// Measured speed, frames per second, per job kind and resolution class
+    /// (`shader@720p`): seeded by the calibration render, then averaged
+    /// over real frames.
+    #[serde(default)]
+    pub speed_fps: std::collections::BTreeMap<String, f64>,
+    /// Chunks it may hold at once.
+    #[serde(default)]
+    pub slots: u32,
 }
 
 /// The body of every API error (RFC 9457 problem details).

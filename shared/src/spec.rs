@@ -155,17 +155,71 @@ pub enum GpuRequirement {
     Any,
 }
 
-/// What a node must have to run the job.
+/// What a node must have to run the job. Every field is optional; a chunk is
+/// only ever placed on a node that meets all of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Requirements {
     /// GPU need.
     #[serde(default)]
     pub gpu: GpuRequirement,
+    /// Vendor of the render adapter: `nvidia`, `amd`, `intel`, `apple`, `mesa`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_vendor: Option<String>,
+    /// Pattern for the render adapter's name (`*` wildcards, case-insensitive;
+    /// without `*` a substring): `"H100"`, `"NVIDIA*RTX*"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_name: Option<String>,
+    /// Least VRAM of the render adapter, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_vram_mib: Option<u64>,
+    /// Graphics backend: `vulkan`, `metal`, `dx12`, `gl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// FFmpeg encoder for every chunk (`libx264`, `h264_nvenc`, ...); the
+    /// codec's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
+    /// Least logical cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cores: Option<u32>,
+    /// Least memory, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_memory_mib: Option<u64>,
+    /// Tags the node must all carry (`drover node --tags`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Pool the node must be in (`drover node --pool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// Highest job priority.
+pub const MAX_PRIORITY: u8 = 100;
+/// Priority of a job that names none.
+pub const DEFAULT_PRIORITY: u8 = 50;
+/// Project of a job that names none.
+pub const DEFAULT_PROJECT: &str = "default";
+/// Bounds of `chunk_target_s`: below a second per-chunk costs (encoder
+/// start, upload, one more segment) dominate; above an hour a lost node
+/// loses too much.
+pub const CHUNK_TARGET_S_RANGE: std::ops::RangeInclusive<f64> = 1.0..=3600.0;
+/// Longest tag, pool, vendor, backend or encoder name, in bytes.
+pub const MAX_LABEL_BYTES: usize = 64;
+/// Most tags a job may require.
+pub const MAX_TAGS: usize = 16;
+/// Largest `max_nodes`: the farm size the scheduler is built for.
+pub const MAX_NODES_PER_JOB: u32 = 100_000;
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+fn default_project() -> String {
+    DEFAULT_PROJECT.to_string()
 }
 
 /// A job as submitted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Human name, 1..=128 bytes of letters, digits, space, `-`, `_`, `.`.
@@ -185,6 +239,24 @@ pub struct JobSpec {
     /// What a node must have.
     #[serde(default)]
     pub requirements: Requirements,
+    /// 0..=100, higher first: a higher-priority job takes free nodes first and
+    /// shrinks running chunks of lower-priority jobs while it waits.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Project the job is accounted to for fair share between projects.
+    #[serde(default = "default_project")]
+    pub project: String,
+    /// Most nodes working on this job at once; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes: Option<u32>,
+    /// Seconds a chunk should take on the node it goes to; the coordinator's
+    /// default (20 s) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_target_s: Option<f64>,
+    /// When a frame fails on every retry, finish the job without it (listed
+    /// in `missing_frames`) instead of failing the job.
+    #[serde(default)]
+    pub allow_missing_frames: bool,
 }
 
 /// Deserializes with the path of the failing field in the error.
@@ -318,7 +390,86 @@ impl JobSpec {
                 ),
             ));
         }
+        self.validate_scheduling()?;
         self.resolve_shader()
+    }
+
+    fn validate_scheduling(&self) -> Result<(), SpecError> {
+        if self.priority > MAX_PRIORITY {
+            return Err(SpecError::new(
+                "priority",
+                format!("{} is outside 0..={MAX_PRIORITY}", self.priority),
+            ));
+        }
+        label("project", &self.project)?;
+        if let Some(n) = self.max_nodes {
+            if n == 0 || n > MAX_NODES_PER_JOB {
+                return Err(SpecError::new(
+                    "max_nodes",
+                    format!("{n} is outside 1..={MAX_NODES_PER_JOB}"),
+                ));
+            }
+        }
+        if let Some(t) = self.chunk_target_s {
+            if !CHUNK_TARGET_S_RANGE.contains(&t) {
+                return Err(SpecError::new(
+                    "chunk_target_s",
+                    format!(
+                        "{t} is outside {}..={} seconds",
+                        CHUNK_TARGET_S_RANGE.start(),
+                        CHUNK_TARGET_S_RANGE.end()
+                    ),
+                ));
+            }
+        }
+        let r = &self.requirements;
+        if let Some(v) = &r.gpu_vendor {
+            const VENDORS: [&str; 5] = ["nvidia", "amd", "intel", "apple", "mesa"];
+            if !VENDORS.contains(&v.as_str()) {
+                return Err(SpecError::new(
+                    "requirements.gpu_vendor",
+                    format!("{v:?} is not one of {}", VENDORS.join(", ")),
+                ));
+            }
+        }
+        if let Some(p) = &r.gpu_name {
+            label("requirements.gpu_name", p)?;
+        }
+        if let Some(b) = &r.backend {
+            const BACKENDS: [&str; 4] = ["vulkan", "metal", "dx12", "gl"];
+            if !BACKENDS.contains(&b.to_ascii_lowercase().as_str()) {
+                return Err(SpecError::new(
+                    "requirements.backend",
+                    format!("{b:?} is not one of {}", BACKENDS.join(", ")),
+                ));
+            }
+        }
+        if let Some(e) = &r.encoder {
+            let allowed = crate::caps::encoders_for_codec(&self.output.codec);
+            if !allowed.contains(&e.as_str()) {
+                return Err(SpecError::new(
+                    "requirements.encoder",
+                    format!(
+                        "{e:?} does not produce output.codec {:?}; use one of {}",
+                        self.output.codec,
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        if r.tags.len() > MAX_TAGS {
+            return Err(SpecError::new(
+                "requirements.tags",
+                format!("{} tags; the limit is {MAX_TAGS}", r.tags.len()),
+            ));
+        }
+        for t in &r.tags {
+            label("requirements.tags", t)?;
+        }
+        if let Some(p) = &r.pool {
+            label("requirements.pool", p)?;
+        }
+        Ok(())
     }
 
     fn resolve_shader(&mut self) -> Result<(), SpecError> {
@@ -367,6 +518,30 @@ impl JobSpec {
     pub fn shader_source(&self) -> &str {
         self.render.source.as_deref().unwrap_or_default()
     }
+}
+
+/// Checks a short label (project, tag, pool, name pattern): 1..=64 bytes of
+/// letters, digits, `-`, `_`, `.`, `*` and space.
+pub fn label(field: &str, value: &str) -> Result<(), SpecError> {
+    if value.is_empty() || value.len() > MAX_LABEL_BYTES {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "{value:?} is {} bytes; allowed are 1..={MAX_LABEL_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '_' | '.' | '*')))
+    {
+        return Err(SpecError::new(
+            field,
+            format!("contains {c:?}; allowed are letters, digits, space, '-', '_', '.', '*'"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_size(text: &str) -> Result<(), SpecError> {
@@ -482,6 +657,30 @@ mod tests {
             |v| v["render"] = json!({"kind": "shader", "source": "fn fs_main( {"}),
             "render.source",
             "line 1",
+        );
+        check(|v| v["priority"] = json!(101), "priority", "0..=100");
+        check(|v| v["max_nodes"] = json!(0), "max_nodes", "1..=100000");
+        check(|v| v["chunk_target_s"] = json!(0.1), "chunk_target_s", "1..=3600");
+        check(|v| v["project"] = json!("a/b"), "project", "contains '/'");
+        check(
+            |v| v["requirements"] = json!({"gpu_vendor": "3dfx"}),
+            "requirements.gpu_vendor",
+            "not one of",
+        );
+        check(
+            |v| v["requirements"] = json!({"encoder": "hevc_nvenc"}),
+            "requirements.encoder",
+            "does not produce",
+        );
+        check(
+            |v| v["requirements"] = json!({"backend": "glide"}),
+            "requirements.backend",
+            "not one of",
+        );
+        check(
+            |v| v["requirements"] = json!({"min_cores": -1}),
+            "requirements.min_cores",
+            "invalid value",
         );
         check(
             |v| v["render"] = json!({"kind": "shader", "path": "x.wgsl"}),
