@@ -1,32 +1,34 @@
 //! The actix actors that own the coordinator's state.
 //!
 //! - [`Scheduler`] owns the sans-IO [`Core`], the [`Journal`] and the table of
-//!   live sessions. It feeds every event to the core and carries out the
-//!   commands that come back: assignments go to sessions, records go to the
-//!   journal, finished jobs go to the muxer (on a blocking thread).
+//!   live sessions. It feeds every event to the core, carries out the
+//!   commands that come back (welcomes and refusals, assignments, shrinks
+//!   and cancels to sessions, records to the journal, finished jobs to the
+//!   muxer on a blocking thread), and arms one timer for the core's next
+//!   deadline.
 //! - [`NodeSession`], one per node connection, turns wire messages into core
-//!   events and core commands into wire messages. It remembers which uploads
-//!   its connection stored and verified, so a `Done` without its segment is a
-//!   failure, never a hole in the output.
+//!   events and core commands into wire messages. It decides nothing: upload
+//!   admission, node admission and the encoder are the core's decisions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
 use drover_protocol::{Assign, ChunkRef, CoordToNode, NodeToCoord};
 use drover_shared::api::{JobView, NodeView};
-use drover_shared::caps::{self, Capabilities};
+use drover_shared::caps::Capabilities;
 use drover_shared::spec::JobSpec;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
 use crate::journal::Journal;
-use crate::sched::{Command, Core, Event};
+use crate::sched::{ChunkKey, ChunkReport, Command, Core, Event, NodeId};
 use crate::store::ArtifactStore;
 
-/// How often the scheduler ticks (reaps silent nodes, releases backoffs).
-pub const TICK_INTERVAL_MS: u64 = 250;
+/// Chunk entries read from one heartbeat: a node holds a handful of chunks,
+/// so a longer list is a broken or hostile peer and the rest is ignored.
+pub const MAX_HEARTBEAT_CHUNKS: usize = 16;
 
 /// Milliseconds since the Unix epoch, read once at start and advanced by
 /// the monotonic clock: the clock injected into the core. A wall-clock step
@@ -43,20 +45,20 @@ pub fn now_ms() -> u64 {
     wall0 + t0.elapsed().as_millis() as u64
 }
 
-/// A live session: its id, actor and the node id its hello carried.
-struct SessionEntry {
-    session: u64,
-    addr: Addr<NodeSession>,
-    node_id: String,
-}
-
 /// The scheduler actor.
 pub struct Scheduler {
     core: Core,
     journal: Journal,
     store: ArtifactStore,
-    sessions: HashMap<String, SessionEntry>,
+    /// Every session that sent a hello, by session id.
+    sessions: HashMap<u64, Addr<NodeSession>>,
+    /// The session of each admitted node.
+    by_node: HashMap<NodeId, u64>,
+    /// The core's answer to a hello, read back by [`SessionOpened`].
+    hello_answers: HashMap<u64, Result<NodeId, String>>,
     pending_commands: Vec<Command>,
+    /// The deadline the armed timer wakes the core for.
+    armed: Option<(u64, SpawnHandle)>,
 }
 
 impl Scheduler {
@@ -68,7 +70,10 @@ impl Scheduler {
             journal,
             store,
             sessions: HashMap::new(),
+            by_node: HashMap::new(),
+            hello_answers: HashMap::new(),
             pending_commands: startup,
+            armed: None,
         }
     }
 
@@ -77,47 +82,94 @@ impl Scheduler {
         self.execute(cmds, ctx);
     }
 
+    /// Wakes the core at its next deadline, and only then.
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.core.poll_timeout();
+        match (next, &self.armed) {
+            (Some(at), Some((armed, _))) if *armed <= at => return,
+            (None, None) => return,
+            _ => {}
+        }
+        if let Some((_, handle)) = self.armed.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let delay = Duration::from_millis(at.saturating_sub(now_ms()));
+            let handle = ctx.run_later(delay, |act, ctx| {
+                act.armed = None;
+                act.apply(Event::Timeout, ctx);
+            });
+            self.armed = Some((at, handle));
+        }
+    }
+
+    fn deliver(&self, node: NodeId, msg: CoordToNode) {
+        if let Some(addr) = self.by_node.get(&node).and_then(|s| self.sessions.get(s)) {
+            addr.do_send(Deliver(msg));
+        }
+    }
+
     fn execute(&mut self, cmds: Vec<Command>, ctx: &mut Context<Self>) {
         for cmd in cmds {
             match cmd {
+                Command::Welcome { session, node } => {
+                    self.by_node.insert(node, session);
+                    if let Some(addr) = self.sessions.get(&session) {
+                        addr.do_send(Admitted(node));
+                    }
+                    self.hello_answers.insert(session, Ok(node));
+                }
+                Command::Refuse { session, reason } => {
+                    self.hello_answers.insert(session, Err(reason));
+                }
+                Command::CloseSession { session } => {
+                    if let Some(addr) = self.sessions.remove(&session) {
+                        addr.do_send(Close);
+                    }
+                    self.by_node.retain(|_, s| *s != session);
+                }
                 Command::Assign { node, assignment } => {
-                    let Some(job) = self.core.job(assignment.chunk.0) else {
-                        continue;
-                    };
-                    let spec = &job.spec;
-                    let encoder = caps::encoders_for_codec(&spec.output.codec)
-                        .first()
-                        .copied()
-                        .unwrap_or("libx264");
+                    let spec = &assignment.spec;
+                    let (job, index) = assignment.chunk;
+                    info!(job, chunk = index, epoch = assignment.epoch,
+                        node = self.core.node_name(node).unwrap_or("?"),
+                        frames = %format!("{}-{}", assignment.start, assignment.end), "assign");
                     let msg = CoordToNode::Assign(Assign {
-                        chunk: ChunkRef {
-                            job: assignment.chunk.0,
-                            index: assignment.chunk.1,
-                            epoch: assignment.epoch,
-                        },
+                        chunk: chunk_ref(assignment.chunk, assignment.epoch),
                         start: assignment.start,
                         end: assignment.end,
                         fps: spec.fps,
                         width: spec.resolution.width,
                         height: spec.resolution.height,
                         shader_source: spec.shader_source().to_string(),
-                        encoder: encoder.to_string(),
+                        encoder: assignment.encoder.to_string(),
                         crf: spec.output.quality,
                     });
-                    info!(job = assignment.chunk.0, chunk = assignment.chunk.1, epoch = assignment.epoch, %node,
-                        frames = %format!("{}-{}", assignment.start, assignment.end), "assign");
-                    if let Some(s) = self.sessions.get(&node) {
-                        s.addr.do_send(Deliver(msg));
-                    }
+                    self.deliver(node, msg);
                 }
                 Command::Cancel { node, chunk, epoch } => {
-                    if let Some(s) = self.sessions.get(&node) {
-                        s.addr.do_send(Deliver(CoordToNode::Cancel(ChunkRef {
-                            job: chunk.0,
-                            index: chunk.1,
-                            epoch,
-                        })));
-                    }
+                    self.deliver(node, CoordToNode::Cancel(chunk_ref(chunk, epoch)));
+                }
+                Command::Shrink {
+                    node,
+                    chunk,
+                    epoch,
+                    proposed_end,
+                } => {
+                    info!(
+                        job = chunk.0,
+                        chunk = chunk.1,
+                        proposed_end,
+                        node = self.core.node_name(node).unwrap_or("?"),
+                        "shrink"
+                    );
+                    self.deliver(
+                        node,
+                        CoordToNode::Shrink {
+                            chunk: chunk_ref(chunk, epoch),
+                            proposed_end,
+                        },
+                    );
                 }
                 Command::Discard { job } => {
                     // The job's final state must be durable before its
@@ -142,8 +194,8 @@ impl Scheduler {
                     });
                 }
                 Command::Persist { job } => {
-                    if let Some(j) = self.core.job(job) {
-                        if let Err(e) = self.journal.put(j) {
+                    if let Some(r) = self.core.record(job) {
+                        if let Err(e) = self.journal.put(&r) {
                             error!(job, "journal write failed: {e}");
                         }
                     }
@@ -186,6 +238,15 @@ impl Scheduler {
                 }
             }
         }
+        self.rearm(ctx);
+    }
+}
+
+fn chunk_ref(chunk: ChunkKey, epoch: u32) -> ChunkRef {
+    ChunkRef {
+        job: chunk.0,
+        index: chunk.1,
+        epoch,
     }
 }
 
@@ -195,9 +256,6 @@ impl Actor for Scheduler {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let startup = std::mem::take(&mut self.pending_commands);
         self.execute(startup, ctx);
-        ctx.run_interval(Duration::from_millis(TICK_INTERVAL_MS), |act, ctx| {
-            act.apply(Event::Tick, ctx)
-        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -221,9 +279,9 @@ impl Handler<Submit> for Scheduler {
         // client's error is the whole truth.
         let durable = self
             .core
-            .job(id)
+            .record(id)
             .ok_or_else(|| "job vanished".to_string())
-            .and_then(|j| self.journal.put(j).map_err(|e| e.to_string()))
+            .and_then(|j| self.journal.put(&j).map_err(|e| e.to_string()))
             .and_then(|()| self.journal.flush().map_err(|e| e.to_string()));
         if let Err(e) = durable {
             error!(job = id, "journal write failed, job withdrawn: {e}");
@@ -231,16 +289,16 @@ impl Handler<Submit> for Scheduler {
             if let Err(e) = self.journal.remove(id) {
                 error!(job = id, "removing the withdrawn record failed too: {e}");
             }
-            // `submit` dispatched every job; what it did for the others
-            // still has to happen.
-            let others = cmds.into_iter().filter(|c| c.job() != id).collect();
+            // What `submit` did for other jobs (preemption) still happens.
+            let others = cmds.into_iter().filter(|c| c.job() != Some(id)).collect();
             self.execute(others, ctx);
             return Err(e);
         }
         info!(job = id, "job accepted");
-        // The record just written already holds the assignments `submit` made.
         let mut cmds = cmds;
         cmds.retain(|c| !matches!(c, Command::Persist { job } if *job == id));
+        // The assignments made at submission are journaled with them.
+        cmds.push(Command::Persist { job: id });
         self.execute(cmds, ctx);
         Ok(id)
     }
@@ -265,11 +323,11 @@ pub struct CancelJob(pub u64);
 impl Handler<CancelJob> for Scheduler {
     type Result = MessageResult<CancelJob>;
     fn handle(&mut self, msg: CancelJob, ctx: &mut Context<Self>) -> Self::Result {
-        let Some(job) = self.core.job(msg.0) else {
+        let Some(state) = self.core.job_state(msg.0) else {
             return MessageResult(CancelOutcome::NotFound);
         };
-        if job.state.is_terminal() {
-            return MessageResult(CancelOutcome::AlreadyFinished(job.state));
+        if state.is_terminal() {
+            return MessageResult(CancelOutcome::AlreadyFinished(state));
         }
         info!(job = msg.0, "cancel requested");
         self.apply(Event::CancelJob { job: msg.0 }, ctx);
@@ -277,6 +335,23 @@ impl Handler<CancelJob> for Scheduler {
             error!(job = msg.0, "journal flush failed: {e}");
         }
         MessageResult(CancelOutcome::Cancelled)
+    }
+}
+
+/// Clear a node's quarantine; `false` when no such node is known.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct ClearQuarantine(pub String);
+
+impl Handler<ClearQuarantine> for Scheduler {
+    type Result = bool;
+    fn handle(&mut self, msg: ClearQuarantine, ctx: &mut Context<Self>) -> bool {
+        if self.core.node_id(&msg.0).is_none() {
+            return false;
+        }
+        info!(node = %msg.0, "quarantine cleared by an admin");
+        self.apply(Event::ClearQuarantine { name: msg.0 }, ctx);
+        true
     }
 }
 
@@ -328,11 +403,11 @@ impl Handler<CoreEvent> for Scheduler {
     }
 }
 
-/// A node finished its handshake; `session` is a process-unique id so that a
-/// stale session closing never unregisters a newer one of the same name.
-/// Refused (with the reason) when another live node already uses the name.
+/// A node sent its hello; `session` is a process-unique id so that a stale
+/// session closing never unregisters a newer one. The core admits it (its
+/// node id) or refuses it (the reason).
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<NodeId, String>")]
 pub struct SessionOpened {
     /// Node name.
     pub name: String,
@@ -347,36 +422,31 @@ pub struct SessionOpened {
 }
 
 impl Handler<SessionOpened> for Scheduler {
-    type Result = Result<(), String>;
+    type Result = Result<NodeId, String>;
     fn handle(&mut self, msg: SessionOpened, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(old) = self.sessions.get(&msg.name) {
-            if old.node_id != msg.node_id && old.addr.connected() {
-                warn!(node = %msg.name, node_id = %msg.node_id, "refused: name in use by node {}", old.node_id);
-                return Err(format!(
-                    "node name {:?} is already used by another connected node (id {}); give this node its own --name",
-                    msg.name, old.node_id
-                ));
-            }
-        }
-        info!(node = %msg.name, session = msg.session, adapter = ?msg.caps.render_adapter.as_ref().map(|a| &a.name), "node connected");
-        let entry = SessionEntry {
-            session: msg.session,
-            addr: msg.addr,
-            node_id: msg.node_id,
-        };
-        // The same node reconnecting before its old connection was noticed
-        // dead: the old session goes, and its chunks are requeued below.
-        if let Some(old) = self.sessions.insert(msg.name.clone(), entry) {
-            old.addr.do_send(Close);
-        }
+        self.sessions.insert(msg.session, msg.addr);
+        let adapter = msg.caps.render_adapter.as_ref().map(|a| a.name.clone());
         self.apply(
-            Event::NodeConnected {
-                node: msg.name,
+            Event::Hello {
+                session: msg.session,
+                name: msg.name.clone(),
+                node_id: msg.node_id.clone(),
                 caps: msg.caps,
             },
             ctx,
         );
-        Ok(())
+        let answer = self
+            .hello_answers
+            .remove(&msg.session)
+            .unwrap_or_else(|| Err("the scheduler did not answer the hello".into()));
+        match &answer {
+            Ok(_) => info!(node = %msg.name, session = msg.session, adapter = ?adapter, "node connected"),
+            Err(reason) => {
+                warn!(node = %msg.name, node_id = %msg.node_id, "refused: {reason}");
+                self.sessions.remove(&msg.session);
+            }
+        }
+        answer
     }
 }
 
@@ -384,8 +454,8 @@ impl Handler<SessionOpened> for Scheduler {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SessionClosed {
-    /// Node name.
-    pub name: String,
+    /// Its node, once admitted.
+    pub node: Option<NodeId>,
     /// Session id.
     pub session: u64,
 }
@@ -393,24 +463,55 @@ pub struct SessionClosed {
 impl Handler<SessionClosed> for Scheduler {
     type Result = ();
     fn handle(&mut self, msg: SessionClosed, ctx: &mut Context<Self>) {
-        if self.sessions.get(&msg.name).map(|s| s.session) == Some(msg.session) {
-            warn!(node = %msg.name, "node disconnected");
-            self.sessions.remove(&msg.name);
-            self.apply(Event::NodeDisconnected { node: msg.name }, ctx);
+        self.sessions.remove(&msg.session);
+        let Some(node) = msg.node else { return };
+        if self.by_node.get(&node) == Some(&msg.session) {
+            warn!(node = self.core.node_name(node).unwrap_or("?"), "node disconnected");
+            self.by_node.remove(&node);
         }
+        self.apply(
+            Event::Disconnected {
+                node,
+                session: msg.session,
+            },
+            ctx,
+        );
     }
+}
+
+/// May this node upload this segment? The core decides.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct MayUpload {
+    /// Node.
+    pub node: NodeId,
+    /// The attempt.
+    pub chunk: ChunkRef,
+    /// First frame in the segment.
+    pub start: u64,
+    /// Last frame in the segment.
+    pub end: u64,
+}
+
+impl Handler<MayUpload> for Scheduler {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: MayUpload, _: &mut Context<Self>) -> Self::Result {
+        self.core
+            .may_upload(m.node, key(&m.chunk), m.chunk.epoch, m.start, m.end)
+    }
+}
+
+fn key(c: &ChunkRef) -> ChunkKey {
+    (c.job, c.index)
 }
 
 /// One node connection.
 pub struct NodeSession {
+    node: Option<NodeId>,
     name: String,
     session: u64,
     scheduler: Addr<Scheduler>,
     out: UnboundedSender<CoordToNode>,
-    /// Chunks assigned to this node and not yet finished: the only ones it
-    /// may upload.
-    assigned: HashSet<ChunkRef>,
-    uploads: HashMap<ChunkRef, (String, String)>,
 }
 
 impl NodeSession {
@@ -422,17 +523,12 @@ impl NodeSession {
         out: UnboundedSender<CoordToNode>,
     ) -> Self {
         NodeSession {
+            node: None,
             name,
             session,
             scheduler,
             out,
-            assigned: HashSet::new(),
-            uploads: HashMap::new(),
         }
-    }
-
-    fn key(c: &ChunkRef) -> (u64, u32) {
-        (c.job, c.index)
     }
 }
 
@@ -441,9 +537,21 @@ impl Actor for NodeSession {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.scheduler.do_send(SessionClosed {
-            name: self.name.clone(),
+            node: self.node,
             session: self.session,
         });
+    }
+}
+
+/// The core admitted the session's node under this id.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Admitted(pub NodeId);
+
+impl Handler<Admitted> for NodeSession {
+    type Result = ();
+    fn handle(&mut self, msg: Admitted, _: &mut Context<Self>) {
+        self.node = Some(msg.0);
     }
 }
 
@@ -455,16 +563,6 @@ pub struct Deliver(pub CoordToNode);
 impl Handler<Deliver> for NodeSession {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        match &msg.0 {
-            CoordToNode::Assign(a) => {
-                self.assigned.insert(a.chunk);
-            }
-            CoordToNode::Cancel(c) => {
-                self.assigned.remove(c);
-                self.uploads.remove(c);
-            }
-            _ => {}
-        }
         if self.out.send(msg.0).is_err() {
             ctx.stop();
         }
@@ -479,101 +577,69 @@ pub struct Inbound(pub NodeToCoord);
 impl Handler<Inbound> for NodeSession {
     type Result = ();
     fn handle(&mut self, msg: Inbound, _: &mut Context<Self>) {
-        let node = self.name.clone();
+        let Some(node) = self.node else {
+            warn!(node = %self.name, "message before admission ignored");
+            return;
+        };
+        let report = |c: &ChunkRef, frames_done| ChunkReport {
+            chunk: key(c),
+            epoch: c.epoch,
+            frames_done,
+        };
         let event = match msg.0 {
             NodeToCoord::Hello(_) => {
-                warn!(%node, "second hello ignored");
+                warn!(node = %self.name, "second hello ignored");
                 return;
             }
-            NodeToCoord::Heartbeat(hb) => {
-                for p in &hb.chunks {
-                    self.scheduler.do_send(CoreEvent(Event::Progress {
-                        node: node.clone(),
-                        chunk: Self::key(&p.chunk),
-                        epoch: p.chunk.epoch,
-                        frames_done: p.frames_done,
-                    }));
-                }
-                Event::Heartbeat {
-                    node,
-                    cpu_load_pct: hb.cpu_load_pct,
-                }
-            }
+            NodeToCoord::Heartbeat(hb) => Event::Heartbeat {
+                node,
+                cpu_load_pct: hb.cpu_load_pct,
+                chunks: hb
+                    .chunks
+                    .iter()
+                    .take(MAX_HEARTBEAT_CHUNKS)
+                    .map(|p| report(&p.chunk, p.frames_done))
+                    .collect(),
+            },
             NodeToCoord::Progress(p) => Event::Progress {
                 node,
-                chunk: Self::key(&p.chunk),
-                epoch: p.chunk.epoch,
-                frames_done: p.frames_done,
+                report: report(&p.chunk, p.frames_done),
             },
+            NodeToCoord::ShrinkAck(a) => {
+                info!(job = a.chunk.job, chunk = a.chunk.index, end = ?a.end, node = %self.name, "shrink answered");
+                Event::ShrinkAck {
+                    node,
+                    chunk: key(&a.chunk),
+                    epoch: a.chunk.epoch,
+                    end: a.end,
+                }
+            }
             NodeToCoord::Done(d) => {
-                self.assigned.remove(&d.chunk);
-                let hash = hex::encode(d.output_hash);
-                match self.uploads.remove(&d.chunk) {
-                    Some((segment, stored)) if stored == hash => {
-                        info!(job = d.chunk.job, chunk = d.chunk.index, %node, adapter = %d.adapter,
-                            elapsed_ms = d.elapsed_ms, "chunk done");
-                        Event::ChunkDone {
-                            node,
-                            chunk: Self::key(&d.chunk),
-                            epoch: d.chunk.epoch,
-                            segment,
-                            hash,
-                        }
-                    }
-                    _ => Event::ChunkFailed {
-                        node,
-                        chunk: Self::key(&d.chunk),
-                        epoch: d.chunk.epoch,
-                        reason: "node reported done but its segment was not stored with that hash"
-                            .into(),
-                    },
+                info!(job = d.chunk.job, chunk = d.chunk.index, node = %self.name, adapter = %d.adapter,
+                    frames = %format!("{}-{}", d.start, d.end), elapsed_ms = d.elapsed_ms, "chunk done");
+                Event::ChunkDone {
+                    node,
+                    chunk: key(&d.chunk),
+                    epoch: d.chunk.epoch,
+                    start: d.start,
+                    end: d.end,
+                    hash: hex::encode(d.output_hash),
+                    elapsed_ms: d.elapsed_ms,
                 }
             }
             NodeToCoord::Failed(f) => {
-                self.assigned.remove(&f.chunk);
-                self.uploads.remove(&f.chunk);
-                warn!(job = f.chunk.job, chunk = f.chunk.index, %node, reason = %f.reason, log = %f.log_tail, "chunk failed");
+                warn!(job = f.chunk.job, chunk = f.chunk.index, node = %self.name, reason = %f.reason,
+                    failed_frame = ?f.failed_frame, log = %f.log_tail, "chunk failed");
                 Event::ChunkFailed {
                     node,
-                    chunk: Self::key(&f.chunk),
+                    chunk: key(&f.chunk),
                     epoch: f.chunk.epoch,
                     reason: f.reason,
+                    failed_frame: f.failed_frame,
                 }
             }
         };
         self.scheduler.do_send(CoreEvent(event));
-    }
-}
-
-/// May this connection upload the segment of `0`? Only for a chunk assigned
-/// to it, not finished, and not already uploaded.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct MayUpload(pub ChunkRef);
-
-impl Handler<MayUpload> for NodeSession {
-    type Result = bool;
-    fn handle(&mut self, msg: MayUpload, _: &mut Context<Self>) -> bool {
-        self.assigned.contains(&msg.0) && !self.uploads.contains_key(&msg.0)
-    }
-}
-
-/// An upload on this connection was stored and verified.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Uploaded {
-    /// The attempt.
-    pub chunk: ChunkRef,
-    /// Stored path.
-    pub path: String,
-    /// Verified hash, hex.
-    pub hash: String,
-}
-
-impl Handler<Uploaded> for NodeSession {
-    type Result = ();
-    fn handle(&mut self, msg: Uploaded, _: &mut Context<Self>) {
-        self.uploads.insert(msg.chunk, (msg.path, msg.hash));
     }
 }
 

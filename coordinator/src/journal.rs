@@ -1,7 +1,9 @@
-//! The sled journal: job records, keyed by id. Only this module writes sled.
+//! The sled journal: job records, keyed by id, and the coordinator's
+//! incarnation counter. Only this module writes sled.
 //!
 //! Write path: the scheduler actor applies an event to the core, then for
-//! every `Persist` command serializes the job's record (JSON) and inserts it
+//! every `Persist` command serializes the job's record ([`JobRecord`], JSON:
+//! spec, state, stored segments; not the running chunks) and inserts it
 //! under the job id's big-endian bytes. A submission is flushed (fsync) before
 //! the API answers, so an acknowledged job survives a crash; progress records
 //! ride sled's periodic flush, and losing one only means a chunk is rendered
@@ -9,7 +11,7 @@
 
 use std::path::Path;
 
-use crate::sched::Job;
+use crate::sched::JobRecord;
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,9 @@ pub struct Journal {
     jobs: sled::Tree,
 }
 
+/// Key of the incarnation counter in the default tree.
+const INCARNATION_KEY: &[u8] = b"incarnation";
+
 impl Journal {
     /// Opens (or creates) the journal in `dir`.
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
@@ -42,8 +47,23 @@ impl Journal {
         Ok(Journal { db, jobs })
     }
 
+    /// Counts this start and makes the count durable before returning it:
+    /// assignment epochs carry it, so no epoch repeats across restarts.
+    pub fn next_incarnation(&self) -> Result<u32, JournalError> {
+        let old = self
+            .db
+            .get(INCARNATION_KEY)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes)
+            .unwrap_or(0);
+        let next = old.wrapping_add(1).max(1);
+        self.db.insert(INCARNATION_KEY, &next.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(next)
+    }
+
     /// Writes a job's record.
-    pub fn put(&self, job: &Job) -> Result<(), JournalError> {
+    pub fn put(&self, job: &JobRecord) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(job).map_err(|source| JournalError::Record {
             job: job.id,
             source,
@@ -66,12 +86,12 @@ impl Journal {
     }
 
     /// Every job record, oldest first.
-    pub fn load(&self) -> Result<Vec<Job>, JournalError> {
+    pub fn load(&self) -> Result<Vec<JobRecord>, JournalError> {
         let mut out = Vec::new();
         for item in self.jobs.iter() {
             let (k, v) = item?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let job: Job = serde_json::from_slice(&v)
+            let job: JobRecord = serde_json::from_slice(&v)
                 .map_err(|source| JournalError::Record { job: id, source })?;
             // Check after reading back what was checked before writing.
             assert_eq!(job.id, id, "journal key and record disagree");
@@ -99,7 +119,8 @@ mod tests {
         let (id, _) = core.submit(7, spec);
         {
             let j = Journal::open(dir.path()).unwrap();
-            j.put(core.job(id).unwrap()).unwrap();
+            assert_eq!(j.next_incarnation().unwrap(), 1);
+            j.put(&core.record(id).unwrap()).unwrap();
             j.flush().unwrap();
         }
         // sled's flusher thread lets go of the file lock shortly after the
@@ -118,6 +139,7 @@ mod tests {
         };
         let jobs = j.load().unwrap();
         assert_eq!(jobs.len(), 1);
-        assert_eq!(&jobs[0], core.job(id).unwrap());
+        assert_eq!(jobs[0], core.record(id).unwrap());
+        assert_eq!(j.next_incarnation().unwrap(), 2, "each start counts");
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use anyhow::Context as _;
 use drover_protocol::{
-    codec, CoordToNode, NodeToCoord, StreamKind, UploadHeader, UploadReply,
+    codec, preamble, CoordToNode, NodeToCoord, StreamKind, UploadHeader, UploadReply,
     MAX_CONTROL_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use drover_shared::config::{CERT_FILE, CERT_SERVER_NAME, HEARTBEAT_INTERVAL_MS, KEY_FILE};
@@ -18,7 +18,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
-use crate::actors::{Inbound, MayUpload, NodeSession, Scheduler, SessionOpened, Uploaded};
+use crate::actors::{CoreEvent, Inbound, MayUpload, NodeSession, Scheduler, SessionOpened};
+use crate::sched::{Event, NodeId};
 use crate::store::ArtifactStore;
 
 /// Time a new connection has to send its hello.
@@ -139,6 +140,26 @@ async fn connection(
     if StreamKind::from_byte(kind) != Some(StreamKind::Control) {
         anyhow::bail!("first stream is of kind {kind}, expected the control stream");
     }
+    // The raw preamble comes before any archive, so a peer of any other
+    // version learns ours and we learn theirs, whatever the layout of the
+    // messages that follow.
+    let theirs = tokio::time::timeout(
+        Duration::from_millis(HELLO_TIMEOUT_MS),
+        preamble::read(&mut recv),
+    )
+    .await
+    .context("no preamble within the hello timeout")??;
+    preamble::write(&mut send, PROTOCOL_VERSION).await?;
+    if theirs != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version mismatch: the node speaks {theirs}, this coordinator speaks {PROTOCOL_VERSION}; upgrade the older side"
+        );
+        warn!(remote = %conn.remote_address(), "{reason}");
+        send.finish().ok();
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        conn.close(2u32.into(), reason.as_bytes());
+        anyhow::bail!(reason);
+    }
     let hello: NodeToCoord = tokio::time::timeout(
         Duration::from_millis(HELLO_TIMEOUT_MS),
         codec::read_msg(&mut recv, MAX_CONTROL_FRAME_BYTES),
@@ -149,18 +170,6 @@ async fn connection(
     let NodeToCoord::Hello(hello) = hello else {
         anyhow::bail!("first message is not a hello");
     };
-    if hello.protocol_version != PROTOCOL_VERSION {
-        let reason = format!(
-            "protocol version mismatch: node {:?} speaks {}, this coordinator speaks {}; upgrade the older side",
-            hello.name, hello.protocol_version, PROTOCOL_VERSION
-        );
-        warn!(node = %hello.name, "{reason}");
-        refuse(&conn, &mut send, &reason).await?;
-        anyhow::bail!(reason);
-    }
-    if hello.name.is_empty() || hello.name.len() > 64 {
-        anyhow::bail!("node name must be 1..=64 bytes");
-    }
     info!(node = %hello.name, node_id = %hello.node_id, agent_version = %hello.agent_version, "hello");
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CoordToNode>();
@@ -176,11 +185,14 @@ async fn connection(
             caps: (&hello.capabilities).into(),
         })
         .await?;
-    if let Err(reason) = opened {
-        session.do_send(crate::actors::Close);
-        refuse(&conn, &mut send, &reason).await?;
-        anyhow::bail!(reason);
-    }
+    let node = match opened {
+        Ok(node) => node,
+        Err(reason) => {
+            session.do_send(crate::actors::Close);
+            refuse(&conn, &mut send, &reason).await?;
+            anyhow::bail!(reason);
+        }
+    };
     // Welcome goes first; assignments the scheduler made meanwhile wait in
     // the channel for the writer below.
     let welcome = codec::write_msg(
@@ -208,13 +220,13 @@ async fn connection(
     // Uploads: one bidirectional stream per segment.
     let uploads = {
         let conn = conn.clone();
-        let session = session.clone();
+        let scheduler = scheduler.clone();
         actix::spawn(async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let store = store.clone();
-                let session = session.clone();
+                let scheduler = scheduler.clone();
                 actix::spawn(async move {
-                    if let Err(e) = upload(send, recv, store, session).await {
+                    if let Err(e) = upload(send, recv, store, scheduler, node).await {
                         warn!("upload failed: {e:#}");
                     }
                 });
@@ -262,7 +274,8 @@ async fn upload(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     store: ArtifactStore,
-    session: Addr<NodeSession>,
+    scheduler: Addr<Scheduler>,
+    node: NodeId,
 ) -> anyhow::Result<()> {
     // Kind and header must arrive promptly; the body may take as long as
     // its size needs (the connection's idle timeout still applies).
@@ -278,43 +291,45 @@ async fn upload(
         })
         .await
         .context("no upload header within the timeout")??;
-    if !session.send(MayUpload(header.chunk)).await? {
-        let reason = format!(
-            "chunk {}/{} epoch {} is not assigned to this node, or already uploaded",
-            header.chunk.job, header.chunk.index, header.chunk.epoch
-        );
-        warn!(
-            job = header.chunk.job,
-            chunk = header.chunk.index,
-            "upload refused: {reason}"
-        );
+    let c = header.chunk;
+    let admitted = scheduler
+        .send(MayUpload {
+            node,
+            chunk: c,
+            start: header.start,
+            end: header.end,
+        })
+        .await?;
+    if let Err(reason) = admitted {
+        warn!(job = c.job, chunk = c.index, "upload refused: {reason}");
         codec::write_msg(&mut send, &UploadReply::Rejected { reason }).await?;
         send.finish()?;
         return Ok(());
     }
-    let dest = store.segment_path(header.chunk.job, header.chunk.index, header.chunk.epoch);
+    let dest = store.segment_path(c.job, c.index, c.epoch);
     let reply = match store
         .receive(&mut recv, &dest, header.bytes, header.hash)
         .await
     {
         Ok(hash) => {
-            // Tell the session before the node hears "stored", so its `Done`
-            // (sent after the reply) always finds the upload recorded.
-            session
-                .send(Uploaded {
-                    chunk: header.chunk,
-                    path: dest.display().to_string(),
+            // The core learns of the segment before the node hears
+            // "stored", so its `Done` (sent after the reply) always finds
+            // the segment recorded.
+            scheduler
+                .send(CoreEvent(Event::SegmentStored {
+                    node,
+                    chunk: (c.job, c.index),
+                    epoch: c.epoch,
+                    start: header.start,
+                    end: header.end,
+                    segment: dest.display().to_string(),
                     hash,
-                })
+                }))
                 .await?;
             UploadReply::Stored
         }
         Err(e) => {
-            warn!(
-                job = header.chunk.job,
-                chunk = header.chunk.index,
-                "segment refused: {e}"
-            );
+            warn!(job = c.job, chunk = c.index, "segment refused: {e}");
             UploadReply::Rejected {
                 reason: e.to_string(),
             }

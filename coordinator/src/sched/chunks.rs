@@ -1,0 +1,742 @@
+//! Chunk life: progress, shrink answers, uploads, done, failures, retries
+//! with backoff, bad frames isolated by bisection, and the end of a job.
+
+use drover_shared::api::{ChunkKind, JobState};
+
+use super::state::{Chunk, Core, DoneSegment, Range, Timer};
+use super::types::{ChunkKey, ChunkReport, Command, JobId, NodeId};
+
+impl Core {
+    /// The live chunk `key` if `node` holds it at `epoch`; messages from an
+    /// earlier attempt or another node get `None`.
+    pub(crate) fn current(&self, node: NodeId, key: ChunkKey, epoch: u32) -> Option<&Chunk> {
+        let c = self.jobs.get(&key.0)?.live.get(&key.1)?;
+        (c.node == node && c.epoch == epoch).then_some(c)
+    }
+
+    fn indexed(c: &Chunk) -> bool {
+        c.shrink.is_none() && c.twin.is_none()
+    }
+
+    /// Progress of a chunk: starts its clock, moves its stall deadline,
+    /// refreshes its expected finish (what stealing compares).
+    pub(crate) fn progress(&mut self, now_ms: u64, node: NodeId, r: ChunkReport, cmds: &mut Vec<Command>) {
+        if self.current(node, r.chunk, r.epoch).is_none() {
+            return;
+        }
+        let (job, id) = r.chunk;
+        let j = self.jobs.get_mut(&job).expect("current");
+        let c = j.live.get_mut(&id).expect("current");
+        let frames_done = r.frames_done.min(c.frames());
+        if !c.started {
+            c.started = true;
+            c.started_at_ms = now_ms;
+            c.progress_at_ms = now_ms;
+        } else if frames_done > c.frames_done {
+            c.progress_at_ms = now_ms;
+        }
+        c.frames_done = frames_done;
+        let elapsed = now_ms.saturating_sub(c.started_at_ms);
+        let rate = if elapsed >= 1_000 && frames_done > 0 {
+            frames_done as f64 * 1000.0 / elapsed as f64
+        } else {
+            c.expected_fps
+        };
+        let left = c.frames() - frames_done;
+        let finish = now_ms + (left as f64 * 1000.0 / rate.max(1e-6)) as u64;
+        if Self::indexed(c) {
+            j.finish_index.remove(&(c.expected_finish_ms, id));
+            j.finish_index.insert((finish, id));
+        }
+        c.expected_finish_ms = finish;
+        if j.first_frame_at_ms.is_none() {
+            j.first_frame_at_ms = Some(now_ms);
+        }
+        if matches!(j.state, JobState::Queued | JobState::Unschedulable) {
+            j.state = JobState::Running;
+            j.error = None;
+            cmds.push(Command::Persist { job });
+        }
+    }
+
+    /// Takes a chunk out of every index; returns it with the idle node that
+    /// was waiting for its tail, which the caller must give work.
+    pub(crate) fn remove_chunk(&mut self, key: ChunkKey) -> Option<(Chunk, Option<NodeId>)> {
+        let j = self.jobs.get_mut(&key.0)?;
+        let c = j.live.remove(&key.1)?;
+        j.finish_index.remove(&(c.expected_finish_ms, key.1));
+        if let Some(w) = j.working.get_mut(&c.node) {
+            *w -= 1;
+            if *w == 0 {
+                j.working.remove(&c.node);
+            }
+        }
+        if let Some(t) = c.twin {
+            if let Some(other) = j.live.get_mut(&t) {
+                other.twin = None;
+                if other.shrink.is_none() {
+                    j.finish_index.insert((other.expected_finish_ms, t));
+                }
+            }
+        }
+        let project = j.spec.project.clone();
+        if let Some(p) = self.project_running.get_mut(&project) {
+            *p = p.saturating_sub(1);
+        }
+        let mut thief = None;
+        if let Some(s) = c.shrink {
+            if let Some(w) = s.for_job.and_then(|w| self.jobs.get_mut(&w)) {
+                w.shrinks_for_priority = w.shrinks_for_priority.saturating_sub(1);
+            }
+            if let Some(t) = s.thief {
+                if let Some(n) = self.node_mut(t) {
+                    if n.awaiting_tail == Some(key) {
+                        n.awaiting_tail = None;
+                        thief = Some(t);
+                    }
+                }
+                self.sync_free(t);
+            }
+        }
+        if let Some(n) = self.node_mut(c.node) {
+            n.held.retain(|k| *k != key);
+        }
+        self.sync_free(c.node);
+        self.relist(key.0);
+        Some((c, thief))
+    }
+
+    /// Puts frames back among a job's waiting frames.
+    fn return_range(&mut self, job: JobId, start: u64, range: Range) {
+        if start > range.end {
+            return;
+        }
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        j.ready_frames += range.end - start + 1;
+        j.ready.insert(start, range);
+        self.relist(job);
+    }
+
+    /// The node's answer to a shrink. Any answer that shortens the chunk is
+    /// applied, late or not: the node will stop there either way.
+    pub(crate) fn shrink_ack(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        key: ChunkKey,
+        epoch: u32,
+        end: Option<u64>,
+        cmds: &mut Vec<Command>,
+    ) {
+        if self.current(node, key, epoch).is_none() {
+            return;
+        }
+        let j = self.jobs.get_mut(&key.0).expect("current");
+        let c = j.live.get_mut(&key.1).expect("current");
+        let pending = c.shrink.take();
+        if let (Some(p), Some(e)) = (pending, end) {
+            if e < p.proposed_end {
+                // The node must never stop before the proposal; its answer
+                // still rules, since it is what the segment will hold.
+                tracing::warn!(job = key.0, chunk = key.1, end = e, proposed = p.proposed_end, "node stopped before the proposed end");
+            }
+        }
+        let mut thief = pending.and_then(|p| p.thief);
+        if let Some(w) = pending.and_then(|p| p.for_job) {
+            if let Some(w) = self.jobs.get_mut(&w) {
+                w.shrinks_for_priority = w.shrinks_for_priority.saturating_sub(1);
+            }
+        }
+        if let Some(t) = thief {
+            match self.node_mut(t) {
+                Some(n) if n.awaiting_tail == Some(key) => n.awaiting_tail = None,
+                _ => thief = None,
+            }
+        }
+        if let Some(e) = end {
+            self.cut_tail(now_ms, key, e, thief.take(), cmds);
+        }
+        let j = self.jobs.get_mut(&key.0).expect("current");
+        let c = j.live.get_mut(&key.1).expect("current");
+        if Self::indexed(c) {
+            j.finish_index.insert((c.expected_finish_ms, key.1));
+        }
+        if let Some(t) = thief {
+            self.sync_free(t);
+            self.fill_node(now_ms, t, cmds);
+        }
+    }
+
+    /// Moves a live chunk's end back to `end`: the frames after it go to
+    /// `thief` as a stolen chunk, or back to the job's waiting frames.
+    fn cut_tail(
+        &mut self,
+        now_ms: u64,
+        key: ChunkKey,
+        end: u64,
+        thief: Option<NodeId>,
+        cmds: &mut Vec<Command>,
+    ) {
+        let j = self.jobs.get_mut(&key.0).expect("live");
+        let c = j.live.get_mut(&key.1).expect("live");
+        let end = end.max(c.start);
+        if end >= c.end {
+            if let Some(t) = thief {
+                self.sync_free(t);
+                self.fill_node(now_ms, t, cmds);
+            }
+            return;
+        }
+        let tail = Range {
+            end: c.end,
+            failures: c.failures,
+            attempts: c.attempts,
+        };
+        let tail_start = end + 1;
+        let was = c.frames();
+        c.end = end;
+        c.frames_done = c.frames_done.min(c.frames());
+        let fin = c.expected_finish_ms;
+        let shortened = now_ms
+            + (fin.saturating_sub(now_ms) as f64 * c.frames() as f64 / was as f64) as u64;
+        if Self::indexed(c) {
+            j.finish_index.remove(&(fin, key.1));
+            j.finish_index.insert((shortened, key.1));
+        }
+        c.expected_finish_ms = shortened;
+        let tail_frames = tail.end - tail_start + 1;
+        cmds.push(Command::Persist { job: key.0 });
+        let usable = thief.filter(|t| {
+            self.node(*t).is_some_and(|n| {
+                n.connected && n.quarantined.is_none() && n.held.len() < self.config.node_slots
+            })
+        });
+        match usable {
+            Some(t) => {
+                self.jobs.get_mut(&key.0).expect("live").frames_stolen += tail_frames;
+                tracing::info!(job = key.0, chunk = key.1, frames = tail_frames, "tail stolen");
+                self.assign(now_ms, key.0, t, tail_start, tail.end, ChunkKind::Stolen, tail, cmds);
+                self.fill_node(now_ms, t, cmds);
+            }
+            None => {
+                self.return_range(key.0, tail_start, tail);
+                self.offer_job(now_ms, key.0, cmds);
+                if let Some(t) = thief {
+                    self.sync_free(t);
+                    self.fill_node(now_ms, t, cmds);
+                }
+            }
+        }
+    }
+
+    /// A shrink went unanswered: the waiting node looks elsewhere. A late
+    /// answer is still applied when it comes.
+    pub(crate) fn shrink_timeout(&mut self, now_ms: u64, job: JobId, id: u32, seq: u32, cmds: &mut Vec<Command>) {
+        let Some(c) = self.jobs.get_mut(&job).and_then(|j| j.live.get_mut(&id)) else {
+            return;
+        };
+        if c.shrink.is_none_or(|s| s.seq != seq) {
+            return;
+        }
+        let s = c.shrink.take().expect("checked");
+        let j = self.jobs.get_mut(&job).expect("exists");
+        let c = &j.live[&id];
+        if Self::indexed(c) {
+            j.finish_index.insert((c.expected_finish_ms, id));
+        }
+        if let Some(w) = s.for_job.and_then(|w| self.jobs.get_mut(&w)) {
+            w.shrinks_for_priority = w.shrinks_for_priority.saturating_sub(1);
+        }
+        if let Some(t) = s.thief {
+            if let Some(n) = self.node_mut(t) {
+                if n.awaiting_tail == Some((job, id)) {
+                    n.awaiting_tail = None;
+                }
+            }
+            self.sync_free(t);
+            self.fill_node(now_ms, t, cmds);
+        }
+    }
+
+    /// Upload admission: only the node holding the attempt, once, and only
+    /// a segment that starts where the chunk starts and ends inside it (a
+    /// shorter one means the node shrank it; the tail is re-queued when it
+    /// reports done).
+    pub fn may_upload(
+        &self,
+        node: NodeId,
+        key: ChunkKey,
+        epoch: u32,
+        start: u64,
+        end: u64,
+    ) -> Result<(), String> {
+        let Some(c) = self.current(node, key, epoch) else {
+            return Err(format!(
+                "chunk {}/{} epoch {epoch} is not assigned to this node",
+                key.0, key.1
+            ));
+        };
+        if c.stored.is_some() {
+            return Err(format!("chunk {}/{} is already uploaded", key.0, key.1));
+        }
+        if start != c.start || end < c.start || end > c.end {
+            return Err(format!(
+                "segment frames {start}-{end} do not fit chunk {}/{} (frames {}-{})",
+                key.0, key.1, c.start, c.end
+            ));
+        }
+        Ok(())
+    }
+
+    /// The store verified a segment.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn segment_stored(
+        &mut self,
+        node: NodeId,
+        key: ChunkKey,
+        epoch: u32,
+        start: u64,
+        end: u64,
+        segment: String,
+        hash: String,
+    ) {
+        if self.may_upload(node, key, epoch, start, end).is_err() {
+            return;
+        }
+        let c = self
+            .jobs
+            .get_mut(&key.0)
+            .and_then(|j| j.live.get_mut(&key.1))
+            .expect("admitted");
+        c.stored = Some((start, end, segment, hash));
+    }
+
+    /// A node reports a chunk done. It counts only if the store verified
+    /// that exact segment; otherwise it is a failure, never a hole.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn chunk_done(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        key: ChunkKey,
+        epoch: u32,
+        start: u64,
+        end: u64,
+        hash: String,
+        elapsed_ms: u64,
+        cmds: &mut Vec<Command>,
+    ) {
+        let Some(c) = self.current(node, key, epoch) else {
+            return;
+        };
+        let verified = c
+            .stored
+            .as_ref()
+            .is_some_and(|(s, e, _, h)| *s == start && *e == end && *h == hash);
+        if !verified {
+            let why = "node reported done but its segment was not stored with that range and hash";
+            self.chunk_failed(now_ms, node, key, epoch, why.into(), None, cmds);
+            return;
+        }
+        if end < c.end {
+            // The node stopped early (a shrink answer may still be on its
+            // way); what it did not render goes back to the job.
+            let thief = c.shrink.and_then(|s| s.thief);
+            self.shrink_ack(now_ms, node, key, epoch, Some(end), cmds);
+            let _ = thief;
+        }
+        let Some((c, thief)) = self.remove_chunk(key) else {
+            return;
+        };
+        let (_, _, segment, hash) = c.stored.clone().expect("verified");
+        let frames = c.frames();
+        let name = self.node(node).map(|n| n.name.to_string()).unwrap_or_default();
+        let j = self.jobs.get_mut(&key.0).expect("exists");
+        j.done.insert(
+            c.start,
+            DoneSegment {
+                end: c.end,
+                chunk: key.1,
+                node: name,
+                kind: c.kind,
+                segment,
+                hash,
+            },
+        );
+        j.frames_done += frames;
+        if let Some(n) = self.node_mut(node) {
+            n.frames_rendered += frames;
+            n.failing_jobs.clear();
+        }
+        let took_ms = if elapsed_ms > 0 {
+            elapsed_ms
+        } else {
+            now_ms.saturating_sub(c.started_at_ms.max(c.assigned_at_ms))
+        };
+        self.learn_speed(node, key.0, frames, took_ms);
+        let mut refill = vec![node];
+        refill.extend(thief);
+        if let Some(t) = c.twin {
+            // The first copy home wins; the other is thrown away.
+            if let Some(loser) = self.jobs.get(&key.0).and_then(|j| j.live.get(&t)) {
+                cmds.push(Command::Cancel {
+                    node: loser.node,
+                    chunk: (key.0, t),
+                    epoch: loser.epoch,
+                });
+                if let Some((l, lt)) = self.remove_chunk((key.0, t)) {
+                    self.jobs.get_mut(&key.0).expect("exists").frames_wasted += l.frames_done;
+                    refill.push(l.node);
+                    refill.extend(lt);
+                }
+            }
+        }
+        cmds.push(Command::Persist { job: key.0 });
+        self.maybe_complete(now_ms, key.0, cmds);
+        for n in refill {
+            self.fill_node(now_ms, n, cmds);
+        }
+    }
+
+    /// A chunk failed on its node: the node's failure counts toward its
+    /// blocklisting for the job and its quarantine; the frames are retried
+    /// after a backoff, split so that a bad frame ends up alone.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn chunk_failed(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        key: ChunkKey,
+        epoch: u32,
+        reason: String,
+        failed_frame: Option<u64>,
+        cmds: &mut Vec<Command>,
+    ) {
+        if self.current(node, key, epoch).is_none() {
+            return;
+        }
+        let Some((c, thief)) = self.remove_chunk(key) else {
+            return;
+        };
+        let node_name = self.node(node).map(|n| n.name.to_string()).unwrap_or_default();
+        let blocklist_after = self.config.blocklist_after;
+        let j = self.jobs.get_mut(&key.0).expect("exists");
+        j.frames_wasted += c.frames_done;
+        j.failures += 1;
+        j.last_failure = Some(format!("{node_name}: {reason}"));
+        let count = j.node_failures.entry(node).or_insert(0);
+        *count += 1;
+        if *count >= blocklist_after && !j.blocklist.contains(&node) {
+            tracing::warn!(job = key.0, node = %node_name, "node blocklisted for this job");
+            j.blocklist.push(node);
+        }
+        self.note_node_failure(now_ms, node, key.0, cmds);
+        if c.twin.is_none() {
+            let range = Range {
+                end: c.end,
+                failures: c.failures,
+                attempts: c.attempts,
+            };
+            self.fail_range(now_ms, key.0, c.start, range, &reason, failed_frame, cmds);
+        }
+        cmds.push(Command::Persist { job: key.0 });
+        self.fill_node(now_ms, node, cmds);
+        if let Some(t) = thief {
+            self.fill_node(now_ms, t, cmds);
+        }
+        self.offer_job(now_ms, key.0, cmds);
+    }
+
+    /// Frames `start..=range.end` failed. A known bad frame is retried alone
+    /// (the frames around it are innocent); otherwise the range is halved,
+    /// so repeated failures corner the bad frame. A frame out of retries
+    /// fails the job, or is left out when the job allows it.
+    #[allow(clippy::too_many_arguments)]
+    fn fail_range(
+        &mut self,
+        now_ms: u64,
+        job: JobId,
+        start: u64,
+        range: Range,
+        reason: &str,
+        failed_frame: Option<u64>,
+        cmds: &mut Vec<Command>,
+    ) {
+        let (max_job, max_frame) = (self.config.max_job_failures, self.config.max_frame_failures);
+        let Some(j) = self.jobs.get(&job) else { return };
+        if j.failures >= max_job {
+            let why = format!("{} chunk failures across the job; last error: {reason}", j.failures);
+            self.finish_job(now_ms, job, JobState::Failed, Some(why), cmds);
+            return;
+        }
+        let failures = range.failures + 1;
+        match failed_frame.filter(|f| (start..=range.end).contains(f)) {
+            Some(f) => {
+                if f > start {
+                    self.return_range(job, start, Range { end: f - 1, ..range });
+                }
+                if f < range.end {
+                    self.return_range(job, f + 1, range);
+                }
+                let bad = Range {
+                    end: f,
+                    failures,
+                    attempts: range.attempts,
+                };
+                if failures >= max_frame {
+                    self.give_up_frame(now_ms, job, f, failures, reason, cmds);
+                } else {
+                    self.delay(now_ms, job, f, bad);
+                }
+            }
+            None if start == range.end => {
+                if failures >= max_frame {
+                    self.give_up_frame(now_ms, job, start, failures, reason, cmds);
+                } else {
+                    self.delay(now_ms, job, start, Range { failures, ..range });
+                }
+            }
+            None => {
+                let mid = start + (range.end - start) / 2;
+                self.delay(
+                    now_ms,
+                    job,
+                    start,
+                    Range {
+                        end: mid,
+                        failures,
+                        attempts: range.attempts,
+                    },
+                );
+                self.delay(now_ms, job, mid + 1, Range { failures, ..range });
+            }
+        }
+    }
+
+    /// Holds failed frames back for an exponential backoff with jitter.
+    fn delay(&mut self, now_ms: u64, job: JobId, start: u64, range: Range) {
+        let base = self.config.retry_backoff_ms;
+        let max = self.config.max_retry_backoff_ms;
+        let shift = range.failures.saturating_sub(1).min(20);
+        let backoff = base.saturating_mul(1 << shift).min(max);
+        // Jitter without a random source: the core stays deterministic, and
+        // frames that failed together still spread out.
+        let jitter = (job ^ start.rotate_left(17) ^ (range.failures as u64) << 40)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> 54; // 0..1024
+        let at = now_ms + backoff + backoff * jitter / 2048;
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        j.delayed.push((at, start, range));
+        self.arm(at, Timer::Backoff(job));
+    }
+
+    /// A frame failed on every retry.
+    fn give_up_frame(
+        &mut self,
+        now_ms: u64,
+        job: JobId,
+        frame: u64,
+        failures: u32,
+        reason: &str,
+        cmds: &mut Vec<Command>,
+    ) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if j.spec.allow_missing_frames {
+            tracing::warn!(job, frame, "frame left out after {failures} failures: {reason}");
+            j.missing.push(frame);
+            j.missing.sort_unstable();
+            cmds.push(Command::Persist { job });
+            self.maybe_complete(now_ms, job, cmds);
+        } else {
+            let why = format!("frame {frame} failed {failures} times; last error: {reason}");
+            self.finish_job(now_ms, job, JobState::Failed, Some(why), cmds);
+        }
+    }
+
+    /// Failed frames whose backoff is over wait for nodes again.
+    pub(crate) fn release_backoff(&mut self, now_ms: u64, job: JobId, cmds: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let (due, later): (Vec<_>, Vec<_>) = j.delayed.drain(..).partition(|(at, _, _)| *at <= now_ms);
+        j.delayed = later;
+        for (_, start, range) in due {
+            self.return_range(job, start, range);
+        }
+        self.offer_job(now_ms, job, cmds);
+    }
+
+    /// A chunk lost its node: its frames wait again; a range that keeps
+    /// losing its node counts that as a failure.
+    pub(crate) fn lose_chunk(&mut self, now_ms: u64, key: ChunkKey, why: &str, cmds: &mut Vec<Command>) {
+        let Some((c, thief)) = self.remove_chunk(key) else {
+            return;
+        };
+        let max_attempts = self.config.max_range_attempts;
+        let j = self.jobs.get_mut(&key.0).expect("exists");
+        j.frames_wasted += c.frames_done;
+        if c.twin.is_none() {
+            let range = Range {
+                end: c.end,
+                failures: c.failures,
+                attempts: c.attempts + 1,
+            };
+            if range.attempts >= max_attempts {
+                let why = format!("{why}; frames {}-{} lost their node {} times", c.start, c.end, range.attempts);
+                j.failures += 1;
+                self.fail_range(now_ms, key.0, c.start, range, &why, None, cmds);
+            } else {
+                self.return_range(key.0, c.start, range);
+            }
+        }
+        if let Some(t) = thief {
+            self.fill_node(now_ms, t, cmds);
+        }
+    }
+
+    /// A queued chunk goes back to its job unchanged (preemption).
+    pub(crate) fn take_back(&mut self, _now_ms: u64, key: ChunkKey, _cmds: &mut Vec<Command>) {
+        let Some((c, _)) = self.remove_chunk(key) else { return };
+        if c.twin.is_none() {
+            let range = Range {
+                end: c.end,
+                failures: c.failures,
+                attempts: c.attempts,
+            };
+            self.return_range(key.0, c.start, range);
+        }
+    }
+
+    /// The stall deadline of a chunk fired.
+    pub(crate) fn stall_check(&mut self, now_ms: u64, job: JobId, id: u32, cmds: &mut Vec<Command>) {
+        let stall = self.config.chunk_stall_timeout_ms;
+        let Some(c) = self.jobs.get(&job).and_then(|j| j.live.get(&id)) else {
+            return;
+        };
+        // A chunk still queued behind the running one gets twice as long.
+        let limit = if c.started { stall } else { 2 * stall };
+        let silent = now_ms.saturating_sub(c.progress_at_ms);
+        if silent <= limit {
+            let at = c.progress_at_ms + limit + 1;
+            self.arm(at, Timer::Stall(job, id));
+            return;
+        }
+        let (node, epoch) = (c.node, c.epoch);
+        cmds.push(Command::Cancel {
+            node,
+            chunk: (job, id),
+            epoch,
+        });
+        let name = self.node(node).map(|n| n.name.to_string()).unwrap_or_default();
+        let why = format!("no progress for {} s on {name}", stall / 1000);
+        self.chunk_failed(now_ms, node, (job, id), epoch, why, None, cmds);
+    }
+
+    /// A starving job gains a priority point.
+    pub(crate) fn aging(&mut self, now_ms: u64, job: JobId, seq: u32) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if j.aging_seq != seq {
+            return;
+        }
+        j.aging_armed = false;
+        if !j.listed || !j.live.is_empty() {
+            return;
+        }
+        let prio = j.eff_prio.saturating_add(1).min(drover_shared::spec::MAX_PRIORITY);
+        self.set_eff_prio(job, prio);
+        self.arm_aging(now_ms, job);
+    }
+
+    /// Starts a waiting job's aging clock if it is not running.
+    pub(crate) fn arm_aging(&mut self, now_ms: u64, job: JobId) {
+        let aging_ms = self.config.aging_ms;
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if j.aging_armed || !j.listed || !j.live.is_empty() {
+            return;
+        }
+        j.aging_armed = true;
+        let seq = j.aging_seq;
+        self.arm(now_ms + aging_ms, Timer::Aging(job, seq));
+    }
+
+    /// Every frame is stored (or given up on): join the segments.
+    fn maybe_complete(&mut self, now_ms: u64, job: JobId, cmds: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        if j.state.is_terminal() || j.state == JobState::Muxing || !j.live.is_empty() {
+            return;
+        }
+        if j.frames_done + j.missing.len() as u64 != j.total_frames() {
+            return;
+        }
+        if j.done.is_empty() {
+            let why = format!(
+                "every frame failed; last error: {}",
+                j.last_failure.clone().unwrap_or_default()
+            );
+            self.finish_job(now_ms, job, JobState::Failed, Some(why), cmds);
+            return;
+        }
+        j.state = JobState::Muxing;
+        let segments = j.done.values().map(|d| d.segment.clone()).collect();
+        self.relist(job);
+        cmds.push(Command::Mux { job, segments });
+        cmds.push(Command::Persist { job });
+    }
+
+    /// Moves a job to a terminal state: its chunks are cancelled on their
+    /// nodes, and it leaves the hot state.
+    pub(crate) fn finish_job(
+        &mut self,
+        now_ms: u64,
+        job: JobId,
+        state: JobState,
+        error: Option<String>,
+        cmds: &mut Vec<Command>,
+    ) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        j.state = state;
+        j.finished_at_ms = Some(now_ms);
+        if error.is_some() {
+            j.error = error;
+        }
+        j.ready.clear();
+        j.ready_frames = 0;
+        j.delayed.clear();
+        let live: Vec<u32> = j.live.keys().copied().collect();
+        let mut refill = Vec::new();
+        for id in live {
+            if let Some((c, thief)) = self.remove_chunk((job, id)) {
+                cmds.push(Command::Cancel {
+                    node: c.node,
+                    chunk: (job, id),
+                    epoch: c.epoch,
+                });
+                self.jobs.get_mut(&job).expect("exists").frames_wasted += c.frames_done;
+                refill.push(c.node);
+                refill.extend(thief);
+            }
+        }
+        self.relist(job);
+        // Shrinks this job asked of others are moot now.
+        for other in self.jobs.values_mut() {
+            for c in other.live.values_mut() {
+                if let Some(s) = c.shrink.as_mut() {
+                    if s.for_job == Some(job) {
+                        s.for_job = None;
+                    }
+                }
+            }
+        }
+        let j = self.jobs.remove(&job).expect("exists");
+        let record = self.record_of(&j);
+        self.finished.insert(job, record);
+        while self.finished.len() > self.config.finished_job_retention {
+            self.finished.pop_first();
+        }
+        cmds.push(Command::Persist { job });
+        // Done: the output holds every frame. Failed or cancelled: nothing
+        // will be joined. Either way the segments only fill the disk.
+        cmds.push(Command::Discard { job });
+        for n in refill {
+            self.fill_node(now_ms, n, cmds);
+        }
+    }
+}

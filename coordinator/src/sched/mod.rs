@@ -1,0 +1,195 @@
+//! The scheduler core: every scheduling decision and the job state machine,
+//! with no I/O.
+//!
+//! [`Core::handle`] takes an [`Event`] and the current time (milliseconds,
+//! injected by the caller) and returns [`Command`]s for the driver: welcome
+//! or refuse a node, send an assignment, a shrink or a cancel, journal a
+//! job, join segments. [`Core::poll_timeout`] says when the core next needs
+//! to be woken (with [`Event::Timeout`]), as quinn-proto's `poll_timeout`
+//! does: nothing is ticked blindly. The actix scheduler actor drives it in
+//! production; the tests and the `simulate` benchmark drive the same core on
+//! a virtual clock.
+//!
+//! # Layout
+//! - [`types`]: ids, configuration, events and commands.
+//! - `state`: the state and its indexes (node slots, capability classes
+//!   with free nodes and ready jobs, per-job waiting ranges, the deadline
+//!   heap).
+//! - `nodes`: admission, classes, liveness, speed learning, quarantine.
+//! - `place`: which job a free node runs, chunk sizing, stealing,
+//!   speculation, priority preemption, `unschedulable` reasons.
+//! - `chunks`: progress, shrink answers, uploads, done, failures, backoff,
+//!   bad-frame bisection, the end of a job.
+//! - [`record`]: the journal record, submission, restore.
+//! - `views`: what the API shows.
+//! - `invariants`: [`Core::check_invariants`].
+//!
+//! # How a job runs
+//! A submitted job is one waiting range of frames. Whenever a node has a
+//! free slot, the best listed job for its capability class (priority, then
+//! fair share between projects, then age) gives it a chunk carved from the
+//! front of its waiting frames, sized to take about the job's target time
+//! on that node by the node's measured speed. A node with nothing to do
+//! steals: the chunk expected to finish last is shrunk (its node answers
+//! with the frame where it really stops) and the tail becomes the idle
+//! node's chunk. Near a job's end, a chunk that stalls or crawls gets a
+//! speculative copy; the first to finish wins.
+
+mod chunks;
+mod invariants;
+mod nodes;
+mod place;
+pub mod record;
+mod state;
+pub mod types;
+mod views;
+
+#[cfg(test)]
+mod tests;
+
+pub use nodes::{resolution_class, MAX_NODE_NAME_BYTES, RESOLUTION_CLASSES};
+pub use record::JobRecord;
+pub use state::{Core, DoneSegment};
+pub use types::{
+    Assignment, ChunkKey, ChunkReport, Chunking, Command, CoreConfig, Event, JobId, NodeId,
+};
+
+use drover_shared::api::JobState;
+use state::Timer;
+
+impl Core {
+    /// Applies one event.
+    pub fn handle(&mut self, now_ms: u64, event: Event) -> Vec<Command> {
+        let mut cmds = Vec::new();
+        self.events += 1;
+        match event {
+            Event::Hello {
+                session,
+                name,
+                node_id,
+                caps,
+            } => self.hello(now_ms, session, name, node_id, caps, &mut cmds),
+            Event::Disconnected { node, session } => {
+                if self
+                    .node(node)
+                    .is_some_and(|n| n.session == session && n.connected)
+                {
+                    self.node_lost(now_ms, node, &mut cmds);
+                }
+            }
+            Event::Heartbeat {
+                node,
+                cpu_load_pct,
+                chunks,
+            } => {
+                self.heartbeat(now_ms, node, cpu_load_pct, &mut cmds);
+                for r in chunks {
+                    self.progress(now_ms, node, r, &mut cmds);
+                }
+            }
+            Event::Progress { node, report } => {
+                if let Some(n) = self.node_mut(node) {
+                    n.last_heartbeat_ms = now_ms;
+                }
+                self.progress(now_ms, node, report, &mut cmds);
+            }
+            Event::ShrinkAck {
+                node,
+                chunk,
+                epoch,
+                end,
+            } => self.shrink_ack(now_ms, node, chunk, epoch, end, &mut cmds),
+            Event::SegmentStored {
+                node,
+                chunk,
+                epoch,
+                start,
+                end,
+                segment,
+                hash,
+            } => self.segment_stored(node, chunk, epoch, start, end, segment, hash),
+            Event::ChunkDone {
+                node,
+                chunk,
+                epoch,
+                start,
+                end,
+                hash,
+                elapsed_ms,
+            } => self.chunk_done(now_ms, node, chunk, epoch, start, end, hash, elapsed_ms, &mut cmds),
+            Event::ChunkFailed {
+                node,
+                chunk,
+                epoch,
+                reason,
+                failed_frame,
+            } => self.chunk_failed(now_ms, node, chunk, epoch, reason, failed_frame, &mut cmds),
+            Event::CancelJob { job } => {
+                if self.jobs.get(&job).is_some_and(|j| !j.state.is_terminal()) {
+                    self.finish_job(now_ms, job, JobState::Cancelled, None, &mut cmds);
+                }
+            }
+            Event::MuxDone { job, output } => {
+                if self.jobs.get(&job).is_some_and(|j| j.state == JobState::Muxing) {
+                    self.set_output(job, output);
+                    self.finish_job(now_ms, job, JobState::Done, None, &mut cmds);
+                }
+            }
+            Event::MuxFailed { job, reason } => {
+                if self.jobs.get(&job).is_some_and(|j| j.state == JobState::Muxing) {
+                    let why = format!("joining segments failed: {reason}");
+                    self.finish_job(now_ms, job, JobState::Failed, Some(why), &mut cmds);
+                }
+            }
+            Event::ClearQuarantine { name } => self.clear_quarantine(now_ms, &name, &mut cmds),
+            Event::Timeout => self.expire(now_ms, &mut cmds),
+        }
+        dedup_persists(&mut cmds);
+        cmds
+    }
+
+    /// When the core next needs [`Event::Timeout`], if ever. A deadline may
+    /// turn out to have nothing to do (it was superseded); that costs one
+    /// lookup.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.peek().map(|t| t.0 .0)
+    }
+
+    /// Runs every deadline that is due.
+    fn expire(&mut self, now_ms: u64, cmds: &mut Vec<Command>) {
+        while let Some(std::cmp::Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now_ms {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Liveness(node, session) => self.liveness(now_ms, node, session, cmds),
+                Timer::Stall(job, id) => self.stall_check(now_ms, job, id, cmds),
+                Timer::Backoff(job) => self.release_backoff(now_ms, job, cmds),
+                Timer::ShrinkTimeout(job, id, seq) => self.shrink_timeout(now_ms, job, id, seq, cmds),
+                Timer::Aging(job, seq) => self.aging(now_ms, job, seq),
+                Timer::Speculate => self.speculate_check(now_ms, cmds),
+                Timer::Forget(node, session) => self.forget(node, session),
+            }
+        }
+    }
+}
+
+/// One journal write per job per event is enough: the record is read when
+/// the command is carried out.
+fn dedup_persists(cmds: &mut Vec<Command>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut i = cmds.len();
+    // Keep the last Persist of each job: it comes after every change.
+    let mut keep = vec![true; cmds.len()];
+    while i > 0 {
+        i -= 1;
+        if let Command::Persist { job } = cmds[i] {
+            if !seen.insert(job) {
+                keep[i] = false;
+            }
+        }
+    }
+    let mut k = keep.into_iter();
+    cmds.retain(|_| k.next().expect("same length"));
+}

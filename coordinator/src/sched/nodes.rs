@@ -1,0 +1,413 @@
+//! Nodes: admission, capability classes, liveness, speed, quarantine.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use drover_shared::caps::Capabilities;
+
+use super::state::{Class, ClassId, ClassKey, Core, Node, SpeedKey, Timer};
+use super::types::{Command, NodeId};
+
+/// Longest node name, bytes.
+pub const MAX_NODE_NAME_BYTES: usize = 64;
+/// Pixel-frames per second assumed for a node that sent no calibration:
+/// 30 frames/s at 640x360, a slow CPU node.
+const DEFAULT_PIXEL_FPS: f64 = 30.0 * 640.0 * 360.0;
+
+/// Resolution classes: speed is learned per class, since a node's speed
+/// does not scale exactly with pixels (fixed per-frame costs, caches).
+pub const RESOLUTION_CLASSES: [(u64, &str); 7] = [
+    (640 * 360, "360p"),
+    (960 * 540, "540p"),
+    (1280 * 720, "720p"),
+    (1920 * 1080, "1080p"),
+    (2560 * 1440, "1440p"),
+    (3840 * 2160, "2160p"),
+    (u64::MAX, "4320p"),
+];
+
+/// The resolution class of `pixels`.
+pub fn resolution_class(pixels: u64) -> u8 {
+    RESOLUTION_CLASSES
+        .iter()
+        .position(|(max, _)| pixels <= *max)
+        .unwrap_or(RESOLUTION_CLASSES.len() - 1) as u8
+}
+
+impl Core {
+    /// Decides whether a hello is admitted: node names are unique among
+    /// live nodes; the persistent node id tells the same node reconnecting
+    /// (its stale session is replaced) from another one (refused).
+    pub(crate) fn hello(
+        &mut self,
+        now_ms: u64,
+        session: u64,
+        name: String,
+        node_id: String,
+        caps: Capabilities,
+        cmds: &mut Vec<Command>,
+    ) {
+        if name.is_empty() || name.len() > MAX_NODE_NAME_BYTES {
+            cmds.push(Command::Refuse {
+                session,
+                reason: format!(
+                    "node name must be 1..={MAX_NODE_NAME_BYTES} bytes, got {}",
+                    name.len()
+                ),
+            });
+            return;
+        }
+        let id = match self.names.get(name.as_str()).copied() {
+            Some(id) => {
+                let n = self.node(id).expect("named node exists");
+                if n.connected && n.node_id != node_id {
+                    cmds.push(Command::Refuse {
+                        session,
+                        reason: format!(
+                            "node name {name:?} is already used by another connected node (id {}); give this node its own --name",
+                            n.node_id
+                        ),
+                    });
+                    return;
+                }
+                // The same node again (or a name whose holder left): its
+                // previous session lost whatever it held.
+                let old_session = n.session;
+                let was_connected = n.connected;
+                self.release_node(now_ms, id, cmds);
+                if was_connected {
+                    cmds.push(Command::CloseSession {
+                        session: old_session,
+                    });
+                }
+                self.set_available(now_ms, id, false, cmds);
+                let class = self.class_for(&caps);
+                let n = self.node_mut(id).expect("exists");
+                n.class = class;
+                n.caps = caps;
+                n.node_id = node_id;
+                n.session = session;
+                n.calib_pixel_fps = calibration_pixel_fps(&n.caps);
+                id
+            }
+            None => {
+                let class = self.class_for(&caps);
+                let name: Arc<str> = Arc::from(name);
+                let node = Node {
+                    name: name.clone(),
+                    node_id,
+                    session,
+                    class,
+                    connected: false,
+                    last_heartbeat_ms: now_ms,
+                    disconnected_at_ms: 0,
+                    held: Vec::new(),
+                    cpu_load_pct: 0.0,
+                    frames_rendered: 0,
+                    quarantined: None,
+                    failing_jobs: Vec::new(),
+                    speed: Default::default(),
+                    calib_pixel_fps: calibration_pixel_fps(&caps),
+                    caps,
+                    awaiting_tail: None,
+                    busy_until_ms: now_ms,
+                };
+                let id = match self.free_node_slots.pop() {
+                    Some(slot) => {
+                        self.nodes[slot as usize] = Some(node);
+                        NodeId(slot)
+                    }
+                    None => {
+                        self.nodes.push(Some(node));
+                        NodeId(self.nodes.len() as u32 - 1)
+                    }
+                };
+                self.names.insert(name, id);
+                id
+            }
+        };
+        cmds.push(Command::Welcome { session, node: id });
+        let n = self.node_mut(id).expect("exists");
+        n.last_heartbeat_ms = now_ms;
+        self.arm(now_ms + self.config.node_timeout_ms + 1, Timer::Liveness(id, session));
+        self.set_available(now_ms, id, true, cmds);
+        self.fill_node(now_ms, id, cmds);
+    }
+
+    /// The class of nodes with these capabilities, made on first sight:
+    /// every hot job learns whether it can run there.
+    pub(crate) fn class_for(&mut self, caps: &Capabilities) -> ClassId {
+        let key = ClassKey::of(caps);
+        if let Some(c) = self.class_index.get(&key) {
+            return *c;
+        }
+        let id = self.classes.len();
+        self.classes.push(Class {
+            caps: caps.clone(),
+            available: 0,
+            free: Default::default(),
+            ready_jobs: Default::default(),
+        });
+        self.class_index.insert(key, id);
+        let ids: Vec<u64> = self.jobs.keys().copied().collect();
+        for j in ids {
+            let ok = self.class_ok(j, id);
+            let job = self.jobs.get(&j).expect("listed");
+            if ok && job.listed {
+                self.classes[id]
+                    .ready_jobs
+                    .insert((Reverse(job.eff_prio), j));
+            }
+        }
+        id
+    }
+
+    /// Marks a node connected or not; see [`Core::modify_node`].
+    pub(crate) fn set_available(
+        &mut self,
+        now_ms: u64,
+        id: NodeId,
+        connected: bool,
+        cmds: &mut Vec<Command>,
+    ) {
+        self.modify_node(now_ms, id, cmds, |n| {
+            n.connected = connected;
+            if !connected {
+                n.disconnected_at_ms = now_ms;
+            }
+        });
+    }
+
+    /// Changes a node and keeps its class's count of available nodes
+    /// (connected, not quarantined) and free set true. A class whose count
+    /// moves between zero and non-zero changes which jobs can run at all.
+    pub(crate) fn modify_node(
+        &mut self,
+        now_ms: u64,
+        id: NodeId,
+        cmds: &mut Vec<Command>,
+        change: impl FnOnce(&mut Node),
+    ) {
+        let Some(n) = self.node_mut(id) else { return };
+        let was = n.connected && n.quarantined.is_none();
+        change(n);
+        let is = n.connected && n.quarantined.is_none();
+        let class = n.class;
+        self.sync_free(id);
+        if was != is {
+            let c = &mut self.classes[class];
+            if is {
+                c.available += 1;
+            } else {
+                c.available -= 1;
+            }
+            if (is && c.available == 1) || (!is && c.available == 0) {
+                self.refresh_schedulable_all(now_ms, cmds);
+            }
+        }
+    }
+
+    /// Puts the node in its class's free set exactly when it can take a
+    /// chunk now.
+    pub(crate) fn sync_free(&mut self, id: NodeId) {
+        let slots = self.config.node_slots;
+        let Some(n) = self.node(id) else { return };
+        let class = n.class;
+        let held = n.held.len();
+        let free = n.connected
+            && n.quarantined.is_none()
+            && n.awaiting_tail.is_none()
+            && held < slots;
+        let set = &mut self.classes[class].free;
+        // The free set is keyed by (chunks held, node), so the least loaded
+        // node comes first; any older key of this node goes.
+        for h in 0..slots {
+            if h != held || !free {
+                set.remove(&(h, id));
+            }
+        }
+        if free {
+            set.insert((held, id));
+        }
+    }
+
+    /// Returns every chunk the node holds to its job and tells the node to
+    /// stop them (a no-op when its session is gone).
+    pub(crate) fn release_node(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
+        let Some(n) = self.node_mut(id) else { return };
+        let held = std::mem::take(&mut n.held);
+        let awaiting = n.awaiting_tail.take();
+        if let Some((job, chunk)) = awaiting {
+            // The shrink it waited on now returns its tail to the job.
+            if let Some(c) = self.jobs.get_mut(&job).and_then(|j| j.live.get_mut(&chunk)) {
+                if let Some(s) = c.shrink.as_mut() {
+                    s.thief = None;
+                }
+            }
+        }
+        self.sync_free(id);
+        let mut touched = Vec::new();
+        for key in held {
+            if let Some(c) = self.jobs.get(&key.0).and_then(|j| j.live.get(&key.1)) {
+                cmds.push(Command::Cancel {
+                    node: id,
+                    chunk: key,
+                    epoch: c.epoch,
+                });
+            }
+            self.lose_chunk(now_ms, key, "node lost while running the chunk", cmds);
+            touched.push(key.0);
+        }
+        touched.dedup();
+        for j in touched {
+            self.offer_job(now_ms, j, cmds);
+        }
+    }
+
+    /// A node stopped talking or its connection closed.
+    pub(crate) fn node_lost(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
+        self.release_node(now_ms, id, cmds);
+        self.set_available(now_ms, id, false, cmds);
+        let session = self.node(id).map(|n| n.session).unwrap_or(0);
+        self.arm(now_ms + self.config.forget_node_ms, Timer::Forget(id, session));
+    }
+
+    /// Heartbeat bookkeeping; a node reaped for silence whose connection
+    /// survived is alive again.
+    pub(crate) fn heartbeat(
+        &mut self,
+        now_ms: u64,
+        id: NodeId,
+        cpu_load_pct: f32,
+        cmds: &mut Vec<Command>,
+    ) {
+        let timeout = self.config.node_timeout_ms;
+        let Some(n) = self.node_mut(id) else { return };
+        n.last_heartbeat_ms = now_ms;
+        n.cpu_load_pct = cpu_load_pct;
+        if !n.connected {
+            let session = n.session;
+            self.arm(now_ms + timeout + 1, Timer::Liveness(id, session));
+            self.set_available(now_ms, id, true, cmds);
+            self.fill_node(now_ms, id, cmds);
+        }
+    }
+
+    /// The liveness deadline of a node fired: reap it if it stayed silent,
+    /// or look again at its next possible deadline.
+    pub(crate) fn liveness(&mut self, now_ms: u64, id: NodeId, session: u64, cmds: &mut Vec<Command>) {
+        let timeout = self.config.node_timeout_ms;
+        let Some(n) = self.node(id) else { return };
+        if n.session != session || !n.connected {
+            return;
+        }
+        let silent_ms = now_ms.saturating_sub(n.last_heartbeat_ms);
+        if silent_ms > timeout {
+            tracing::warn!(node = %n.name, silent_ms, "node silent; reaped");
+            self.node_lost(now_ms, id, cmds);
+        } else {
+            let at = n.last_heartbeat_ms + timeout + 1;
+            self.arm(at, Timer::Liveness(id, session));
+        }
+    }
+
+    /// Forgets a node that stayed away: its slot and name are reused.
+    pub(crate) fn forget(&mut self, id: NodeId, session: u64) {
+        let Some(n) = self.node(id) else { return };
+        if n.connected || n.session != session {
+            return;
+        }
+        let name = n.name.clone();
+        self.names.remove(&name);
+        self.nodes[id.0 as usize] = None;
+        self.free_node_slots.push(id.0);
+    }
+
+    /// Pixel-frames per second of `node` at job cost 1 for `key`.
+    pub(crate) fn node_pixel_fps(&self, node: &Node, key: SpeedKey) -> f64 {
+        node.speed.get(&key).copied().unwrap_or(node.calib_pixel_fps)
+    }
+
+    /// Folds a finished chunk's measured speed into the node's and the job's
+    /// averages: the node's speed at cost 1 and the job's cost relative to
+    /// it, so one slow shader does not make every node look slow.
+    pub(crate) fn learn_speed(&mut self, id: NodeId, job: u64, frames: u64, elapsed_ms: u64) {
+        if frames == 0 || elapsed_ms == 0 {
+            return;
+        }
+        let alpha = self.config.speed_ewma_alpha;
+        let Some(j) = self.jobs.get(&job) else { return };
+        let (key, pixels, cost) = (j.speed_key, job_pixels(&j.spec), j.cost);
+        let Some(n) = self.node(id) else { return };
+        let observed_fps = frames as f64 * 1000.0 / elapsed_ms as f64;
+        let predicted_fps = self.node_pixel_fps(n, key) / (pixels * cost);
+        // The job's cost moves by how far this node's prediction was off,
+        // then the node's speed absorbs what the cost did not explain.
+        let new_cost = (cost * (1.0 - alpha) + cost * (predicted_fps / observed_fps) * alpha)
+            .clamp(1e-3, 1e6);
+        let sample = observed_fps * pixels * new_cost;
+        let n = self.node_mut(id).expect("exists");
+        let old = n.speed.get(&key).copied().unwrap_or(n.calib_pixel_fps);
+        n.speed.insert(key, old * (1.0 - alpha) + sample * alpha);
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.cost = new_cost;
+        }
+    }
+
+    /// Frames per second `node` is expected to render of `job`.
+    pub(crate) fn expected_fps(&self, node: NodeId, job: u64) -> f64 {
+        let (Some(n), Some(j)) = (self.node(node), self.jobs.get(&job)) else {
+            return 1.0;
+        };
+        (self.node_pixel_fps(n, j.speed_key) / (job_pixels(&j.spec) * j.cost)).max(1e-3)
+    }
+
+    /// Counts a failure of `job` on `node` towards quarantine.
+    pub(crate) fn note_node_failure(&mut self, now_ms: u64, id: NodeId, job: u64, cmds: &mut Vec<Command>) {
+        let after = self.config.quarantine_after_jobs;
+        let Some(n) = self.node_mut(id) else { return };
+        if !n.failing_jobs.contains(&job) {
+            n.failing_jobs.push(job);
+        }
+        if n.failing_jobs.len() >= after && n.quarantined.is_none() {
+            let jobs: Vec<String> = n.failing_jobs.iter().map(|j| j.to_string()).collect();
+            let why = format!(
+                "failed {} different jobs in a row ({}); clear with `drover nodes --clear-quarantine {}`",
+                jobs.len(),
+                jobs.join(", "),
+                n.name
+            );
+            tracing::warn!(node = %n.name, "quarantined: {why}");
+            // Quarantine stops new work only; what it holds runs on.
+            self.modify_node(now_ms, id, cmds, |n| n.quarantined = Some(why));
+        }
+    }
+
+    /// An admin clears a node's quarantine.
+    pub(crate) fn clear_quarantine(&mut self, now_ms: u64, name: &str, cmds: &mut Vec<Command>) {
+        let Some(id) = self.names.get(name).copied() else { return };
+        let n = self.node_mut(id).expect("named");
+        if n.quarantined.is_none() {
+            return;
+        }
+        self.modify_node(now_ms, id, cmds, |n| {
+            n.quarantined = None;
+            n.failing_jobs.clear();
+        });
+        self.fill_node(now_ms, id, cmds);
+    }
+}
+
+/// Pixels of a job's frames, in pixels.
+pub(crate) fn job_pixels(spec: &drover_shared::spec::JobSpec) -> f64 {
+    (spec.resolution.width as f64 * spec.resolution.height as f64).max(1.0)
+}
+
+fn calibration_pixel_fps(caps: &Capabilities) -> f64 {
+    match caps.calibration {
+        Some(c) if c.frames_per_s.is_finite() && c.frames_per_s > 0.0 => {
+            c.frames_per_s * c.width as f64 * c.height as f64
+        }
+        _ => DEFAULT_PIXEL_FPS,
+    }
+}
