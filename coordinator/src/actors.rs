@@ -440,7 +440,9 @@ impl Handler<SessionOpened> for Scheduler {
             .remove(&msg.session)
             .unwrap_or_else(|| Err("the scheduler did not answer the hello".into()));
         match &answer {
-            Ok(_) => info!(node = %msg.name, session = msg.session, adapter = ?adapter, "node connected"),
+            Ok(_) => {
+                info!(node = %msg.name, session = msg.session, adapter = ?adapter, "node connected")
+            }
             Err(reason) => {
                 warn!(node = %msg.name, node_id = %msg.node_id, "refused: {reason}");
                 self.sessions.remove(&msg.session);
@@ -466,7 +468,10 @@ impl Handler<SessionClosed> for Scheduler {
         self.sessions.remove(&msg.session);
         let Some(node) = msg.node else { return };
         if self.by_node.get(&node) == Some(&msg.session) {
-            warn!(node = self.core.node_name(node).unwrap_or("?"), "node disconnected");
+            warn!(
+                node = self.core.node_name(node).unwrap_or("?"),
+                "node disconnected"
+            );
             self.by_node.remove(&node);
         }
         self.apply(

@@ -126,6 +126,9 @@ pub struct JobView {
     /// (only with `allow_missing_frames`).
     #[serde(default)]
     pub missing_frames: Vec<u64>,
+    /// Nodes that failed this job too often and no longer get its chunks.
+    #[serde(default)]
+    pub blocklisted_nodes: Vec<String>,
     /// Why it failed, or why no node can run it.
     pub error: Option<String>,
     /// Milliseconds since the Unix epoch when it was submitted.

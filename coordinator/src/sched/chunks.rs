@@ -20,7 +20,13 @@ impl Core {
 
     /// Progress of a chunk: starts its clock, moves its stall deadline,
     /// refreshes its expected finish (what stealing compares).
-    pub(crate) fn progress(&mut self, now_ms: u64, node: NodeId, r: ChunkReport, cmds: &mut Vec<Command>) {
+    pub(crate) fn progress(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        r: ChunkReport,
+        cmds: &mut Vec<Command>,
+    ) {
         if self.current(node, r.chunk, r.epoch).is_none() {
             return;
         }
@@ -28,10 +34,12 @@ impl Core {
         let j = self.jobs.get_mut(&job).expect("current");
         let c = j.live.get_mut(&id).expect("current");
         let frames_done = r.frames_done.min(c.frames());
+        let mut arm_stall = false;
         if !c.started {
             c.started = true;
             c.started_at_ms = now_ms;
             c.progress_at_ms = now_ms;
+            arm_stall = true;
         } else if frames_done > c.frames_done {
             c.progress_at_ms = now_ms;
         }
@@ -57,6 +65,10 @@ impl Core {
             j.error = None;
             cmds.push(Command::Persist { job });
         }
+        if arm_stall {
+            let at = now_ms + self.config.chunk_stall_timeout_ms + 1;
+            self.arm(at, Timer::Stall(job, id));
+        }
     }
 
     /// Takes a chunk out of every index; returns it with the idle node that
@@ -64,6 +76,8 @@ impl Core {
     pub(crate) fn remove_chunk(&mut self, key: ChunkKey) -> Option<(Chunk, Option<NodeId>)> {
         let j = self.jobs.get_mut(&key.0)?;
         let c = j.live.remove(&key.1)?;
+        self.live_chunks -= 1;
+        self.dirty.push(key.0);
         j.finish_index.remove(&(c.expected_finish_ms, key.1));
         if let Some(w) = j.working.get_mut(&c.node) {
             *w -= 1;
@@ -111,7 +125,9 @@ impl Core {
         if start > range.end {
             return;
         }
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
         j.ready_frames += range.end - start + 1;
         j.ready.insert(start, range);
         self.relist(job);
@@ -138,7 +154,13 @@ impl Core {
             if e < p.proposed_end {
                 // The node must never stop before the proposal; its answer
                 // still rules, since it is what the segment will hold.
-                tracing::warn!(job = key.0, chunk = key.1, end = e, proposed = p.proposed_end, "node stopped before the proposed end");
+                tracing::warn!(
+                    job = key.0,
+                    chunk = key.1,
+                    end = e,
+                    proposed = p.proposed_end,
+                    "node stopped before the proposed end"
+                );
             }
         }
         let mut thief = pending.and_then(|p| p.thief);
@@ -180,6 +202,7 @@ impl Core {
         let j = self.jobs.get_mut(&key.0).expect("live");
         let c = j.live.get_mut(&key.1).expect("live");
         let end = end.max(c.start);
+        let mut refill = Vec::new();
         if end >= c.end {
             if let Some(t) = thief {
                 self.sync_free(t);
@@ -187,6 +210,26 @@ impl Core {
             }
             return;
         }
+        if let Some(t) = c.twin {
+            // A late answer shrank a chunk that has a speculative copy of
+            // its whole range: the copy goes, so each frame has one owner.
+            if let Some(copy) = j.live.get(&t) {
+                cmds.push(Command::Cancel {
+                    node: copy.node,
+                    chunk: (key.0, t),
+                    epoch: copy.epoch,
+                });
+            }
+            if let Some((copy, thief2)) = self.remove_chunk((key.0, t)) {
+                self.jobs.get_mut(&key.0).expect("live").frames_wasted += copy.frames_done;
+                // Given work only once the cut is made, or it could copy
+                // the chunk again before its end moves.
+                refill.push(copy.node);
+                refill.extend(thief2);
+            }
+        }
+        let j = self.jobs.get_mut(&key.0).expect("live");
+        let c = j.live.get_mut(&key.1).expect("live");
         let tail = Range {
             end: c.end,
             failures: c.failures,
@@ -197,8 +240,8 @@ impl Core {
         c.end = end;
         c.frames_done = c.frames_done.min(c.frames());
         let fin = c.expected_finish_ms;
-        let shortened = now_ms
-            + (fin.saturating_sub(now_ms) as f64 * c.frames() as f64 / was as f64) as u64;
+        let shortened =
+            now_ms + (fin.saturating_sub(now_ms) as f64 * c.frames() as f64 / was as f64) as u64;
         if Self::indexed(c) {
             j.finish_index.remove(&(fin, key.1));
             j.finish_index.insert((shortened, key.1));
@@ -214,24 +257,48 @@ impl Core {
         match usable {
             Some(t) => {
                 self.jobs.get_mut(&key.0).expect("live").frames_stolen += tail_frames;
-                tracing::info!(job = key.0, chunk = key.1, frames = tail_frames, "tail stolen");
-                self.assign(now_ms, key.0, t, tail_start, tail.end, ChunkKind::Stolen, tail, cmds);
-                self.fill_node(now_ms, t, cmds);
+                tracing::info!(
+                    job = key.0,
+                    chunk = key.1,
+                    frames = tail_frames,
+                    "tail stolen"
+                );
+                self.assign(
+                    now_ms,
+                    key.0,
+                    t,
+                    tail_start,
+                    tail.end,
+                    ChunkKind::Stolen,
+                    tail,
+                    cmds,
+                );
+                refill.push(t);
             }
             None => {
                 self.return_range(key.0, tail_start, tail);
                 self.offer_job(now_ms, key.0, cmds);
                 if let Some(t) = thief {
                     self.sync_free(t);
-                    self.fill_node(now_ms, t, cmds);
+                    refill.push(t);
                 }
             }
+        }
+        for n in refill {
+            self.fill_node(now_ms, n, cmds);
         }
     }
 
     /// A shrink went unanswered: the waiting node looks elsewhere. A late
     /// answer is still applied when it comes.
-    pub(crate) fn shrink_timeout(&mut self, now_ms: u64, job: JobId, id: u32, seq: u32, cmds: &mut Vec<Command>) {
+    pub(crate) fn shrink_timeout(
+        &mut self,
+        now_ms: u64,
+        job: JobId,
+        id: u32,
+        seq: u32,
+        cmds: &mut Vec<Command>,
+    ) {
         let Some(c) = self.jobs.get_mut(&job).and_then(|j| j.live.get_mut(&id)) else {
             return;
         };
@@ -239,6 +306,7 @@ impl Core {
             return;
         }
         let s = c.shrink.take().expect("checked");
+        c.steal_refused = true;
         let j = self.jobs.get_mut(&job).expect("exists");
         let c = &j.live[&id];
         if Self::indexed(c) {
@@ -350,7 +418,10 @@ impl Core {
         };
         let (_, _, segment, hash) = c.stored.clone().expect("verified");
         let frames = c.frames();
-        let name = self.node(node).map(|n| n.name.to_string()).unwrap_or_default();
+        let name = self
+            .node(node)
+            .map(|n| n.name.to_string())
+            .unwrap_or_default();
         let j = self.jobs.get_mut(&key.0).expect("exists");
         j.done.insert(
             c.start,
@@ -418,7 +489,10 @@ impl Core {
         let Some((c, thief)) = self.remove_chunk(key) else {
             return;
         };
-        let node_name = self.node(node).map(|n| n.name.to_string()).unwrap_or_default();
+        let node_name = self
+            .node(node)
+            .map(|n| n.name.to_string())
+            .unwrap_or_default();
         let blocklist_after = self.config.blocklist_after;
         let j = self.jobs.get_mut(&key.0).expect("exists");
         j.frames_wasted += c.frames_done;
@@ -465,7 +539,10 @@ impl Core {
         let (max_job, max_frame) = (self.config.max_job_failures, self.config.max_frame_failures);
         let Some(j) = self.jobs.get(&job) else { return };
         if j.failures >= max_job {
-            let why = format!("{} chunk failures across the job; last error: {reason}", j.failures);
+            let why = format!(
+                "{} chunk failures across the job; last error: {reason}",
+                j.failures
+            );
             self.finish_job(now_ms, job, JobState::Failed, Some(why), cmds);
             return;
         }
@@ -473,7 +550,14 @@ impl Core {
         match failed_frame.filter(|f| (start..=range.end).contains(f)) {
             Some(f) => {
                 if f > start {
-                    self.return_range(job, start, Range { end: f - 1, ..range });
+                    self.return_range(
+                        job,
+                        start,
+                        Range {
+                            end: f - 1,
+                            ..range
+                        },
+                    );
                 }
                 if f < range.end {
                     self.return_range(job, f + 1, range);
@@ -525,7 +609,9 @@ impl Core {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             >> 54; // 0..1024
         let at = now_ms + backoff + backoff * jitter / 2048;
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
         j.delayed.push((at, start, range));
         self.arm(at, Timer::Backoff(job));
     }
@@ -540,9 +626,15 @@ impl Core {
         reason: &str,
         cmds: &mut Vec<Command>,
     ) {
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
         if j.spec.allow_missing_frames {
-            tracing::warn!(job, frame, "frame left out after {failures} failures: {reason}");
+            tracing::warn!(
+                job,
+                frame,
+                "frame left out after {failures} failures: {reason}"
+            );
             j.missing.push(frame);
             j.missing.sort_unstable();
             cmds.push(Command::Persist { job });
@@ -555,8 +647,11 @@ impl Core {
 
     /// Failed frames whose backoff is over wait for nodes again.
     pub(crate) fn release_backoff(&mut self, now_ms: u64, job: JobId, cmds: &mut Vec<Command>) {
-        let Some(j) = self.jobs.get_mut(&job) else { return };
-        let (due, later): (Vec<_>, Vec<_>) = j.delayed.drain(..).partition(|(at, _, _)| *at <= now_ms);
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let (due, later): (Vec<_>, Vec<_>) =
+            j.delayed.drain(..).partition(|(at, _, _)| *at <= now_ms);
         j.delayed = later;
         for (_, start, range) in due {
             self.return_range(job, start, range);
@@ -566,7 +661,13 @@ impl Core {
 
     /// A chunk lost its node: its frames wait again; a range that keeps
     /// losing its node counts that as a failure.
-    pub(crate) fn lose_chunk(&mut self, now_ms: u64, key: ChunkKey, why: &str, cmds: &mut Vec<Command>) {
+    pub(crate) fn lose_chunk(
+        &mut self,
+        now_ms: u64,
+        key: ChunkKey,
+        why: &str,
+        cmds: &mut Vec<Command>,
+    ) {
         let Some((c, thief)) = self.remove_chunk(key) else {
             return;
         };
@@ -580,7 +681,10 @@ impl Core {
                 attempts: c.attempts + 1,
             };
             if range.attempts >= max_attempts {
-                let why = format!("{why}; frames {}-{} lost their node {} times", c.start, c.end, range.attempts);
+                let why = format!(
+                    "{why}; frames {}-{} lost their node {} times",
+                    c.start, c.end, range.attempts
+                );
                 j.failures += 1;
                 self.fail_range(now_ms, key.0, c.start, range, &why, None, cmds);
             } else {
@@ -594,7 +698,9 @@ impl Core {
 
     /// A queued chunk goes back to its job unchanged (preemption).
     pub(crate) fn take_back(&mut self, _now_ms: u64, key: ChunkKey, _cmds: &mut Vec<Command>) {
-        let Some((c, _)) = self.remove_chunk(key) else { return };
+        let Some((c, _)) = self.remove_chunk(key) else {
+            return;
+        };
         if c.twin.is_none() {
             let range = Range {
                 end: c.end,
@@ -606,7 +712,13 @@ impl Core {
     }
 
     /// The stall deadline of a chunk fired.
-    pub(crate) fn stall_check(&mut self, now_ms: u64, job: JobId, id: u32, cmds: &mut Vec<Command>) {
+    pub(crate) fn stall_check(
+        &mut self,
+        now_ms: u64,
+        job: JobId,
+        id: u32,
+        cmds: &mut Vec<Command>,
+    ) {
         let stall = self.config.chunk_stall_timeout_ms;
         let Some(c) = self.jobs.get(&job).and_then(|j| j.live.get(&id)) else {
             return;
@@ -625,14 +737,19 @@ impl Core {
             chunk: (job, id),
             epoch,
         });
-        let name = self.node(node).map(|n| n.name.to_string()).unwrap_or_default();
+        let name = self
+            .node(node)
+            .map(|n| n.name.to_string())
+            .unwrap_or_default();
         let why = format!("no progress for {} s on {name}", stall / 1000);
         self.chunk_failed(now_ms, node, (job, id), epoch, why, None, cmds);
     }
 
     /// A starving job gains a priority point.
     pub(crate) fn aging(&mut self, now_ms: u64, job: JobId, seq: u32) {
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
         if j.aging_seq != seq {
             return;
         }
@@ -640,7 +757,10 @@ impl Core {
         if !j.listed || !j.live.is_empty() {
             return;
         }
-        let prio = j.eff_prio.saturating_add(1).min(drover_shared::spec::MAX_PRIORITY);
+        let prio = j
+            .eff_prio
+            .saturating_add(1)
+            .min(drover_shared::spec::MAX_PRIORITY);
         self.set_eff_prio(job, prio);
         self.arm_aging(now_ms, job);
     }
@@ -648,7 +768,9 @@ impl Core {
     /// Starts a waiting job's aging clock if it is not running.
     pub(crate) fn arm_aging(&mut self, now_ms: u64, job: JobId) {
         let aging_ms = self.config.aging_ms;
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
         if j.aging_armed || !j.listed || !j.live.is_empty() {
             return;
         }
@@ -659,7 +781,9 @@ impl Core {
 
     /// Every frame is stored (or given up on): join the segments.
     fn maybe_complete(&mut self, now_ms: u64, job: JobId, cmds: &mut Vec<Command>) {
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
         if j.state.is_terminal() || j.state == JobState::Muxing || !j.live.is_empty() {
             return;
         }
@@ -691,7 +815,9 @@ impl Core {
         error: Option<String>,
         cmds: &mut Vec<Command>,
     ) {
-        let Some(j) = self.jobs.get_mut(&job) else { return };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
         j.state = state;
         j.finished_at_ms = Some(now_ms);
         if error.is_some() {

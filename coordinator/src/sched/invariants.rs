@@ -37,19 +37,37 @@ impl Core {
             let mut next = j.spec.frames.start;
             if !j.state.is_terminal() {
                 for (s, e, what) in &spans {
-                    assert_eq!(*s, next, "job {id}: {what} range {s}-{e} does not start at frame {next}: {spans:?}");
+                    assert_eq!(
+                        *s, next,
+                        "job {id}: {what} range {s}-{e} does not start at frame {next}: {spans:?}"
+                    );
                     assert!(e >= s, "job {id}: empty range");
                     next = e + 1;
                 }
-                assert_eq!(next, j.spec.frames.end + 1, "job {id}: frames after {next} are nowhere: {spans:?}");
+                assert_eq!(
+                    next,
+                    j.spec.frames.end + 1,
+                    "job {id}: frames after {next} are nowhere: {spans:?}"
+                );
             }
             let ready: u64 = j.ready.iter().map(|(s, r)| r.end - s + 1).sum();
             assert_eq!(ready, j.ready_frames, "job {id}: ready frame count");
             let done: u64 = j.done.iter().map(|(s, d)| d.end - s + 1).sum();
             assert_eq!(done, j.frames_done, "job {id}: done frame count");
             for (cid, c) in &j.live {
-                let n = self.node(c.node).unwrap_or_else(|| panic!("job {id} chunk {cid} on a missing node"));
-                assert!(n.held.contains(&(*id, *cid)), "job {id} chunk {cid} not held by {}", n.name);
+                let n = self
+                    .node(c.node)
+                    .unwrap_or_else(|| panic!("job {id} chunk {cid} on a missing node"));
+                assert!(
+                    n.held.contains(&(*id, *cid)),
+                    "job {id} chunk {cid} not held by {}",
+                    n.name
+                );
+                assert!(
+                    n.connected,
+                    "job {id} chunk {cid} on {}, which is not connected",
+                    n.name
+                );
                 let caps = &n.caps;
                 assert!(
                     j.needs.iter().all(|need| need.met_by(caps)),
@@ -59,12 +77,26 @@ impl Core {
                 if let Some(t) = c.twin {
                     let other = j.live.get(&t).expect("twin is live");
                     assert_eq!(other.twin, Some(*cid), "twins point at each other");
-                    assert_eq!((other.start, other.end), (c.start, c.end), "twins cover the same frames");
+                    assert_eq!(
+                        (other.start, other.end),
+                        (c.start, c.end),
+                        "twins cover the same frames"
+                    );
                 }
                 let indexed = j.finish_index.contains(&(c.expected_finish_ms, *cid));
-                assert_eq!(indexed, c.shrink.is_none() && c.twin.is_none(), "job {id} chunk {cid} finish index");
+                assert_eq!(
+                    indexed,
+                    c.shrink.is_none() && c.twin.is_none(),
+                    "job {id} chunk {cid} finish index"
+                );
             }
-            assert_eq!(j.finish_index.len(), j.live.values().filter(|c| c.shrink.is_none() && c.twin.is_none()).count());
+            assert_eq!(
+                j.finish_index.len(),
+                j.live
+                    .values()
+                    .filter(|c| c.shrink.is_none() && c.twin.is_none())
+                    .count()
+            );
             if j.state == JobState::Unschedulable {
                 assert!(j.live.is_empty(), "job {id} unschedulable while running");
             }
@@ -72,7 +104,9 @@ impl Core {
             assert_eq!(j.listed, want, "job {id} listed");
             for (cl, class) in self.classes.iter().enumerate() {
                 let ok = j.class_ok.get(cl).copied().flatten();
-                let in_set = class.ready_jobs.contains(&(std::cmp::Reverse(j.eff_prio), *id));
+                let in_set = class
+                    .ready_jobs
+                    .contains(&(std::cmp::Reverse(j.eff_prio), *id));
                 if want && ok == Some(true) {
                     assert!(in_set, "job {id} missing from class {cl}'s ready set");
                 }
@@ -84,7 +118,11 @@ impl Core {
         let mut seen = BTreeSet::new();
         for (ix, n) in self.nodes.iter().enumerate() {
             let Some(n) = n else { continue };
-            assert!(n.held.len() <= self.config.node_slots, "{} holds too many", n.name);
+            assert!(
+                n.held.len() <= self.config.node_slots,
+                "{} holds too many",
+                n.name
+            );
             for k in &n.held {
                 assert!(seen.insert(*k), "chunk {k:?} held twice");
                 let c = self
@@ -94,7 +132,9 @@ impl Core {
                     .unwrap_or_else(|| panic!("{} holds {k:?}, which is not live", n.name));
                 assert_eq!(c.node.0 as usize, ix, "{k:?} held by the wrong node");
             }
-            let free = self.classes[n.class].free.contains(&(n.held.len(), super::NodeId(ix as u32)));
+            let free = self.classes[n.class]
+                .free
+                .contains(&(n.held.len(), super::NodeId(ix as u32)));
             let should = n.connected
                 && n.quarantined.is_none()
                 && n.awaiting_tail.is_none()

@@ -116,7 +116,9 @@ impl Core {
                 end,
                 hash,
                 elapsed_ms,
-            } => self.chunk_done(now_ms, node, chunk, epoch, start, end, hash, elapsed_ms, &mut cmds),
+            } => self.chunk_done(
+                now_ms, node, chunk, epoch, start, end, hash, elapsed_ms, &mut cmds,
+            ),
             Event::ChunkFailed {
                 node,
                 chunk,
@@ -130,13 +132,21 @@ impl Core {
                 }
             }
             Event::MuxDone { job, output } => {
-                if self.jobs.get(&job).is_some_and(|j| j.state == JobState::Muxing) {
+                if self
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|j| j.state == JobState::Muxing)
+                {
                     self.set_output(job, output);
                     self.finish_job(now_ms, job, JobState::Done, None, &mut cmds);
                 }
             }
             Event::MuxFailed { job, reason } => {
-                if self.jobs.get(&job).is_some_and(|j| j.state == JobState::Muxing) {
+                if self
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|j| j.state == JobState::Muxing)
+                {
                     let why = format!("joining segments failed: {reason}");
                     self.finish_job(now_ms, job, JobState::Failed, Some(why), &mut cmds);
                 }
@@ -144,8 +154,17 @@ impl Core {
             Event::ClearQuarantine { name } => self.clear_quarantine(now_ms, &name, &mut cmds),
             Event::Timeout => self.expire(now_ms, &mut cmds),
         }
+        self.settle(now_ms, &mut cmds);
         dedup_persists(&mut cmds);
         cmds
+    }
+
+    /// Brings the `unschedulable` state of every job touched by this event
+    /// up to date.
+    pub(crate) fn settle(&mut self, now_ms: u64, cmds: &mut Vec<Command>) {
+        while let Some(job) = self.dirty.pop() {
+            self.refresh_schedulable(now_ms, job, cmds);
+        }
     }
 
     /// When the core next needs [`Event::Timeout`], if ever. A deadline may
@@ -166,7 +185,9 @@ impl Core {
                 Timer::Liveness(node, session) => self.liveness(now_ms, node, session, cmds),
                 Timer::Stall(job, id) => self.stall_check(now_ms, job, id, cmds),
                 Timer::Backoff(job) => self.release_backoff(now_ms, job, cmds),
-                Timer::ShrinkTimeout(job, id, seq) => self.shrink_timeout(now_ms, job, id, seq, cmds),
+                Timer::ShrinkTimeout(job, id, seq) => {
+                    self.shrink_timeout(now_ms, job, id, seq, cmds)
+                }
                 Timer::Aging(job, seq) => self.aging(now_ms, job, seq),
                 Timer::Speculate => self.speculate_check(now_ms, cmds),
                 Timer::Forget(node, session) => self.forget(node, session),

@@ -74,13 +74,15 @@ impl Core {
                 // previous session lost whatever it held.
                 let old_session = n.session;
                 let was_connected = n.connected;
+                // Unavailable first, so the released chunks cannot come
+                // straight back to the session being replaced.
+                self.set_available(now_ms, id, false, cmds);
                 self.release_node(now_ms, id, cmds);
                 if was_connected {
                     cmds.push(Command::CloseSession {
                         session: old_session,
                     });
                 }
-                self.set_available(now_ms, id, false, cmds);
                 let class = self.class_for(&caps);
                 let n = self.node_mut(id).expect("exists");
                 n.class = class;
@@ -129,7 +131,10 @@ impl Core {
         cmds.push(Command::Welcome { session, node: id });
         let n = self.node_mut(id).expect("exists");
         n.last_heartbeat_ms = now_ms;
-        self.arm(now_ms + self.config.node_timeout_ms + 1, Timer::Liveness(id, session));
+        self.arm(
+            now_ms + self.config.node_timeout_ms + 1,
+            Timer::Liveness(id, session),
+        );
         self.set_available(now_ms, id, true, cmds);
         self.fill_node(now_ms, id, cmds);
     }
@@ -203,6 +208,11 @@ impl Core {
             }
             if (is && c.available == 1) || (!is && c.available == 0) {
                 self.refresh_schedulable_all(now_ms, cmds);
+            } else {
+                // With blocklists, one node more or less can decide whether
+                // a job runs anywhere.
+                let touched = self.jobs.values().filter(|j| !j.blocklist.is_empty());
+                self.dirty.extend(touched.map(|j| j.id));
             }
         }
     }
@@ -214,10 +224,8 @@ impl Core {
         let Some(n) = self.node(id) else { return };
         let class = n.class;
         let held = n.held.len();
-        let free = n.connected
-            && n.quarantined.is_none()
-            && n.awaiting_tail.is_none()
-            && held < slots;
+        let free =
+            n.connected && n.quarantined.is_none() && n.awaiting_tail.is_none() && held < slots;
         let set = &mut self.classes[class].free;
         // The free set is keyed by (chunks held, node), so the least loaded
         // node comes first; any older key of this node goes.
@@ -266,10 +274,14 @@ impl Core {
 
     /// A node stopped talking or its connection closed.
     pub(crate) fn node_lost(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
-        self.release_node(now_ms, id, cmds);
+        // Unavailable first, so its released chunks go to other nodes.
         self.set_available(now_ms, id, false, cmds);
+        self.release_node(now_ms, id, cmds);
         let session = self.node(id).map(|n| n.session).unwrap_or(0);
-        self.arm(now_ms + self.config.forget_node_ms, Timer::Forget(id, session));
+        self.arm(
+            now_ms + self.config.forget_node_ms,
+            Timer::Forget(id, session),
+        );
     }
 
     /// Heartbeat bookkeeping; a node reaped for silence whose connection
@@ -295,7 +307,13 @@ impl Core {
 
     /// The liveness deadline of a node fired: reap it if it stayed silent,
     /// or look again at its next possible deadline.
-    pub(crate) fn liveness(&mut self, now_ms: u64, id: NodeId, session: u64, cmds: &mut Vec<Command>) {
+    pub(crate) fn liveness(
+        &mut self,
+        now_ms: u64,
+        id: NodeId,
+        session: u64,
+        cmds: &mut Vec<Command>,
+    ) {
         let timeout = self.config.node_timeout_ms;
         let Some(n) = self.node(id) else { return };
         if n.session != session || !n.connected {
@@ -325,7 +343,10 @@ impl Core {
 
     /// Pixel-frames per second of `node` at job cost 1 for `key`.
     pub(crate) fn node_pixel_fps(&self, node: &Node, key: SpeedKey) -> f64 {
-        node.speed.get(&key).copied().unwrap_or(node.calib_pixel_fps)
+        node.speed
+            .get(&key)
+            .copied()
+            .unwrap_or(node.calib_pixel_fps)
     }
 
     /// Folds a finished chunk's measured speed into the node's and the job's
@@ -343,8 +364,8 @@ impl Core {
         let predicted_fps = self.node_pixel_fps(n, key) / (pixels * cost);
         // The job's cost moves by how far this node's prediction was off,
         // then the node's speed absorbs what the cost did not explain.
-        let new_cost = (cost * (1.0 - alpha) + cost * (predicted_fps / observed_fps) * alpha)
-            .clamp(1e-3, 1e6);
+        let new_cost =
+            (cost * (1.0 - alpha) + cost * (predicted_fps / observed_fps) * alpha).clamp(1e-3, 1e6);
         let sample = observed_fps * pixels * new_cost;
         let n = self.node_mut(id).expect("exists");
         let old = n.speed.get(&key).copied().unwrap_or(n.calib_pixel_fps);
@@ -363,7 +384,13 @@ impl Core {
     }
 
     /// Counts a failure of `job` on `node` towards quarantine.
-    pub(crate) fn note_node_failure(&mut self, now_ms: u64, id: NodeId, job: u64, cmds: &mut Vec<Command>) {
+    pub(crate) fn note_node_failure(
+        &mut self,
+        now_ms: u64,
+        id: NodeId,
+        job: u64,
+        cmds: &mut Vec<Command>,
+    ) {
         let after = self.config.quarantine_after_jobs;
         let Some(n) = self.node_mut(id) else { return };
         if !n.failing_jobs.contains(&job) {
@@ -385,7 +412,9 @@ impl Core {
 
     /// An admin clears a node's quarantine.
     pub(crate) fn clear_quarantine(&mut self, now_ms: u64, name: &str, cmds: &mut Vec<Command>) {
-        let Some(id) = self.names.get(name).copied() else { return };
+        let Some(id) = self.names.get(name).copied() else {
+            return;
+        };
         let n = self.node_mut(id).expect("named");
         if n.quarantined.is_none() {
             return;

@@ -105,7 +105,7 @@ impl Core {
                         if self.config.speculate && self.try_speculate(now_ms, id, cmds) {
                             continue;
                         }
-                        if self.config.speculate && !self.speculate_armed {
+                        if self.config.speculate && !self.speculate_armed && self.live_chunks > 0 {
                             self.speculate_armed = true;
                             self.arm(now_ms + self.config.speculate_check_ms, Timer::Speculate);
                         }
@@ -184,7 +184,10 @@ impl Core {
         cap: Option<u64>,
         cmds: &mut Vec<Command>,
     ) {
-        let size = self.chunk_size(job, node).min(cap.unwrap_or(u64::MAX)).max(1);
+        let size = self
+            .chunk_size(job, node)
+            .min(cap.unwrap_or(u64::MAX))
+            .max(1);
         let j = self.jobs.get_mut(&job).expect("listed job exists");
         let Some((&start, &range)) = j.ready.iter().next() else {
             return;
@@ -195,7 +198,16 @@ impl Core {
             j.ready.insert(end + 1, Range { ..range });
         }
         j.ready_frames -= end - start + 1;
-        self.assign(now_ms, job, node, start, end, ChunkKind::Normal, range, cmds);
+        self.assign(
+            now_ms,
+            job,
+            node,
+            start,
+            end,
+            ChunkKind::Normal,
+            range,
+            cmds,
+        );
         self.relist(job);
     }
 
@@ -241,6 +253,7 @@ impl Core {
                 expected_fps: fps,
                 shrink: None,
                 twin: None,
+                steal_refused: false,
                 stored: None,
                 last_error: None,
             },
@@ -249,6 +262,7 @@ impl Core {
             j.finish_index.insert((finish_ms, id));
         }
         *j.working.entry(node).or_insert(0) += 1;
+        self.live_chunks += 1;
         if j.eff_prio != j.spec.priority {
             // It runs again: its aging starts over.
             let base = j.spec.priority;
@@ -277,6 +291,8 @@ impl Core {
         n.held.push((job, id));
         n.busy_until_ms = finish_ms;
         self.sync_free(node);
+        // Queued behind the running chunk, it gets twice the stall time;
+        // its first progress arms the usual one.
         self.arm(
             now_ms + 2 * self.config.chunk_stall_timeout_ms + 1,
             Timer::Stall(job, id),
@@ -304,14 +320,18 @@ impl Core {
             if !j.listed {
                 break;
             }
-            let Some((node, free_count)) = self.best_free_node(job) else {
+            let Some((node, idle)) = self.best_free_node(job) else {
                 break;
             };
-            // Several free nodes share the waiting frames instead of the
-            // first taking all of them.
-            let ready = self.jobs[&job].ready_frames;
-            let cap = ready.div_ceil(free_count.max(1) as u64);
-            self.carve_and_assign(now_ms, job, node, Some(cap), cmds);
+            // Several idle nodes share the waiting frames instead of the
+            // first taking all of them; stealing evens out the rest.
+            let cap = (idle > 1).then(|| {
+                let ready = self.jobs[&job].ready_frames;
+                ready
+                    .div_ceil(idle as u64)
+                    .max(self.config.min_chunk_frames)
+            });
+            self.carve_and_assign(now_ms, job, node, cap, cmds);
         }
         if self.jobs.get(&job).is_some_and(|j| j.listed) {
             self.preempt_for(now_ms, job, cmds);
@@ -323,7 +343,7 @@ impl Core {
     /// The best free node for `job`, and how many free nodes could take it.
     fn best_free_node(&mut self, job: JobId) -> Option<(NodeId, usize)> {
         let mut best: Option<((bool, u32, u64), NodeId)> = None;
-        let mut count = 0;
+        let mut idle = 0;
         for class in 0..self.classes.len() {
             if self.classes[class].free.is_empty() || !self.class_ok(job, class) {
                 continue;
@@ -331,19 +351,23 @@ impl Core {
             let j = &self.jobs[&job];
             let pref = drover_shared::caps::preference(&j.spec, &self.classes[class].caps);
             for &(held, id) in &self.classes[class].free {
-                if j.blocklist.contains(&id) || (j.at_max_nodes() && !j.working.contains_key(&id))
-                {
+                if j.blocklist.contains(&id) || (j.at_max_nodes() && !j.working.contains_key(&id)) {
                     continue;
                 }
-                count += 1;
-                let speed = self.node(id).map(|n| self.node_pixel_fps(n, j.speed_key)).unwrap_or(0.0);
+                if held == 0 {
+                    idle += 1;
+                }
+                let speed = self
+                    .node(id)
+                    .map(|n| self.node_pixel_fps(n, j.speed_key))
+                    .unwrap_or(0.0);
                 let key = (held == 0, pref, speed as u64);
                 if best.is_none_or(|(k, _)| key > k) {
                     best = Some((key, id));
                 }
             }
         }
-        best.map(|(_, id)| (id, count))
+        best.map(|(_, id)| (id, idle))
     }
 
     /// Work stealing: the idle `thief` asks the node whose chunk (of a job
@@ -365,7 +389,14 @@ impl Core {
             {
                 continue;
             }
-            let Some(&(finish, chunk)) = j.finish_index.iter().next_back() else {
+            // The latest-finishing chunk whose node answers shrinks and
+            // still makes progress; a hung one is for speculation.
+            let stall_ms = self.config.speculate_stall_ms;
+            let Some(&(finish, chunk)) = j.finish_index.iter().rev().find(|(_, id)| {
+                let c = &j.live[id];
+                !c.steal_refused
+                    && !(c.started && now_ms.saturating_sub(c.progress_at_ms) >= stall_ms)
+            }) else {
                 continue;
             };
             if best.is_some_and(|(f, _)| f >= finish) {
@@ -535,7 +566,16 @@ impl Core {
         );
         let finish = c.expected_finish_ms;
         tracing::info!(job = key.0, chunk = key.1, "straggler: speculative copy");
-        let copy = self.assign(now_ms, key.0, node, start, end, ChunkKind::Speculative, range, cmds);
+        let copy = self.assign(
+            now_ms,
+            key.0,
+            node,
+            start,
+            end,
+            ChunkKind::Speculative,
+            range,
+            cmds,
+        );
         let j = self.jobs.get_mut(&key.0).expect("exists");
         j.finish_index.remove(&(finish, key.1));
         j.live.get_mut(&key.1).expect("live").twin = Some(copy);
@@ -557,8 +597,7 @@ impl Core {
                 }
             }
         }
-        let any_live = self.jobs.values().any(|j| !j.live.is_empty());
-        if !any_live {
+        if self.live_chunks == 0 {
             return;
         }
         for id in idle {
@@ -629,7 +668,12 @@ impl Core {
     }
 
     /// Recomputes whether a job can run anywhere, and why not.
-    pub(crate) fn refresh_schedulable(&mut self, _now_ms: u64, job: JobId, cmds: &mut Vec<Command>) {
+    pub(crate) fn refresh_schedulable(
+        &mut self,
+        _now_ms: u64,
+        job: JobId,
+        cmds: &mut Vec<Command>,
+    ) {
         let Some(j) = self.jobs.get(&job) else { return };
         if j.state.is_terminal() || j.state == JobState::Muxing {
             return;

@@ -64,6 +64,8 @@ impl Core {
             project_running: Default::default(),
             shrink_seq: 0,
             events: 0,
+            live_chunks: 0,
+            dirty: Vec::new(),
         }
     }
 
@@ -110,13 +112,27 @@ impl Core {
                 let mut from = s;
                 for &m in job.missing.iter().filter(|m| (s..=e).contains(*m)) {
                     if m > from {
-                        job.ready.insert(from, Range { end: m - 1, failures: 0, attempts: 0 });
+                        job.ready.insert(
+                            from,
+                            Range {
+                                end: m - 1,
+                                failures: 0,
+                                attempts: 0,
+                            },
+                        );
                         job.ready_frames += m - from;
                     }
                     from = m + 1;
                 }
                 if from <= e {
-                    job.ready.insert(from, Range { end: e, failures: 0, attempts: 0 });
+                    job.ready.insert(
+                        from,
+                        Range {
+                            end: e,
+                            failures: 0,
+                            attempts: 0,
+                        },
+                    );
                     job.ready_frames += e - from + 1;
                 }
             }
@@ -194,6 +210,7 @@ impl Core {
         self.jobs.insert(id, job);
         let mut cmds = vec![Command::Persist { job: id }];
         self.offer_job(now_ms, id, &mut cmds);
+        self.settle(now_ms, &mut cmds);
         (id, cmds)
     }
 

@@ -137,6 +137,9 @@ pub(crate) struct Chunk {
     pub shrink: Option<PendingShrink>,
     /// The other copy of a speculated chunk.
     pub twin: Option<u32>,
+    /// Its node let a shrink go unanswered: no more steals from it (a hung
+    /// node is a case for a speculative copy instead).
+    pub steal_refused: bool,
     /// The segment the store verified for it: (start, end, path, hash).
     pub stored: Option<(u64, u64, String, String)>,
     pub last_error: Option<String>,
@@ -257,6 +260,12 @@ pub struct Core {
     pub(crate) shrink_seq: u32,
     /// Events handled, for the benchmarks.
     pub(crate) events: u64,
+    /// Live chunks in all jobs: the straggler check only runs when some
+    /// work is out there.
+    pub(crate) live_chunks: u64,
+    /// Jobs whose running or waiting work changed during this event: their
+    /// `unschedulable` state is brought up to date before it returns.
+    pub(crate) dirty: Vec<JobId>,
 }
 
 impl Core {

@@ -1,1 +1,1363 @@
+//! The core driven by a scripted harness: a virtual clock, simulated nodes
+//! that carry out the commands they receive, and the invariants checked
+//! after every event. Short scripted cases first, then property tests over
+//! random fleets and event orders.
 
+use std::collections::BTreeMap;
+
+use drover_shared::api::{ChunkKind, ChunkState, JobState};
+use drover_shared::caps::{Adapter, Calibration, Capabilities, DeviceType};
+use drover_shared::spec::JobSpec;
+
+use super::*;
+
+/// A job at 640x360 (the calibration size, so a node's calibration speed
+/// is its speed for the job) with extra top-level JSON fields.
+fn spec(frames: u64, extra: &str) -> JobSpec {
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(",{extra}")
+    };
+    let mut s = JobSpec::from_json(&format!(
+        r#"{{"name":"t","frames":{{"start":1,"end":{frames}}},"resolution":{{"width":640,"height":360}},
+           "render":{{"kind":"shader","shader":"plasma"}}{extra}}}"#
+    ))
+    .unwrap();
+    s.validate().unwrap();
+    s
+}
+
+fn caps(gpu: bool, fps: f64) -> Capabilities {
+    let a = Adapter {
+        name: if gpu { "NVIDIA Test" } else { "llvmpipe" }.into(),
+        backend: "Vulkan".into(),
+        device_type: if gpu {
+            DeviceType::DiscreteGpu
+        } else {
+            DeviceType::Cpu
+        },
+        vendor: if gpu { "nvidia" } else { "mesa" }.into(),
+        vram_bytes: gpu.then_some(8 << 30),
+    };
+    Capabilities {
+        adapters: vec![a.clone()],
+        render_adapter: Some(a),
+        encoders: vec!["libx264".into()],
+        cpu_cores: 8,
+        memory_bytes: 16 << 30,
+        calibration: Some(Calibration {
+            frames_per_s: fps,
+            width: 640,
+            height: 360,
+        }),
+        ..Default::default()
+    }
+}
+
+/// One chunk a simulated node holds.
+#[derive(Debug, Clone)]
+struct SimChunk {
+    key: ChunkKey,
+    epoch: u32,
+    start: u64,
+    end: u64,
+    /// Frames started (rendered or in flight).
+    started: u64,
+}
+
+#[derive(Debug)]
+struct SimNode {
+    name: String,
+    node_id: String,
+    caps: Capabilities,
+    id: Option<NodeId>,
+    session: u64,
+    connected: bool,
+    /// Sends no heartbeats while the clock advances (a hung machine).
+    silent: bool,
+    chunks: Vec<SimChunk>,
+}
+
+/// The harness: the core, a virtual clock, and nodes that obey commands.
+struct Harness {
+    core: Core,
+    now: u64,
+    nodes: Vec<SimNode>,
+    next_session: u64,
+    /// Shrinks received and not answered yet: (node index, chunk, epoch,
+    /// proposed end).
+    shrinks: Vec<(usize, ChunkKey, u32, u64)>,
+    log: Vec<Command>,
+}
+
+impl Harness {
+    fn new(config: CoreConfig) -> Harness {
+        Harness {
+            core: Core::new(config),
+            now: 1_000,
+            nodes: Vec::new(),
+            next_session: 1,
+            shrinks: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn ix(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn id(&self, name: &str) -> NodeId {
+        self.nodes[self.ix(name)].id.expect("admitted")
+    }
+
+    fn handle(&mut self, e: Event) -> Vec<Command> {
+        let cmds = self.core.handle(self.now, e);
+        self.after(&cmds);
+        cmds
+    }
+
+    fn after(&mut self, cmds: &[Command]) {
+        self.core.check_invariants();
+        for c in cmds {
+            match c {
+                Command::Welcome { session, node } => {
+                    if let Some(n) = self.nodes.iter_mut().find(|n| n.session == *session) {
+                        n.id = Some(*node);
+                        n.connected = true;
+                    }
+                }
+                Command::Refuse { session, .. } => {
+                    if let Some(n) = self.nodes.iter_mut().find(|n| n.session == *session) {
+                        n.connected = false;
+                    }
+                }
+                Command::Assign { node, assignment } => {
+                    let n = self.by_id(*node);
+                    assert!(n.connected, "assignment to a node that is not connected");
+                    n.chunks.push(SimChunk {
+                        key: assignment.chunk,
+                        epoch: assignment.epoch,
+                        start: assignment.start,
+                        end: assignment.end,
+                        started: 0,
+                    });
+                }
+                Command::Cancel { node, chunk, .. } => {
+                    if let Some(n) = self.try_by_id(*node) {
+                        n.chunks.retain(|c| c.key != *chunk);
+                    }
+                }
+                Command::Shrink {
+                    node,
+                    chunk,
+                    epoch,
+                    proposed_end,
+                } => {
+                    let ix = self.nodes.iter().position(|n| n.id == Some(*node)).unwrap();
+                    self.shrinks.push((ix, *chunk, *epoch, *proposed_end));
+                }
+                _ => {}
+            }
+        }
+        self.log.extend(cmds.iter().cloned());
+    }
+
+    fn try_by_id(&mut self, id: NodeId) -> Option<&mut SimNode> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == Some(id) && n.connected)
+    }
+
+    fn by_id(&mut self, id: NodeId) -> &mut SimNode {
+        self.try_by_id(id).expect("known node")
+    }
+
+    fn connect(&mut self, name: &str, caps: Capabilities) -> Vec<Command> {
+        let session = self.next_session;
+        self.next_session += 1;
+        let node_id = format!("id-{name}");
+        match self.nodes.iter().position(|n| n.name == name) {
+            Some(ix) => {
+                let n = &mut self.nodes[ix];
+                n.session = session;
+                n.caps = caps.clone();
+                n.chunks.clear();
+            }
+            None => self.nodes.push(SimNode {
+                name: name.into(),
+                node_id: node_id.clone(),
+                caps: caps.clone(),
+                id: None,
+                session,
+                connected: false,
+                silent: false,
+                chunks: Vec::new(),
+            }),
+        }
+        let node_id = self.nodes[self.ix(name)].node_id.clone();
+        self.handle(Event::Hello {
+            session,
+            name: name.into(),
+            node_id,
+            caps,
+        })
+    }
+
+    fn disconnect(&mut self, name: &str) -> Vec<Command> {
+        let ix = self.ix(name);
+        let (node, session) = (self.nodes[ix].id.unwrap(), self.nodes[ix].session);
+        self.nodes[ix].connected = false;
+        self.nodes[ix].chunks.clear();
+        self.handle(Event::Disconnected { node, session })
+    }
+
+    fn submit(&mut self, s: JobSpec) -> JobId {
+        let (id, cmds) = self.core.submit(self.now, s);
+        self.after(&cmds);
+        id
+    }
+
+    fn held(&self, name: &str) -> Vec<(ChunkKey, u64, u64)> {
+        self.nodes[self.ix(name)]
+            .chunks
+            .iter()
+            .map(|c| (c.key, c.start, c.end))
+            .collect()
+    }
+
+    /// The node reports `frames` frames done of its chunk `key`.
+    fn progress(&mut self, name: &str, key: ChunkKey, frames: u64) -> Vec<Command> {
+        let ix = self.ix(name);
+        let n = &mut self.nodes[ix];
+        let c = n.chunks.iter_mut().find(|c| c.key == key).expect("held");
+        c.started = c.started.max(frames);
+        let (epoch, node) = (c.epoch, n.id.unwrap());
+        self.handle(Event::Progress {
+            node,
+            report: ChunkReport {
+                chunk: key,
+                epoch,
+                frames_done: frames,
+            },
+        })
+    }
+
+    /// The node answers its oldest pending shrink as a real node does: the
+    /// proposal, or later if it already started frames past it.
+    fn answer_shrink(&mut self) -> Vec<Command> {
+        let (ix, key, epoch, proposed) = self.shrinks.remove(0);
+        let n = &mut self.nodes[ix];
+        let end = n.chunks.iter_mut().find(|c| c.key == key).map(|c| {
+            let last_started = (c.start + c.started).saturating_sub(1);
+            let e = proposed.max(last_started).max(c.start).min(c.end);
+            c.end = e;
+            e
+        });
+        let node = n.id.unwrap();
+        self.handle(Event::ShrinkAck {
+            node,
+            chunk: key,
+            epoch,
+            end,
+        })
+    }
+
+    /// The node renders its chunk `key` to the end, uploads and reports it.
+    fn finish(&mut self, name: &str, key: ChunkKey) -> Vec<Command> {
+        let ix = self.ix(name);
+        let n = &mut self.nodes[ix];
+        let pos = n.chunks.iter().position(|c| c.key == key).expect("held");
+        let c = n.chunks.remove(pos);
+        let node = n.id.unwrap();
+        let hash = format!("h{}-{}", key.0, key.1);
+        let mut cmds = self.handle(Event::SegmentStored {
+            node,
+            chunk: key,
+            epoch: c.epoch,
+            start: c.start,
+            end: c.end,
+            segment: format!("seg-{}-{}", key.0, key.1),
+            hash: hash.clone(),
+        });
+        cmds.extend(self.handle(Event::ChunkDone {
+            node,
+            chunk: key,
+            epoch: c.epoch,
+            start: c.start,
+            end: c.end,
+            hash,
+            elapsed_ms: 1_000,
+        }));
+        cmds
+    }
+
+    fn fail(&mut self, name: &str, key: ChunkKey, frame: Option<u64>) -> Vec<Command> {
+        let ix = self.ix(name);
+        let n = &mut self.nodes[ix];
+        let pos = n.chunks.iter().position(|c| c.key == key).expect("held");
+        let c = n.chunks.remove(pos);
+        let node = n.id.unwrap();
+        self.handle(Event::ChunkFailed {
+            node,
+            chunk: key,
+            epoch: c.epoch,
+            reason: "boom".into(),
+            failed_frame: frame,
+        })
+    }
+
+    fn heartbeat(&mut self, name: &str) -> Vec<Command> {
+        let ix = self.ix(name);
+        let n = &self.nodes[ix];
+        let chunks = n
+            .chunks
+            .iter()
+            .filter(|c| c.started > 0)
+            .map(|c| ChunkReport {
+                chunk: c.key,
+                epoch: c.epoch,
+                frames_done: c.started,
+            })
+            .collect();
+        let node = n.id.unwrap();
+        self.handle(Event::Heartbeat {
+            node,
+            cpu_load_pct: 50.0,
+            chunks,
+        })
+    }
+
+    /// Moves the clock, wakes the core at each deadline on the way, and has
+    /// every connected node that is not silent heartbeat each second.
+    fn advance(&mut self, ms: u64) -> Vec<Command> {
+        let until = self.now + ms;
+        let mut all = Vec::new();
+        loop {
+            let next_beat = (self.now / 1_000 + 1) * 1_000;
+            let deadline = self.core.poll_timeout().unwrap_or(u64::MAX);
+            let at = next_beat.min(deadline);
+            if at > until {
+                break;
+            }
+            self.now = self.now.max(at);
+            if deadline <= self.now {
+                all.extend(self.handle(Event::Timeout));
+            }
+            if next_beat == self.now {
+                let beating: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.connected && !n.silent)
+                    .map(|n| n.name.clone())
+                    .collect();
+                for name in beating {
+                    all.extend(self.heartbeat(&name));
+                }
+            }
+        }
+        self.now = until;
+        all
+    }
+
+    /// Runs every node to completion, in order, answering shrinks as they
+    /// come, until nothing is held; returns the commands seen.
+    fn drain(&mut self) -> Vec<Command> {
+        let mut all = Vec::new();
+        for _ in 0..10_000 {
+            if !self.shrinks.is_empty() {
+                all.extend(self.answer_shrink());
+                continue;
+            }
+            let next = self
+                .nodes
+                .iter()
+                .find(|n| n.connected && !n.chunks.is_empty())
+                .map(|n| (n.name.clone(), n.chunks[0].key));
+            match next {
+                Some((name, key)) => {
+                    self.now += 10;
+                    all.extend(self.progress(&name, key, 0));
+                    all.extend(self.finish(&name, key));
+                }
+                None => return all,
+            }
+        }
+        panic!("drain did not settle");
+    }
+
+    fn view(&self, job: JobId) -> drover_shared::api::JobView {
+        self.core.job_view(job).expect("job exists")
+    }
+
+    /// Every frame of the job is in exactly one done chunk (or missing),
+    /// in order, and the mux asked for exactly those segments.
+    fn assert_exact(&self, job: JobId) {
+        let v = self.view(job);
+        let mut next = 1;
+        for c in v.chunks.iter().filter(|c| c.state == ChunkState::Done) {
+            while v.missing_frames.contains(&next) {
+                next += 1;
+            }
+            assert_eq!(c.start, next, "gap or overlap before {c:?} in {v:?}");
+            next = c.end + 1;
+        }
+        while v.missing_frames.contains(&next) {
+            next += 1;
+        }
+        assert_eq!(next, v.frames_total + 1, "frames missing at the end: {v:?}");
+    }
+}
+
+fn assigns(cmds: &[Command]) -> Vec<(NodeId, u64, u64, ChunkKind)> {
+    let _ = ChunkKind::Normal;
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Assign { node, assignment } => {
+                Some((*node, assignment.start, assignment.end, ChunkKind::Normal))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn mux_segments(cmds: &[Command]) -> Option<Vec<String>> {
+    cmds.iter().find_map(|c| match c {
+        Command::Mux { segments, .. } => Some(segments.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn idle_nodes_share_a_new_job_and_chunks_follow_speed() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    h.connect("b", caps(false, 10.0));
+    let job = h.submit(spec(96, ""));
+    // Two idle nodes split the 96 frames instead of one taking them all.
+    assert_eq!(h.held("a"), vec![((job, 0), 1, 48)]);
+    assert_eq!(h.held("b"), vec![((job, 1), 49, 96)]);
+    // Chunks are sized by speed: 20 s at 10 frames/s is 200 frames.
+    let big = h.submit(spec(1_000, ""));
+    assert_eq!(h.held("a")[1].1..=h.held("a")[1].2, 1..=200);
+    assert_eq!(h.held("b")[1], ((big, 1), 201, 400));
+    let cmds = h.drain();
+    assert_eq!(h.view(job).state, JobState::Muxing);
+    h.assert_exact(job);
+    h.assert_exact(big);
+    assert!(mux_segments(&cmds).is_some());
+    h.handle(Event::MuxDone {
+        job,
+        output: "out.mp4".into(),
+    });
+    let v = h.view(job);
+    assert_eq!(v.state, JobState::Done);
+    assert_eq!(
+        v.output_url.as_deref(),
+        Some(&*format!("/v1/jobs/{job}/output"))
+    );
+    assert_eq!(v.frames_by_node.values().sum::<u64>(), 96);
+}
+
+#[test]
+fn an_idle_node_steals_the_tail_of_the_latest_chunk() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("fast", caps(false, 100.0));
+    h.connect("slow", caps(false, 10.0));
+    let job = h.submit(spec(600, ""));
+    let fast = h.held("fast");
+    let slow = h.held("slow");
+    assert_eq!(slow.len(), 1, "{slow:?}");
+    let (skey, s0, s1) = slow[0];
+    h.progress("slow", skey, 0);
+    for (k, _, _) in fast {
+        h.progress("fast", k, 0);
+        h.now += 2_000;
+        h.finish("fast", k);
+    }
+    // The fast node is idle now: it asked the slow node to stop early.
+    let shrink = h.shrinks.first().copied().expect("a shrink was sent");
+    assert_eq!(shrink.1, skey);
+    assert!(
+        shrink.3 > s0 && shrink.3 < s1,
+        "{shrink:?} inside {s0}-{s1}"
+    );
+    // The slow node already started frames past the proposal: its answer
+    // (later than proposed) is what counts.
+    let past = shrink.3 - s0 + 5;
+    h.progress("slow", skey, past);
+    let cmds = h.answer_shrink();
+    let stolen = assigns(&cmds);
+    assert_eq!(stolen.len(), 1, "{cmds:?}");
+    let ans_end = h.held("slow")[0].2;
+    assert_eq!(ans_end, s0 + past - 1, "answered the last started frame");
+    assert_eq!((stolen[0].1, stolen[0].2), (ans_end + 1, s1));
+    let v = h.view(job);
+    assert_eq!(v.frames_stolen, s1 - ans_end);
+    assert!(v
+        .chunks
+        .iter()
+        .any(|c| c.kind == ChunkKind::Stolen && c.node.as_deref() == Some("fast")));
+    h.drain();
+    h.assert_exact(job);
+}
+
+#[test]
+fn shrink_answers_late_twice_or_after_done_keep_accounting_exact() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("fast", caps(false, 100.0));
+    h.connect("slow", caps(false, 10.0));
+    let job = h.submit(spec(600, ""));
+    let (skey, _, _) = h.held("slow")[0];
+    h.progress("slow", skey, 0);
+    for (k, _, _) in h.held("fast") {
+        h.finish("fast", k);
+    }
+    let (ix, key, epoch, _) = h.shrinks[0];
+    // The shrink times out unanswered: the thief looks elsewhere...
+    h.advance(10_000);
+    assert!(h.held("fast").is_empty() || h.held("fast")[0].0 .0 == job);
+    // ...then the answer arrives late, and twice. It is applied once.
+    h.answer_shrink();
+    let node = h.nodes[ix].id.unwrap();
+    let end = h.held("slow")[0].2;
+    h.handle(Event::ShrinkAck {
+        node,
+        chunk: key,
+        epoch,
+        end: Some(end),
+    });
+    // A stale answer claiming an end beyond the chunk changes nothing.
+    h.handle(Event::ShrinkAck {
+        node,
+        chunk: key,
+        epoch,
+        end: Some(end + 50),
+    });
+    h.drain();
+    h.assert_exact(job);
+    // An answer for a chunk that is gone is ignored.
+    h.handle(Event::ShrinkAck {
+        node,
+        chunk: key,
+        epoch,
+        end: Some(1),
+    });
+    h.assert_exact(job);
+}
+
+#[test]
+fn a_node_that_stops_early_without_being_asked_gives_back_the_rest() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(50, ""));
+    let (key, s, _) = h.held("a")[0];
+    // The node renders only 20 frames and uploads them.
+    h.nodes[0].chunks[0].end = s + 19;
+    h.finish("a", key);
+    // The other 30 frames are waiting again and go back to the node.
+    assert_eq!(h.held("a")[0].1, s + 20);
+    h.drain();
+    h.assert_exact(job);
+}
+
+#[test]
+fn uploads_are_admitted_only_for_the_holder_and_the_chunk_range() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    h.connect("b", caps(false, 10.0));
+    let _job = h.submit(spec(40, ""));
+    let (key, s, e) = h.held("a")[0];
+    let (a, b) = (h.id("a"), h.id("b"));
+    let epoch = h.nodes[0].chunks[0].epoch;
+    let check = |h: &Harness, node, epoch, start, end, want: Result<(), &str>| {
+        let got = h.core.may_upload(node, key, epoch, start, end);
+        match want {
+            Ok(()) => assert_eq!(got, Ok(())),
+            Err(text) => assert!(got.as_ref().unwrap_err().contains(text), "{got:?}"),
+        }
+    };
+    check(&h, a, epoch, s, e, Ok(()));
+    check(&h, a, epoch, s, s, Ok(()));
+    check(&h, b, epoch, s, e, Err("not assigned to this node"));
+    check(&h, a, epoch + 1, s, e, Err("not assigned"));
+    check(&h, a, epoch, s + 1, e, Err("do not fit"));
+    check(&h, a, epoch, s, e + 1, Err("do not fit"));
+    // A done report whose segment was not stored is a failure, not a hole.
+    let cmds = h.handle(Event::ChunkDone {
+        node: a,
+        chunk: key,
+        epoch,
+        start: s,
+        end: e,
+        hash: "x".into(),
+        elapsed_ms: 1,
+    });
+    assert!(h
+        .view(key.0)
+        .chunks
+        .iter()
+        .all(|c| c.state != ChunkState::Done));
+    let _ = cmds;
+}
+
+#[test]
+fn requirements_route_and_unschedulable_names_each_missing_one() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("cpu", caps(false, 10.0));
+    let gpu_job = h.submit(spec(24, r#""requirements":{"gpu":"required"}"#));
+    let v = h.view(gpu_job);
+    assert_eq!(v.state, JobState::Unschedulable);
+    let why = v.error.unwrap();
+    assert!(
+        why.contains("needs a GPU") && why.contains("no connected node has it"),
+        "{why}"
+    );
+    let nvenc = h.submit(spec(
+        24,
+        r#""requirements":{"encoder":"h264_nvenc","tags":["fast"]}"#,
+    ));
+    let why = h.view(nvenc).error.unwrap();
+    assert!(
+        why.contains("needs encoder h264_nvenc: no connected node has it"),
+        "{why}"
+    );
+    assert!(why.contains(r#"needs tag "fast""#), "{why}");
+    assert!(h.held("cpu").is_empty());
+    // A node that matches joins: the job runs at once.
+    let cmds = h.connect("gpu", caps(true, 100.0));
+    assert_eq!(assigns(&cmds).len(), 1);
+    assert_eq!(h.held("gpu")[0].0 .0, gpu_job);
+    assert_eq!(h.view(gpu_job).state, JobState::Queued);
+    assert!(h.view(gpu_job).error.is_none());
+    // It leaves; nothing runs it now: unschedulable again, chunk back.
+    h.disconnect("gpu");
+    assert_eq!(h.view(gpu_job).state, JobState::Unschedulable);
+    // "preferred" picks the GPU node when both are idle.
+    h.connect("gpu", caps(true, 10.0));
+    h.handle(Event::CancelJob { job: gpu_job });
+    let pref = h.submit(spec(24, r#""requirements":{"gpu":"preferred"}"#));
+    assert!(h.held("gpu").iter().any(|c| c.0 .0 == pref));
+}
+
+#[test]
+fn vendor_name_vram_cores_memory_pool_are_matched() {
+    let mut h = Harness::new(CoreConfig::default());
+    let mut big = caps(true, 10.0);
+    big.pool = "studio".into();
+    big.memory_bytes = 32 << 30;
+    big.tags = vec!["fast".into()];
+    h.connect("big", big);
+    h.connect("cpu", caps(false, 10.0));
+    let cases = [
+        (r#""requirements":{"gpu_vendor":"nvidia"}"#, Some("big")),
+        (r#""requirements":{"gpu_vendor":"amd"}"#, None),
+        (r#""requirements":{"gpu_name":"nvidia*"}"#, Some("big")),
+        (r#""requirements":{"min_vram_mib":8192}"#, Some("big")),
+        (r#""requirements":{"min_vram_mib":8193}"#, None),
+        (r#""requirements":{"min_cores":9}"#, None),
+        (r#""requirements":{"min_memory_mib":16385}"#, Some("big")),
+        (
+            r#""requirements":{"pool":"studio","tags":["fast"]}"#,
+            Some("big"),
+        ),
+        (r#""requirements":{"backend":"metal"}"#, None),
+    ];
+    for (req, want) in cases {
+        let job = h.submit(spec(10, req));
+        let on: Vec<String> = h
+            .nodes
+            .iter()
+            .filter(|n| n.chunks.iter().any(|c| c.key.0 == job))
+            .map(|n| n.name.clone())
+            .collect();
+        match want {
+            Some(name) => assert_eq!(on, vec![name.to_string()], "{req}"),
+            None => {
+                assert!(on.is_empty(), "{req}");
+                assert_eq!(h.view(job).state, JobState::Unschedulable, "{req}");
+            }
+        }
+        h.handle(Event::CancelJob { job });
+    }
+}
+
+#[test]
+fn a_bad_frame_is_isolated_and_fails_the_job_naming_it() {
+    let cfg = CoreConfig {
+        blocklist_after: 100,
+        quarantine_after_jobs: 100,
+        ..Default::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(40, ""));
+    let mut failures = 0;
+    for _ in 0..200 {
+        let Some((key, s, e)) = h.held("a").first().copied() else {
+            if h.core.poll_timeout().is_some() && h.view(job).state != JobState::Failed {
+                h.advance(70_000);
+                continue;
+            }
+            break;
+        };
+        h.progress("a", key, 0);
+        if (s..=e).contains(&17) {
+            failures += 1;
+            h.fail("a", key, Some(17));
+        } else {
+            h.finish("a", key);
+        }
+    }
+    let v = h.view(job);
+    assert_eq!(v.state, JobState::Failed);
+    assert_eq!(failures, 3);
+    let why = v.error.clone().unwrap();
+    assert!(why.starts_with("frame 17 failed 3 times"), "{why}");
+    // Everything but frame 17 was rendered.
+    assert_eq!(v.frames_done, 39, "{v:?}");
+}
+
+#[test]
+fn a_bad_frame_found_by_bisection_can_be_left_out() {
+    let cfg = CoreConfig {
+        blocklist_after: 100,
+        quarantine_after_jobs: 100,
+        ..Default::default()
+    };
+    let mut h = Harness::new(cfg);
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(40, r#""allow_missing_frames":true"#));
+    for _ in 0..500 {
+        let Some((key, s, e)) = h.held("a").first().copied() else {
+            if h.view(job).state != JobState::Running {
+                break;
+            }
+            h.advance(70_000);
+            continue;
+        };
+        h.progress("a", key, 0);
+        // The node cannot tell which frame is bad: bisection finds it.
+        if (s..=e).contains(&23) {
+            h.fail("a", key, None);
+        } else {
+            h.finish("a", key);
+        }
+    }
+    let v = h.view(job);
+    assert_eq!(v.state, JobState::Muxing, "{v:?}");
+    assert_eq!(v.missing_frames, vec![23]);
+    h.assert_exact(job);
+}
+
+#[test]
+fn a_node_failing_a_job_is_blocklisted_for_it() {
+    let mut h = Harness::new(CoreConfig {
+        retry_backoff_ms: 0,
+        ..Default::default()
+    });
+    h.connect("bad", caps(false, 10.0));
+    let job = h.submit(spec(10, ""));
+    for _ in 0..2 {
+        for (key, _, _) in h.held("bad") {
+            h.fail("bad", key, None);
+        }
+        h.advance(10);
+    }
+    let v = h.view(job);
+    assert_eq!(v.blocklisted_nodes, vec!["bad".to_string()]);
+    assert_eq!(v.state, JobState::Unschedulable);
+    assert!(v.error.unwrap().contains("blocklisted"));
+    // Another job still runs there; a good node takes the blocked job.
+    let other = h.submit(spec(5, ""));
+    assert_eq!(h.held("bad")[0].0 .0, other);
+    h.connect("good", caps(false, 10.0));
+    assert!(h.held("good").iter().all(|c| c.0 .0 == job));
+    h.drain();
+    h.assert_exact(job);
+}
+
+#[test]
+fn a_node_failing_across_jobs_is_quarantined_until_cleared() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("flaky", caps(false, 10.0));
+    let jobs: Vec<JobId> = (0..3).map(|_| h.submit(spec(5, ""))).collect();
+    for _ in 0..3 {
+        let (key, _, _) = h.held("flaky")[0];
+        h.fail("flaky", key, None);
+    }
+    let nv = &h.core.node_views(h.now)[0];
+    assert!(
+        nv.quarantined
+            .as_deref()
+            .unwrap()
+            .contains("3 different jobs"),
+        "{nv:?}"
+    );
+    h.advance(100_000);
+    assert!(h.held("flaky").is_empty(), "quarantined nodes get no work");
+    assert!(jobs
+        .iter()
+        .all(|j| h.view(*j).state == JobState::Unschedulable));
+    h.handle(Event::ClearQuarantine {
+        name: "flaky".into(),
+    });
+    assert!(!h.held("flaky").is_empty());
+    h.drain();
+    for j in jobs {
+        h.assert_exact(j);
+    }
+}
+
+#[test]
+fn a_higher_priority_job_takes_the_node_and_shrinks_lower_work() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let low = h.submit(spec(1_000, r#""priority":10"#));
+    let held = h.held("a");
+    assert_eq!(held.len(), 2);
+    h.progress("a", held[0].0, 0);
+    h.progress("a", held[0].0, 5);
+    let high = h.submit(spec(50, r#""priority":90"#));
+    // The queued low chunk is taken back, the running one shrunk.
+    assert_eq!(h.held("a").len(), 2, "{:?}", h.held("a"));
+    assert_eq!(
+        h.held("a")[1].0 .0,
+        high,
+        "the freed slot went to the high job"
+    );
+    assert_eq!(h.shrinks.len(), 1);
+    h.answer_shrink();
+    assert!(h.held("a")[0].2 < held[0].2, "the low chunk now ends early");
+    let order: Vec<JobId> = {
+        let mut seen = Vec::new();
+        let _ = h.drain();
+        for c in &h.log {
+            if let Command::Assign { assignment, .. } = c {
+                seen.push(assignment.chunk.0);
+            }
+        }
+        seen
+    };
+    let first_high = order.iter().position(|j| *j == high).unwrap();
+    let last_high = order.iter().rposition(|j| *j == high).unwrap();
+    let low_after = order[first_high..].iter().position(|j| *j == low).unwrap() + first_high;
+    assert!(last_high < low_after || order[first_high..=last_high].iter().all(|j| *j == high));
+    h.assert_exact(low);
+    h.assert_exact(high);
+}
+
+#[test]
+fn equal_priorities_share_by_project_and_max_nodes_caps_a_job() {
+    let mut h = Harness::new(CoreConfig {
+        chunking: Chunking::Fixed(10),
+        steal: false,
+        speculate: false,
+        ..Default::default()
+    });
+    let a = h.submit(spec(200, r#""project":"alpha""#));
+    let b = h.submit(spec(200, r#""project":"beta""#));
+    for i in 0..4 {
+        h.connect(&format!("n{i}"), caps(false, 10.0));
+    }
+    let mut per_job: BTreeMap<JobId, usize> = BTreeMap::new();
+    for n in &h.nodes {
+        for c in &n.chunks {
+            *per_job.entry(c.key.0).or_default() += 1;
+        }
+    }
+    assert_eq!(per_job[&a], per_job[&b], "fair share: {per_job:?}");
+    let capped = h.submit(spec(200, r#""max_nodes":1,"priority":99"#));
+    h.drain();
+    let v = h.view(capped);
+    assert_eq!(v.frames_by_node.len(), 1, "{:?}", v.frames_by_node);
+    h.assert_exact(capped);
+}
+
+#[test]
+fn a_starving_job_ages_upward() {
+    let mut h = Harness::new(CoreConfig {
+        aging_ms: 1_000,
+        ..Default::default()
+    });
+    let job = h.submit(spec(10, r#""priority":5"#));
+    h.advance(10_500);
+    // It waited ten aging periods with nothing running.
+    let v = h.core.jobs[&job].eff_prio;
+    assert_eq!(v, 15);
+    h.connect("a", caps(false, 10.0));
+    assert_eq!(h.core.jobs[&job].eff_prio, 5, "running resets it");
+}
+
+#[test]
+fn a_silent_node_is_reaped_at_its_deadline_and_late_reports_are_ignored() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    // Nothing runs: the core's only deadline is the node's liveness.
+    assert_eq!(h.core.poll_timeout(), Some(h.now + 5_001));
+    h.connect("b", caps(false, 10.0));
+    let job = h.submit(spec(100, ""));
+    let (akey, _, _) = h.held("a")[0];
+    let a_chunk = h.nodes[0].chunks[0].clone();
+    h.nodes[0].silent = true;
+    h.advance(6_000);
+    // a was silent for 6 s: reaped, its frames went to b.
+    assert!(!h.core.node_views(h.now)[0].connected);
+    let cmds = h.finish("b", h.held("b")[0].0);
+    let _ = cmds;
+    // A late report from a's old attempt changes nothing.
+    let a = h.id("a");
+    h.handle(Event::SegmentStored {
+        node: a,
+        chunk: akey,
+        epoch: a_chunk.epoch,
+        start: a_chunk.start,
+        end: a_chunk.end,
+        segment: "late".into(),
+        hash: "late".into(),
+    });
+    h.drain();
+    h.assert_exact(job);
+    assert!(h.view(job).frames_by_node.get("a").is_none());
+}
+
+#[test]
+fn a_stalled_chunk_is_taken_back_as_a_failure() {
+    let mut h = Harness::new(CoreConfig {
+        chunk_stall_timeout_ms: 60_000,
+        node_timeout_ms: 10_000_000,
+        ..Default::default()
+    });
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(10, ""));
+    let (key, _, _) = h.held("a")[0];
+    h.progress("a", key, 3);
+    h.advance(59_000);
+    assert!(h.held("a").iter().any(|c| c.0 == key));
+    h.advance(2_000);
+    assert!(h.held("a").iter().all(|c| c.0 != key), "cancelled");
+    let v = h.view(job);
+    assert!(
+        v.chunks.iter().any(|c| c
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no progress for 60 s"))),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn a_straggler_gets_a_speculative_copy_and_the_first_result_wins() {
+    let mut h = Harness::new(CoreConfig {
+        speculate_stall_ms: 20_000,
+        ..Default::default()
+    });
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(100, ""));
+    let (key, _, _) = h.held("a")[0];
+    h.progress("a", key, 0);
+    h.progress("a", key, 10);
+    h.connect("b", caps(false, 10.0));
+    // b is idle; stealing from a would pay, so first a steal is proposed.
+    if !h.shrinks.is_empty() {
+        // a never answers: it has hung.
+        h.shrinks.clear();
+    }
+    h.advance(30_000);
+    let v = h.view(job);
+    assert!(
+        v.chunks.iter().any(|c| c.kind == ChunkKind::Speculative),
+        "{v:?}"
+    );
+    let (copy, _, _) = h.held("b")[0];
+    h.progress("b", copy, 0);
+    h.progress("b", copy, 50);
+    let cmds = h.finish("b", copy);
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::Cancel { chunk, .. } if *chunk == key)));
+    let v = h.view(job);
+    assert_eq!(v.frames_wasted, 10);
+    h.drain();
+    h.assert_exact(job);
+}
+
+#[test]
+fn admission_refuses_a_taken_name_and_replaces_a_reconnecting_node() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(30, ""));
+    let cmds = h.handle(Event::Hello {
+        session: 99,
+        name: "a".into(),
+        node_id: "someone-else".into(),
+        caps: caps(false, 10.0),
+    });
+    match &cmds[..] {
+        [Command::Refuse {
+            session: 99,
+            reason,
+        }] => {
+            assert!(
+                reason.contains("already used by another connected node"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let old_session = h.nodes[0].session;
+    let cmds = h.connect("a", caps(false, 10.0));
+    assert!(cmds.contains(&Command::CloseSession {
+        session: old_session
+    }));
+    assert!(matches!(
+        cmds.iter().find(|c| matches!(c, Command::Welcome { .. })),
+        Some(_)
+    ));
+    h.drain();
+    h.assert_exact(job);
+    let long = "x".repeat(65);
+    let cmds = h.handle(Event::Hello {
+        session: 100,
+        name: long,
+        node_id: "n".into(),
+        caps: caps(false, 1.0),
+    });
+    assert!(matches!(&cmds[..], [Command::Refuse { reason, .. }] if reason.contains("1..=64")));
+}
+
+#[test]
+fn restore_keeps_done_frames_and_waits_for_the_rest() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(1_000, ""));
+    let (key, _, _) = h.held("a")[0];
+    h.finish("a", key);
+    let record = h.core.record(job).unwrap();
+    let done: u64 = record.done.iter().map(|(s, d)| d.end - s + 1).sum();
+    let (mut core, cmds) = Core::restore(CoreConfig::default(), vec![record.clone()]);
+    assert!(cmds.is_empty());
+    core.check_invariants();
+    let v = core.job_view(job).unwrap();
+    assert_eq!(v.frames_done, done);
+    let waiting: u64 = v
+        .chunks
+        .iter()
+        .filter(|c| c.state == ChunkState::Pending)
+        .map(|c| c.end - c.start + 1)
+        .sum();
+    assert_eq!(waiting + done, 1_000);
+    let (next, _) = core.submit(5, spec(5, ""));
+    assert_eq!(next, job + 1, "ids continue after restored ones");
+}
+
+#[test]
+fn a_withdrawn_submission_leaves_no_trace() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let (id, _) = h.core.submit(h.now, spec(48, ""));
+    h.core.withdraw(id);
+    h.core.check_invariants();
+    assert!(h.core.job_view(id).is_none());
+    assert!(h.core.node_views(h.now)[0].chunks.is_empty());
+    let (again, cmds) = h.core.submit(h.now, spec(48, ""));
+    assert_eq!(again, id, "the id is reused: nothing was acknowledged");
+    assert_eq!(assigns(&cmds).len(), 1);
+}
+
+#[test]
+fn speed_is_learned_from_real_frames() {
+    let mut h = Harness::new(CoreConfig::default());
+    // The node claims 10 frames/s but really does 40.
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(5_000, ""));
+    for _ in 0..6 {
+        let (key, s, e) = h.held("a")[0];
+        let ix = h.ix("a");
+        let c = h.nodes[ix].chunks.remove(0);
+        let node = h.id("a");
+        let frames = e - s + 1;
+        h.handle(Event::SegmentStored {
+            node,
+            chunk: key,
+            epoch: c.epoch,
+            start: s,
+            end: e,
+            segment: "s".into(),
+            hash: "h".into(),
+        });
+        h.handle(Event::ChunkDone {
+            node,
+            chunk: key,
+            epoch: c.epoch,
+            start: s,
+            end: e,
+            hash: "h".into(),
+            elapsed_ms: frames * 25,
+        });
+    }
+    // What matters is the prediction for this job (the split between the
+    // node's speed and the job's cost is the core's business).
+    let fps = h.core.expected_fps(h.id("a"), job);
+    assert!(fps > 30.0 && fps < 45.0, "learned {fps}");
+    assert!(h.core.node_views(h.now)[0].speed_fps["shader@360p"] > 10.0);
+    // New chunks are sized for the real speed: about 20 s at 40 frames/s.
+    let (_, s, e) = h.held("a").last().copied().unwrap();
+    assert!(e - s + 1 > 600, "{s}-{e}");
+    let _ = job;
+}
+
+mod props {
+    //! Property tests: random fleets, jobs and event orders.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Advance(u64),
+        Start(usize),
+        Progress(usize, u64),
+        Finish(usize),
+        Fail(usize, bool),
+        AnswerShrink,
+        DuplicateLastAnswer,
+        Disconnect(usize),
+        Reconnect(usize),
+        Heartbeat(usize),
+        Cancel(usize),
+        Submit(u64, bool, u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1u64..20_000).prop_map(Step::Advance),
+            (0usize..5).prop_map(Step::Start),
+            ((0usize..5), 1u64..200).prop_map(|(n, f)| Step::Progress(n, f)),
+            (0usize..5).prop_map(Step::Finish),
+            (0usize..5).prop_map(Step::Finish),
+            ((0usize..5), any::<bool>()).prop_map(|(n, k)| Step::Fail(n, k)),
+            Just(Step::AnswerShrink),
+            Just(Step::DuplicateLastAnswer),
+            (0usize..5).prop_map(Step::Disconnect),
+            (0usize..5).prop_map(Step::Reconnect),
+            (0usize..5).prop_map(Step::Heartbeat),
+            (0usize..4).prop_map(Step::Cancel),
+            ((1u64..400), any::<bool>(), 0u8..100).prop_map(|(f, g, p)| Step::Submit(f, g, p)),
+        ]
+    }
+
+    /// Is there a connected, unquarantined, not blocklisted node able to
+    /// run the job? Computed from the outside, through the API views.
+    fn runnable(h: &Harness, job: JobId) -> bool {
+        let v = h.view(job);
+        let spec = &h.core.jobs[&job].spec;
+        h.core.node_views(h.now).iter().any(|n| {
+            n.connected
+                && n.quarantined.is_none()
+                && !v.blocklisted_nodes.contains(&n.name)
+                && drover_shared::caps::can_run(spec, &n.capabilities).is_ok()
+        })
+    }
+
+    fn run(fleet: Vec<(bool, f64)>, jobs: Vec<(u64, bool, u8)>, steps: Vec<Step>) {
+        let mut h = Harness::new(CoreConfig {
+            retry_backoff_ms: 100,
+            max_frame_failures: 2,
+            ..Default::default()
+        });
+        for (i, (gpu, fps)) in fleet.iter().enumerate() {
+            h.connect(&format!("n{i}"), caps(*gpu, *fps));
+        }
+        let mut ids = Vec::new();
+        let submit = |h: &mut Harness, ids: &mut Vec<JobId>, frames, gpu: bool, prio| {
+            let req = if gpu {
+                r#","requirements":{"gpu":"required"}"#
+            } else {
+                ""
+            };
+            let extra = format!(
+                r#""priority":{prio},"allow_missing_frames":{}{req}"#,
+                prio % 2 == 0
+            );
+            ids.push(h.submit(spec(frames, &extra)));
+        };
+        for (f, g, p) in jobs {
+            submit(&mut h, &mut ids, f, g, p);
+        }
+        let mut last_answer: Option<Event> = None;
+        let n = fleet.len();
+        for s in steps {
+            let name = |i: usize| format!("n{}", i % n);
+            let first = |h: &Harness, i: usize| {
+                let node = &h.nodes[i % n];
+                (node.connected && !node.chunks.is_empty()).then(|| node.chunks[0].key)
+            };
+            match s {
+                Step::Advance(ms) => {
+                    h.advance(ms);
+                }
+                Step::Start(i) => {
+                    if let Some(k) = first(&h, i) {
+                        h.progress(&name(i), k, 0);
+                    }
+                }
+                Step::Progress(i, f) => {
+                    if let Some(k) = first(&h, i) {
+                        let c = &h.nodes[i % n].chunks[0];
+                        let f = f.min(c.end - c.start + 1);
+                        h.progress(&name(i), k, f);
+                    }
+                }
+                Step::Finish(i) => {
+                    if let Some(k) = first(&h, i) {
+                        h.finish(&name(i), k);
+                    }
+                }
+                Step::Fail(i, known) => {
+                    if let Some(k) = first(&h, i) {
+                        let c = &h.nodes[i % n].chunks[0];
+                        let frame = known.then_some(c.start + (c.end - c.start) / 2);
+                        h.fail(&name(i), k, frame);
+                    }
+                }
+                Step::AnswerShrink => {
+                    if !h.shrinks.is_empty() {
+                        let before = h.log.len();
+                        h.answer_shrink();
+                        let _ = before;
+                        let (ix, key, epoch, _) = (0, (0, 0), 0, 0);
+                        let _ = (ix, key, epoch);
+                    }
+                }
+                Step::DuplicateLastAnswer => {
+                    if let Some(e) = last_answer.clone() {
+                        h.handle(e);
+                    }
+                }
+                Step::Disconnect(i) => {
+                    if h.nodes[i % n].connected {
+                        h.disconnect(&name(i));
+                    }
+                }
+                Step::Reconnect(i) => {
+                    if !h.nodes[i % n].connected {
+                        let c = h.nodes[i % n].caps.clone();
+                        h.connect(&name(i), c);
+                    }
+                }
+                Step::Heartbeat(i) => {
+                    if h.nodes[i % n].connected {
+                        h.heartbeat(&name(i));
+                    }
+                }
+                Step::Cancel(j) => {
+                    if let Some(job) = ids.get(j).copied() {
+                        h.handle(Event::CancelJob { job });
+                    }
+                }
+                Step::Submit(f, g, p) => submit(&mut h, &mut ids, f, g, p),
+            }
+            // Remember an answer to replay it as a duplicate later.
+            if let Some(Command::Shrink {
+                node,
+                chunk,
+                epoch,
+                proposed_end,
+            }) = h
+                .log
+                .iter()
+                .rev()
+                .find(|c| matches!(c, Command::Shrink { .. }))
+            {
+                last_answer = Some(Event::ShrinkAck {
+                    node: *node,
+                    chunk: *chunk,
+                    epoch: *epoch,
+                    end: Some(*proposed_end),
+                });
+            }
+            for &job in &ids {
+                let Some(j) = h.core.jobs.get(&job) else {
+                    continue;
+                };
+                if j.state.is_terminal() || j.state == JobState::Muxing {
+                    continue;
+                }
+                let waiting = j.ready_frames > 0 || !j.delayed.is_empty();
+                if waiting && j.live.is_empty() {
+                    assert_eq!(
+                        j.state == JobState::Unschedulable,
+                        !runnable(&h, job),
+                        "job {job} state {:?} error {:?}",
+                        j.state,
+                        j.error
+                    );
+                }
+            }
+        }
+        // Everyone comes back and works until the end.
+        for i in 0..n {
+            if !h.nodes[i].connected {
+                let c = h.nodes[i].caps.clone();
+                h.connect(&format!("n{i}"), c);
+            }
+            h.handle(Event::ClearQuarantine {
+                name: format!("n{i}"),
+            });
+        }
+        let mut gpu_present = fleet.iter().any(|(g, _)| *g);
+        for _ in 0..200 {
+            h.drain();
+            h.advance(120_000);
+            for i in 0..n {
+                h.heartbeat(&format!("n{i}"));
+            }
+            let open = ids.iter().any(|j| {
+                h.core
+                    .jobs
+                    .get(j)
+                    .is_some_and(|j| !matches!(j.state, JobState::Muxing | JobState::Unschedulable))
+            });
+            if !open {
+                break;
+            }
+        }
+        if !gpu_present {
+            gpu_present = false;
+        }
+        for job in ids {
+            let v = h.view(job);
+            match v.state {
+                JobState::Muxing => h.assert_exact(job),
+                JobState::Failed | JobState::Cancelled => {
+                    assert!(v.state == JobState::Cancelled || v.error.is_some(), "{v:?}")
+                }
+                JobState::Unschedulable => {
+                    let needs_gpu = h.core.jobs[&job].spec.requirements.gpu
+                        == drover_shared::spec::GpuRequirement::Required;
+                    assert!(
+                        (needs_gpu && !gpu_present) || !v.blocklisted_nodes.is_empty(),
+                        "stuck: {v:?}"
+                    );
+                }
+                other => panic!("job {job} ended {other:?}: {v:?}"),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #[test]
+        fn every_frame_is_accounted_for_whatever_the_order(
+            fleet in prop::collection::vec((any::<bool>(), 5.0f64..200.0), 1..5),
+            jobs in prop::collection::vec((1u64..500, any::<bool>(), 0u8..100), 1..4),
+            steps in prop::collection::vec(step(), 0..300),
+        ) {
+            run(fleet, jobs, steps);
+        }
+    }
+}

@@ -382,9 +382,7 @@ impl Command {
             Command::Persist { job } | Command::Discard { job } | Command::Mux { job, .. } => {
                 Some(*job)
             }
-            Command::Welcome { .. } | Command::Refuse { .. } | Command::CloseSession { .. } => {
-                None
-            }
+            Command::Welcome { .. } | Command::Refuse { .. } | Command::CloseSession { .. } => None,
         }
     }
 }

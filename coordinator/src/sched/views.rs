@@ -32,7 +32,11 @@ fn frames_by_node(done: &BTreeMap<u64, DoneSegment>) -> BTreeMap<String, u64> {
     out
 }
 
-fn output_fields(id: JobId, state: JobState, path: &Option<String>) -> (Option<String>, Option<String>) {
+fn output_fields(
+    id: JobId,
+    state: JobState,
+    path: &Option<String>,
+) -> (Option<String>, Option<String>) {
     let done = state == JobState::Done;
     (
         if done { path.clone() } else { None },
@@ -79,7 +83,12 @@ impl Core {
             });
         }
         chunks.sort_by_key(|c| (c.start, c.index));
-        let live_done: u64 = j.live.values().filter(|c| c.twin.is_none() || c.kind != ChunkKind::Speculative).map(|c| c.frames_done).sum();
+        let live_done: u64 = j
+            .live
+            .values()
+            .filter(|c| c.twin.is_none() || c.kind != ChunkKind::Speculative)
+            .map(|c| c.frames_done)
+            .sum();
         let (output_path, output_url) = output_fields(id, j.state, &j.output_path);
         Some(JobView {
             id,
@@ -95,6 +104,11 @@ impl Core {
             frames_stolen: j.frames_stolen,
             frames_wasted: j.frames_wasted,
             missing_frames: j.missing.clone(),
+            blocklisted_nodes: j
+                .blocklist
+                .iter()
+                .filter_map(|n| self.node(*n).map(|n| n.name.to_string()))
+                .collect(),
             error: j.error.clone(),
             submitted_at_ms: j.submitted_at_ms,
             first_frame_at_ms: j.first_frame_at_ms,
@@ -107,7 +121,12 @@ impl Core {
     /// Every job the core knows (hot, and finished ones still retained),
     /// oldest first.
     pub fn job_views(&self) -> Vec<JobView> {
-        let mut ids: Vec<JobId> = self.jobs.keys().chain(self.finished.keys()).copied().collect();
+        let mut ids: Vec<JobId> = self
+            .jobs
+            .keys()
+            .chain(self.finished.keys())
+            .copied()
+            .collect();
         ids.sort_unstable();
         ids.into_iter().filter_map(|id| self.job_view(id)).collect()
     }
@@ -126,7 +145,11 @@ impl Core {
                 }
                 for k in keys {
                     let (pixels, label) = RESOLUTION_CLASSES[k.1 as usize];
-                    let pixels = if pixels == u64::MAX { 7680 * 4320 } else { pixels };
+                    let pixels = if pixels == u64::MAX {
+                        7680 * 4320
+                    } else {
+                        pixels
+                    };
                     let fps = self.node_pixel_fps(n, k) / pixels as f64;
                     speed_fps.insert(format!("shader@{label}"), (fps * 10.0).round() / 10.0);
                 }
@@ -178,11 +201,14 @@ impl Core {
 
     /// The encoder a job's chunks use.
     pub fn job_encoder(&self, id: JobId) -> Option<String> {
-        self.jobs.get(&id).map(|j| j.encoder.to_string()).or_else(|| {
-            self.finished
-                .get(&id)
-                .map(|r| caps::job_encoder(&r.spec).to_string())
-        })
+        self.jobs
+            .get(&id)
+            .map(|j| j.encoder.to_string())
+            .or_else(|| {
+                self.finished
+                    .get(&id)
+                    .map(|r| caps::job_encoder(&r.spec).to_string())
+            })
     }
 }
 
@@ -202,6 +228,7 @@ fn record_view(r: &JobRecord) -> JobView {
         frames_stolen: r.frames_stolen,
         frames_wasted: r.frames_wasted,
         missing_frames: r.missing.clone(),
+        blocklisted_nodes: Vec::new(),
         error: r.error.clone(),
         submitted_at_ms: r.submitted_at_ms,
         first_frame_at_ms: r.first_frame_at_ms,
