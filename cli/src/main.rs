@@ -50,7 +50,7 @@ enum Cmd {
     },
     /// Run a node agent that renders and encodes chunks.
     #[command(
-        after_help = "Example:\n  drover node --coordinator 10.0.0.5:8271 --cert coordinator-cert.der --name gpu-07"
+        after_help = "Example:\n  drover node --coordinator 10.0.0.5:8271 --cert coordinator-cert.der --name gpu-07 --tags fast,4k --pool studio\n\nTest aids (--slowdown, --test-gpu, --fail-frame) make a node pretend to be slower, another GPU or faulty, for testing a farm; such a node says so in its capabilities (test_override). Never use them in production."
     )]
     Node {
         /// The coordinator's QUIC address.
@@ -70,6 +70,49 @@ enum Cmd {
         /// printed by the coordinator at start).
         #[arg(long, env = "DROVER_CERT_SHA256")]
         cert_sha256: Option<String>,
+        /// Labels for this node, comma-separated; jobs pick nodes by them
+        /// (`requirements.tags`).
+        #[arg(
+            long,
+            env = "DROVER_NODE_TAGS",
+            value_delimiter = ',',
+            value_name = "TAG,..."
+        )]
+        tags: Vec<String>,
+        /// The node's pool; jobs pick a pool with `requirements.pool`
+        /// (default: none).
+        #[arg(long, env = "DROVER_NODE_POOL", value_name = "NAME")]
+        pool: Option<String>,
+        /// Test aid: make this node FACTOR times slower (1 to 1000) by
+        /// pausing after each frame; its calibration reports the slower
+        /// speed.
+        #[arg(
+            long,
+            env = "DROVER_NODE_SLOWDOWN",
+            value_name = "FACTOR",
+            default_value_t = 1.0,
+            value_parser = drover_node::exec::parse_slowdown_factor,
+            help_heading = "Test aids (for testing a farm, never for production)"
+        )]
+        slowdown: f64,
+        /// Test aid: report the render adapter as a discrete NVIDIA GPU named
+        /// NAME (the node still renders on the adapter it has).
+        #[arg(
+            long,
+            value_name = "NAME",
+            help_heading = "Test aids (for testing a farm, never for production)"
+        )]
+        test_gpu: Option<String>,
+        /// Test aid: fail any chunk that reaches frame N (a job frame
+        /// number), naming the frame; repeat or separate with commas for
+        /// several frames.
+        #[arg(
+            long,
+            value_name = "N",
+            value_delimiter = ',',
+            help_heading = "Test aids (for testing a farm, never for production)"
+        )]
+        fail_frame: Vec<u64>,
     },
     /// Submit a job spec (TOML or JSON).
     #[command(after_help = "Example:\n  drover submit shot.toml --watch")]
@@ -216,6 +259,11 @@ fn main() -> anyhow::Result<()> {
             name,
             cert,
             cert_sha256,
+            tags,
+            pool,
+            slowdown,
+            test_gpu,
+            fail_frame,
         } => {
             init_logs("info");
             let name = name
@@ -240,6 +288,11 @@ fn main() -> anyhow::Result<()> {
                 name,
                 data_dir,
                 trust,
+                tags,
+                pool: pool.unwrap_or_default(),
+                slowdown_factor: slowdown,
+                test_gpu,
+                fail_frames: fail_frame,
             };
             tokio::runtime::Runtime::new()?.block_on(drover_node::agent::run(cfg))
         }

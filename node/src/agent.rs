@@ -1,8 +1,11 @@
-//! The node agent's connection to the coordinator: connect, hello,
-//! heartbeats, assignments, uploads, and reconnection with backoff and jitter.
+//! The node agent's connection to the coordinator: connect, preamble and
+//! hello, heartbeats, assignments, shrinks, uploads, and reconnection with
+//! backoff and jitter.
 //!
 //! One executor thread runs chunks one at a time (rendering and encoding
 //! overlap inside a chunk); the async side only moves messages and files.
+//! A `Shrink` is answered at once on the control loop, through the chunk's
+//! [`FrameWindow`], which the executor consults before starting each frame.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,18 +15,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use drover_protocol::preamble::{self, PreambleError};
 use drover_protocol::{
-    codec, Assign, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, CoordToNode, Heartbeat, Hello,
-    NodeToCoord, StreamKind, UploadHeader, UploadReply, MAX_CONTROL_FRAME_BYTES, PROTOCOL_VERSION,
+    codec, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, CoordToNode, Heartbeat, Hello,
+    NodeToCoord, ShrinkAck, StreamKind, UploadHeader, UploadReply, MAX_CONTROL_FRAME_BYTES,
+    PROTOCOL_VERSION,
 };
 use drover_shared::caps::Capabilities;
 use drover_shared::config::CERT_SERVER_NAME;
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::exec::{Executor, WorkItem, WorkerEvent};
+use crate::exec::{Executor, FrameWindow, TestAids, WorkItem, WorkerEvent};
 use crate::render::Gpu;
 use crate::tls::Trust;
 
@@ -42,6 +47,10 @@ const NOT_STARTED: u64 = u64::MAX;
 const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// The node's QUIC idle timeout: a coordinator silent this long is gone.
 const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// Longest wait for the coordinator's preamble. QUIC keep-alives keep a
+/// connection open even when the coordinator never answers on the stream,
+/// so the idle timeout alone would not end such a session.
+const PREAMBLE_TIMEOUT_MS: u64 = 10_000;
 
 /// Settings of one node agent.
 #[derive(Debug, Clone)]
@@ -54,13 +63,49 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// How the coordinator's certificate is pinned.
     pub trust: Trust,
+    /// Admin-given labels that jobs can require (`requirements.tags`).
+    pub tags: Vec<String>,
+    /// The node's pool, empty for none (`requirements.pool`).
+    pub pool: String,
+    /// Test aid: the node renders `slowdown_factor` times slower (1 is
+    /// normal; at most [`crate::exec::MAX_SLOWDOWN_FACTOR`]).
+    pub slowdown_factor: f64,
+    /// Test aid: report the render adapter as a discrete NVIDIA GPU of this
+    /// name (rendering still uses the real one).
+    pub test_gpu: Option<String>,
+    /// Test aid: frames (job frame numbers) whose render fails on purpose.
+    pub fail_frames: Vec<u64>,
 }
 
-/// Chunks this session holds: cancel flag and frames done, shared with the
-/// executor (writes) and the heartbeat (reads).
-type Held = Arc<Mutex<HashMap<ChunkRef, (Arc<AtomicBool>, Arc<AtomicU64>)>>>;
+/// One chunk this session holds, shared with the executor (which writes
+/// progress and starts frames), the heartbeat (reads progress) and the
+/// control loop (cancels and shrinks).
+struct HeldChunk {
+    /// Set when the coordinator cancels the chunk or the session ends.
+    cancel: Arc<AtomicBool>,
+    /// Frames read back so far, [`NOT_STARTED`] before the executor starts.
+    frames_done: Arc<AtomicU64>,
+    /// The frames the chunk may still start.
+    window: Arc<FrameWindow>,
+}
+
+impl HeldChunk {
+    /// The answer to a shrink proposal: the last frame the segment will
+    /// hold, or `None` when this chunk will deliver nothing (cancelled, or
+    /// rendering failed).
+    fn shrink(&self, proposed_end: u64) -> Option<u64> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.window.shrink(proposed_end)
+    }
+}
+
+/// Chunks this session holds.
+type Held = Arc<Mutex<HashMap<ChunkRef, HeldChunk>>>;
 
 /// How a session ended.
+#[derive(Debug, PartialEq)]
 enum SessionEnd {
     /// The coordinator refused us; `permanent` when it speaks another
     /// protocol version (retrying cannot help), otherwise (name in use, say)
@@ -73,6 +118,12 @@ enum SessionEnd {
 /// Runs the agent until the coordinator refuses it (an error) or the process
 /// is stopped.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let aids = TestAids {
+        slowdown_factor: cfg.slowdown_factor,
+        fail_frames: cfg.fail_frames.clone(),
+    };
+    aids.check()
+        .map_err(|e| anyhow::anyhow!("--slowdown: {e}"))?;
     let spool = cfg.data_dir.join("spool");
     // Segments left by an earlier run belong to chunks the coordinator has
     // requeued since (it re-adopts nothing yet), so they are dropped.
@@ -81,21 +132,50 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
     let node_id = load_or_create_node_id(&cfg.data_dir)?;
-    // Probing opens the GPU and test-encodes: blocking work.
-    let (gpu, caps) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Gpu, Capabilities)> {
-        let gpu = Gpu::new().context(
-            "no usable graphics adapter (install Mesa's Vulkan driver for CPU rendering)",
-        )?;
-        let caps = crate::probe::capabilities(gpu.adapter());
-        Ok((gpu, caps))
-    })
-    .await??;
-    if caps.encoders.is_empty() {
-        anyhow::bail!("no FFmpeg encoder opened in the probe; install FFmpeg with libx264");
+    // Probing opens the GPU and test-encodes, and the calibration renders:
+    // blocking work.
+    let calibration_dir = cfg.data_dir.clone();
+    let calibration_aids = aids.clone();
+    let (gpu, mut caps) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Gpu, Capabilities)> {
+            let gpu = Gpu::new().context(
+                "no usable graphics adapter (install Mesa's Vulkan driver for CPU rendering)",
+            )?;
+            let mut caps = crate::probe::capabilities(gpu.adapter());
+            if caps.encoders.is_empty() {
+                anyhow::bail!("no FFmpeg encoder opened in the probe; install FFmpeg with libx264");
+            }
+            // A node that cannot calibrate can still render: the
+            // scheduler then starts from its default estimate.
+            caps.calibration = crate::exec::calibration_encoder(&caps.encoders)
+                .map(|encoder| {
+                    crate::exec::calibrate(&gpu, &calibration_dir, &calibration_aids, encoder)
+                })
+                .transpose()
+                .unwrap_or_else(|e| {
+                    warn!("calibration render failed: {e}");
+                    None
+                });
+            Ok((gpu, caps))
+        })
+        .await??;
+    caps.tags = clean_tags(&cfg.tags);
+    caps.pool = cfg.pool.trim().to_string();
+    crate::probe::apply_test_aids(&mut caps, cfg.test_gpu.as_deref(), aids.slowdown_factor);
+    if let Some(k) = caps.calibration {
+        info!(
+            frames_per_s = format!("{:.1}", k.frames_per_s),
+            size = format!("{}x{}", k.width, k.height),
+            slowdown = aids.slowdown_factor,
+            "calibrated"
+        );
+    }
+    if let Some(aid) = &caps.test_override {
+        warn!("test aids in use, this node does not report its real hardware or speed: {aid}");
     }
     info!(name = %cfg.name, %node_id, adapter = %gpu.adapter().name, device = %gpu.adapter().device_type,
-        encoders = ?caps.encoders, "node ready");
-    let executor = Executor::start(gpu, spool);
+        encoders = ?caps.encoders, tags = ?caps.tags, pool = %caps.pool, "node ready");
+    let executor = Executor::start(gpu, spool, aids);
     let client = crate::tls::client_config(&cfg.trust)?;
     let bind: SocketAddr = if cfg.coordinator.is_ipv6() {
         "[::]:0"
@@ -148,36 +228,22 @@ async fn session(
         .await
         .map_err(|_| anyhow::anyhow!("no QUIC handshake within {CONNECT_TIMEOUT_MS} ms"))??;
     let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_u8(StreamKind::Control as u8).await?;
-    codec::write_msg(
-        &mut send,
-        &NodeToCoord::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            node_id: node_id.to_string(),
-            name: cfg.name.clone(),
-            capabilities: caps.into(),
-        }),
-    )
-    .await?;
-    let heartbeat_ms =
-        match codec::read_msg::<_, CoordToNode>(&mut recv, MAX_CONTROL_FRAME_BYTES).await? {
-            Some(CoordToNode::Welcome {
-                heartbeat_interval_ms,
-                ..
-            }) => heartbeat_interval_ms,
-            Some(CoordToNode::Refused {
-                reason,
-                protocol_version,
-            }) => {
-                return Ok(SessionEnd::Refused {
-                    reason,
-                    permanent: protocol_version != PROTOCOL_VERSION,
-                })
-            }
-            Some(other) => anyhow::bail!("expected welcome, got {other:?}"),
-            None => anyhow::bail!("coordinator closed the stream during the handshake"),
-        };
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        node_id: node_id.to_string(),
+        name: cfg.name.clone(),
+        capabilities: caps.into(),
+    };
+    let heartbeat_ms = match open_control(&mut send, &mut recv, hello).await? {
+        Opened::Welcome {
+            heartbeat_interval_ms,
+        } => heartbeat_interval_ms,
+        Opened::Ended(end) => {
+            conn.close(0u32.into(), b"bye");
+            return Ok(end);
+        }
+    };
     info!(coordinator = %cfg.coordinator, "connected");
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<NodeToCoord>();
@@ -211,10 +277,10 @@ async fn session(
                     .iter()
                     // Queued chunks are not reported: only the executor's
                     // first progress (0 frames) marks a chunk started.
-                    .filter(|(_, (_, done))| done.load(Ordering::Relaxed) != NOT_STARTED)
-                    .map(|(c, (_, done))| ChunkProgress {
+                    .filter(|(_, h)| h.frames_done.load(Ordering::Relaxed) != NOT_STARTED)
+                    .map(|(c, h)| ChunkProgress {
                         chunk: *c,
-                        frames_done: done.load(Ordering::Relaxed),
+                        frames_done: h.frames_done.load(Ordering::Relaxed),
                     })
                     .collect();
                 let hb = Heartbeat {
@@ -253,20 +319,29 @@ async fn session(
                     }
                     WorkerEvent::Finished {
                         assign,
+                        start,
+                        end,
                         path,
                         hash,
                         adapter,
                         elapsed_ms,
                     } => {
                         last_progress.remove(&assign.chunk);
-                        let msg = match upload(&conn, &assign, &path, hash).await {
+                        let segment = Segment {
+                            chunk: assign.chunk,
+                            start,
+                            end,
+                            path: &path,
+                            hash,
+                        };
+                        let msg = match upload(&conn, &segment).await {
                             Ok(()) => {
                                 // The coordinator has it: the spool copy can go.
                                 let _ = tokio::fs::remove_file(&path).await;
                                 NodeToCoord::Done(ChunkDone {
                                     chunk: assign.chunk,
-                                    start: assign.start,
-                                    end: assign.end,
+                                    start,
+                                    end,
                                     output_hash: hash,
                                     adapter,
                                     elapsed_ms,
@@ -280,6 +355,7 @@ async fn session(
                                     chunk: assign.chunk,
                                     reason: format!("upload failed: {e:#}"),
                                     log_tail: String::new(),
+                                    failed_frame: None,
                                 })
                             }
                         };
@@ -290,13 +366,14 @@ async fn session(
                         chunk,
                         reason,
                         log_tail,
+                        failed_frame,
                     } => {
                         last_progress.remove(&chunk);
                         let cancelled = held
                             .lock()
                             .expect("held map")
                             .remove(&chunk)
-                            .is_none_or(|(c, _)| c.load(Ordering::Relaxed));
+                            .is_none_or(|h| h.cancel.load(Ordering::Relaxed));
                         if !cancelled {
                             error!(
                                 job = chunk.job,
@@ -307,6 +384,7 @@ async fn session(
                                 chunk,
                                 reason,
                                 log_tail,
+                                failed_frame,
                             }));
                         }
                     }
@@ -320,23 +398,62 @@ async fn session(
             Ok(Some(CoordToNode::Assign(a))) => {
                 info!(job = a.chunk.job, chunk = a.chunk.index, epoch = a.chunk.epoch,
                     frames = %format!("{}-{}", a.start, a.end), "assigned");
+                let window = match FrameWindow::new(a.start, a.end) {
+                    Ok(w) => Arc::new(w),
+                    Err(e) => {
+                        warn!(
+                            job = a.chunk.job,
+                            chunk = a.chunk.index,
+                            "refusing assignment: {e}"
+                        );
+                        let _ = out_tx.send(NodeToCoord::Failed(ChunkFailed {
+                            chunk: a.chunk,
+                            reason: e.to_string(),
+                            log_tail: String::new(),
+                            failed_frame: None,
+                        }));
+                        continue;
+                    }
+                };
                 let cancel = Arc::new(AtomicBool::new(false));
                 let done = Arc::new(AtomicU64::new(NOT_STARTED));
-                held.lock()
-                    .expect("held map")
-                    .insert(a.chunk, (cancel.clone(), done.clone()));
+                held.lock().expect("held map").insert(
+                    a.chunk,
+                    HeldChunk {
+                        cancel: cancel.clone(),
+                        frames_done: done.clone(),
+                        window: window.clone(),
+                    },
+                );
                 executor.submit(WorkItem {
                     assign: a,
                     cancel,
                     frames_done: done,
+                    window,
                     events: ev_tx.clone(),
                 });
             }
             Ok(Some(CoordToNode::Cancel(c))) => {
                 info!(job = c.job, chunk = c.index, "cancelled by coordinator");
-                if let Some((flag, _)) = held.lock().expect("held map").get(&c) {
-                    flag.store(true, Ordering::Relaxed);
+                if let Some(h) = held.lock().expect("held map").get(&c) {
+                    h.cancel.store(true, Ordering::Relaxed);
                 }
+            }
+            Ok(Some(CoordToNode::Shrink {
+                chunk,
+                proposed_end,
+            })) => {
+                // Answered here, on the control loop, without waiting for the
+                // executor: the window's lock makes the answer exact whatever
+                // the executor is doing.
+                let end = held
+                    .lock()
+                    .expect("held map")
+                    .get(&chunk)
+                    .and_then(|h| h.shrink(proposed_end));
+                info!(job = chunk.job, chunk = chunk.index, epoch = chunk.epoch, proposed_end,
+                    answer = ?end, "shrink");
+                let _ = out_tx.send(NodeToCoord::ShrinkAck(ShrinkAck { chunk, end }));
             }
             Ok(Some(CoordToNode::Refused {
                 reason,
@@ -353,14 +470,104 @@ async fn session(
         }
     };
     // The coordinator requeues whatever this session held; stop working on it.
-    for (flag, _) in held.lock().expect("held map").values() {
-        flag.store(true, Ordering::Relaxed);
+    for h in held.lock().expect("held map").values() {
+        h.cancel.store(true, Ordering::Relaxed);
     }
     heartbeat.abort();
     writer.abort();
     events.abort();
     conn.close(0u32.into(), b"bye");
     Ok(end)
+}
+
+/// How opening the control stream ended.
+#[derive(Debug, PartialEq)]
+enum Opened {
+    /// The coordinator took the node.
+    Welcome { heartbeat_interval_ms: u64 },
+    /// The session is over before it began.
+    Ended(SessionEnd),
+}
+
+/// Opens the control stream: the stream kind, both preambles, then hello
+/// and the coordinator's welcome or refusal.
+///
+/// The preambles come first, before any archive, so that a coordinator of
+/// another protocol version is told apart from a broken one: the node
+/// stops for good when the versions differ or the peer is not Drover at
+/// all, and retries when the stream merely closed. Transport errors while
+/// writing are `Err` (the caller retries).
+async fn open_control<W, R>(send: &mut W, recv: &mut R, hello: Hello) -> anyhow::Result<Opened>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    send.write_u8(StreamKind::Control as u8).await?;
+    preamble::write(send, PROTOCOL_VERSION).await?;
+    let theirs = tokio::time::timeout(
+        Duration::from_millis(PREAMBLE_TIMEOUT_MS),
+        preamble::read(recv),
+    )
+    .await;
+    match theirs {
+        Ok(Ok(version)) if version == PROTOCOL_VERSION => {}
+        Ok(Ok(version)) => {
+            return Ok(Opened::Ended(SessionEnd::Refused {
+                reason: format!(
+                    "coordinator speaks protocol {version}, this node speaks {PROTOCOL_VERSION}; upgrade the older side"
+                ),
+                permanent: true,
+            }))
+        }
+        Ok(Err(e @ PreambleError::BadMagic(_))) => {
+            return Ok(Opened::Ended(SessionEnd::Refused {
+                reason: format!("the coordinator's address answers, but not as Drover: {e}"),
+                permanent: true,
+            }))
+        }
+        Ok(Err(PreambleError::Io(e))) => {
+            return Ok(Opened::Ended(SessionEnd::Lost(format!(
+                "coordinator closed the stream before answering the preamble: {e}"
+            ))))
+        }
+        Err(_) => {
+            return Ok(Opened::Ended(SessionEnd::Lost(format!(
+                "no preamble from the coordinator within {PREAMBLE_TIMEOUT_MS} ms"
+            ))))
+        }
+    }
+    codec::write_msg(send, &NodeToCoord::Hello(hello)).await?;
+    match codec::read_msg::<_, CoordToNode>(recv, MAX_CONTROL_FRAME_BYTES).await? {
+        Some(CoordToNode::Welcome {
+            heartbeat_interval_ms,
+            ..
+        }) => Ok(Opened::Welcome {
+            heartbeat_interval_ms,
+        }),
+        Some(CoordToNode::Refused {
+            reason,
+            protocol_version,
+        }) => Ok(Opened::Ended(SessionEnd::Refused {
+            reason,
+            permanent: protocol_version != PROTOCOL_VERSION,
+        })),
+        Some(other) => anyhow::bail!("expected welcome, got {other:?}"),
+        None => Ok(Opened::Ended(SessionEnd::Lost(
+            "coordinator closed the stream during the handshake".into(),
+        ))),
+    }
+}
+
+/// Tags as the node reports them: trimmed, without empty ones or repeats,
+/// in the order given.
+fn clean_tags(tags: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in tags.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_string());
+        }
+    }
+    out
 }
 
 /// The node's id, made on first start (16 random bytes, hex) and kept in
@@ -379,26 +586,34 @@ pub fn load_or_create_node_id(data_dir: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// A finished segment in the spool.
+struct Segment<'a> {
+    chunk: ChunkRef,
+    /// First frame it holds, inclusive.
+    start: u64,
+    /// Last frame it holds, inclusive (after any shrink).
+    end: u64,
+    path: &'a Path,
+    hash: [u8; 32],
+}
+
 /// Sends a finished segment on its own stream and waits for the
 /// coordinator's verdict.
-async fn upload(
-    conn: &quinn::Connection,
-    a: &Assign,
-    path: &Path,
-    hash: [u8; 32],
-) -> anyhow::Result<()> {
-    let mut file = tokio::fs::File::open(path)
+async fn upload(conn: &quinn::Connection, seg: &Segment<'_>) -> anyhow::Result<()> {
+    let mut file = tokio::fs::File::open(seg.path)
         .await
-        .with_context(|| format!("opening {}", path.display()))?;
+        .with_context(|| format!("opening {}", seg.path.display()))?;
     let bytes = file.metadata().await?.len();
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_u8(StreamKind::Upload as u8).await?;
     codec::write_msg(
         &mut send,
         &UploadHeader {
-            chunk: a.chunk,
+            chunk: seg.chunk,
+            start: seg.start,
+            end: seg.end,
             bytes,
-            hash,
+            hash: seg.hash,
         },
     )
     .await?;
@@ -432,20 +647,6 @@ async fn upload(
     }
 }
 
-impl Executor {
-    fn submit(&self, item: WorkItem) {
-        // The executor thread only ends if it panicked; report the chunk
-        // failed rather than take the agent down with it.
-        if let Err(std::sync::mpsc::SendError(item)) = self.queue.send(item) {
-            let _ = item.events.send(WorkerEvent::Failed {
-                chunk: item.assign.chunk,
-                reason: "the node's executor thread has stopped; restart the node".into(),
-                log_tail: String::new(),
-            });
-        }
-    }
-}
-
 /// Keeps quinn's keep-alive in one place.
 pub(crate) fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
@@ -455,4 +656,135 @@ pub(crate) fn transport() -> quinn::TransportConfig {
             .expect("small timeout"),
     ));
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    /// What the coordinator side of the test does after reading the node's
+    /// stream kind and preamble.
+    enum Coordinator {
+        /// Answers these preamble bytes, then `welcome` or a refusal.
+        Preamble([u8; preamble::PREAMBLE_BYTES], Option<CoordToNode>),
+        /// Closes the stream without a preamble.
+        Close,
+    }
+
+    /// Opens the control stream against a scripted coordinator over an
+    /// in-memory pipe; returns the outcome and the hello it received.
+    async fn open_against(script: Coordinator) -> (Opened, Option<Hello>) {
+        let (node, coord) = tokio::io::duplex(64 * 1024);
+        let peer = tokio::spawn(async move {
+            let mut coord: DuplexStream = coord;
+            assert_eq!(coord.read_u8().await.unwrap(), StreamKind::Control as u8);
+            let theirs = preamble::read(&mut coord).await.unwrap();
+            assert_eq!(theirs, PROTOCOL_VERSION);
+            match script {
+                Coordinator::Close => None,
+                Coordinator::Preamble(bytes, answer) => {
+                    coord.write_all(&bytes).await.unwrap();
+                    let answer = answer?;
+                    let hello = match codec::read_msg::<_, NodeToCoord>(&mut coord, 1 << 20)
+                        .await
+                        .unwrap()
+                    {
+                        Some(NodeToCoord::Hello(h)) => h,
+                        other => panic!("expected hello, got {other:?}"),
+                    };
+                    codec::write_msg(&mut coord, &answer).await.unwrap();
+                    Some(hello)
+                }
+            }
+        });
+        let (mut recv, mut send) = tokio::io::split(node);
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "test".into(),
+            node_id: "0".repeat(32),
+            name: "n1".into(),
+            capabilities: (&Capabilities::default()).into(),
+        };
+        let opened = open_control(&mut send, &mut recv, hello).await.unwrap();
+        (opened, peer.await.unwrap())
+    }
+
+    fn refused(opened: &Opened) -> (&str, bool) {
+        match opened {
+            Opened::Ended(SessionEnd::Refused { reason, permanent }) => (reason, *permanent),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_is_a_permanent_refusal_naming_both() {
+        let (opened, hello) = open_against(Coordinator::Preamble(preamble::encode(1), None)).await;
+        let (reason, permanent) = refused(&opened);
+        assert!(permanent);
+        assert_eq!(
+            reason,
+            format!("coordinator speaks protocol 1, this node speaks {PROTOCOL_VERSION}; upgrade the older side")
+        );
+        assert!(hello.is_none(), "no hello after a version mismatch");
+    }
+
+    #[tokio::test]
+    async fn bad_magic_is_permanent() {
+        let (opened, _) = open_against(Coordinator::Preamble(*b"HTTP/1.1", None)).await;
+        let (reason, permanent) = refused(&opened);
+        assert!(permanent);
+        assert!(reason.contains("not a Drover peer"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_closed_before_the_preamble_is_lost_not_refused() {
+        let (opened, _) = open_against(Coordinator::Close).await;
+        assert!(
+            matches!(&opened, Opened::Ended(SessionEnd::Lost(why)) if why.contains("before answering the preamble")),
+            "{opened:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn same_version_goes_on_to_hello_and_welcome() {
+        let welcome = CoordToNode::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            heartbeat_interval_ms: 750,
+        };
+        let (opened, hello) = open_against(Coordinator::Preamble(
+            preamble::encode(PROTOCOL_VERSION),
+            Some(welcome),
+        ))
+        .await;
+        assert_eq!(
+            opened,
+            Opened::Welcome {
+                heartbeat_interval_ms: 750
+            }
+        );
+        assert_eq!(hello.map(|h| h.name), Some("n1".to_string()));
+
+        // A refusal of the same version (a name in use) is retried.
+        let refusal = CoordToNode::Refused {
+            reason: "name n1 is in use".into(),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        let (opened, _) = open_against(Coordinator::Preamble(
+            preamble::encode(PROTOCOL_VERSION),
+            Some(refusal),
+        ))
+        .await;
+        assert_eq!(refused(&opened), ("name n1 is in use", false));
+    }
+
+    #[test]
+    fn tags_are_cleaned() {
+        let v = |s: &[&str]| s.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            clean_tags(&v(&[" fast", "gpu ", "", "fast", "  "])),
+            v(&["fast", "gpu"])
+        );
+        assert!(clean_tags(&[]).is_empty());
+    }
 }

@@ -1,17 +1,30 @@
 //! The executor thread: runs assigned chunks one at a time. Inside a chunk the
 //! renderer and the encoder run on two threads joined by a short bounded
 //! queue, so rendering frame k+1 overlaps encoding frame k.
+//!
+//! # Layout
+//! - [`Executor`]: the thread and its queue of [`WorkItem`]s.
+//! - [`FrameWindow`]: the frames a chunk may still start, shared with the
+//!   agent so that a `Shrink` from the coordinator is answered exactly.
+//! - [`start_segment_in`] and [`render_and_encode_in`]: render a window of
+//!   frames into one segment (the chunk's work, the benchmark's baseline and
+//!   the calibration alike).
+//! - [`calibrate`]: the node's speed at start.
+//! - [`TestAids`]: `--slowdown` and `--fail-frame`, for tests of the farm.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use drover_protocol::{Assign, ChunkRef};
+use drover_shared::caps::Calibration;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::encode::{EncodeSettings, SegmentEncoder, DEFAULT_PRESET};
-use crate::render::{Gpu, RenderError, Renderer};
+use crate::encode::{EncodeSettings, SegmentEncoder, DEFAULT_CODEC, DEFAULT_PRESET};
+use crate::render::{Gpu, RenderError, Renderer, FRAMES_IN_FLIGHT};
 
 /// Frames waiting between renderer and encoder: enough to absorb jitter, few
 /// enough that a 4K chunk does not hold much memory (4 x 33 MB).
@@ -25,6 +38,8 @@ pub struct WorkItem {
     pub cancel: Arc<AtomicBool>,
     /// Frames rendered so far, read by heartbeats.
     pub frames_done: Arc<AtomicU64>,
+    /// The frames the chunk may still start; the agent shrinks it.
+    pub window: Arc<FrameWindow>,
     /// Where progress and the result go (the session that assigned it).
     pub events: UnboundedSender<WorkerEvent>,
 }
@@ -45,6 +60,11 @@ pub enum WorkerEvent {
     Finished {
         /// The assignment.
         assign: Assign,
+        /// First frame in the segment, inclusive.
+        start: u64,
+        /// Last frame in the segment, inclusive: the assignment's end or,
+        /// after a shrink, the end the node answered.
+        end: u64,
         /// Spool path of the segment.
         path: PathBuf,
         /// Its BLAKE3.
@@ -62,17 +82,285 @@ pub enum WorkerEvent {
         reason: String,
         /// Context for the admin.
         log_tail: String,
+        /// The frame whose render failed, when the failure is a frame's.
+        failed_frame: Option<u64>,
     },
+}
+
+/// The frames of one chunk: shared by the executor thread, which starts
+/// them one by one, and the agent, which shrinks the chunk when the
+/// coordinator steals its tail.
+///
+/// Both sides take the same lock, so each decision is atomic: a frame is
+/// started only if it is within the end at that moment, and a shrink never
+/// moves the end before a frame already started. The end a shrink answers
+/// is therefore exactly the last frame the segment will hold.
+#[derive(Debug)]
+pub struct FrameWindow {
+    start: u64,
+    state: Mutex<WindowState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WindowState {
+    /// The next frame the executor would start: `start` until the first
+    /// frame is submitted to the GPU, then one past the last submitted.
+    next_frame: u64,
+    /// The last frame the segment will hold, as far as anyone knows now.
+    end: u64,
+    /// Rendering failed or was cancelled: the segment will hold nothing.
+    stopped: bool,
+}
+
+impl FrameWindow {
+    /// Frames `start..=end`, none started.
+    pub fn new(start: u64, end: u64) -> Result<FrameWindow, ChunkError> {
+        if end < start {
+            return Err(ChunkError::BadRange { start, end });
+        }
+        Ok(FrameWindow {
+            start,
+            state: Mutex::new(WindowState {
+                next_frame: start,
+                end,
+                stopped: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        // The state is three plain numbers written under the lock in one
+        // step each, so it is consistent even if a holder panicked.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// First frame, inclusive.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Last frame, inclusive, as of now; final once rendering has ended.
+    pub fn end(&self) -> u64 {
+        self.lock().end
+    }
+
+    /// Frames in the window as of now.
+    pub fn frames(&self) -> u64 {
+        self.end() - self.start + 1
+    }
+
+    /// Frames started so far (submitted to the GPU, not necessarily read
+    /// back).
+    pub fn frames_started(&self) -> u64 {
+        self.lock().next_frame - self.start
+    }
+
+    /// Asked by the executor right before it submits `frame` (frames come
+    /// in order): `true` starts it and from then on no shrink can end the
+    /// window before it; `false` means the window ended before `frame`.
+    pub fn try_start(&self, frame: u64) -> bool {
+        let mut s = self.lock();
+        debug_assert_eq!(frame, s.next_frame, "frames start in order");
+        if s.stopped || frame > s.end {
+            return false;
+        }
+        s.next_frame = frame.saturating_add(1);
+        true
+    }
+
+    /// The coordinator proposes `proposed_end` as the new last frame; the
+    /// answer is the last frame the segment will really hold: the proposal,
+    /// but never before a frame already started nor before the first frame,
+    /// and never after the current end. `None` once rendering has failed or
+    /// been cancelled.
+    pub fn shrink(&self, proposed_end: u64) -> Option<u64> {
+        let mut s = self.lock();
+        if s.stopped {
+            return None;
+        }
+        // `next_frame - 1` is the last frame started; before any started it
+        // is `start - 1`, which the clamp to `start` already covers.
+        let last_started = s.next_frame.saturating_sub(1);
+        let end = proposed_end.max(self.start).max(last_started).min(s.end);
+        s.end = end;
+        Some(end)
+    }
+
+    /// Marks the window as delivering nothing (rendering or encoding
+    /// failed, or the chunk was cancelled).
+    pub fn stop(&self) {
+        self.lock().stopped = true;
+    }
+}
+
+/// Largest `--slowdown` factor: a bigger one makes a chunk outlast any
+/// stall timeout, which tests nothing useful.
+pub const MAX_SLOWDOWN_FACTOR: f64 = 1000.0;
+
+/// The least render time the slowdown assumes for a frame: tiny test frames
+/// render in well under a millisecond, and a multiple of nearly nothing
+/// would leave the node as fast as before.
+pub const SLOWDOWN_MIN_FRAME_TIME: Duration = Duration::from_millis(2);
+
+/// Aids for testing the farm, never for production: they make this node
+/// behave like a slower or failing one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestAids {
+    /// After each frame the renderer pauses `(factor - 1) x` the frame's
+    /// render time, and the encoder `(factor - 1) x` its encode time (each
+    /// at least [`SLOWDOWN_MIN_FRAME_TIME`]), so whichever stage limits the
+    /// node, it is about `factor` times slower. A slowed renderer keeps one
+    /// frame in flight instead of [`FRAMES_IN_FLIGHT`], so that its pauses
+    /// are not hidden behind GPU work. 1 is normal speed.
+    pub slowdown_factor: f64,
+    /// Frames (job frame numbers) whose render fails on purpose, in any
+    /// chunk that holds them.
+    pub fail_frames: Vec<u64>,
+}
+
+impl Default for TestAids {
+    fn default() -> Self {
+        TestAids {
+            slowdown_factor: 1.0,
+            fail_frames: Vec::new(),
+        }
+    }
+}
+
+impl TestAids {
+    /// Checks the factor: finite and in `1..=`[`MAX_SLOWDOWN_FACTOR`].
+    pub fn check(&self) -> Result<(), String> {
+        let f = self.slowdown_factor;
+        if !(1.0..=MAX_SLOWDOWN_FACTOR).contains(&f) {
+            return Err(format!(
+                "slowdown factor {f} is outside 1..={MAX_SLOWDOWN_FACTOR}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when frames are slowed down.
+    pub fn slows_down(&self) -> bool {
+        self.slowdown_factor > 1.0
+    }
+
+    /// The pause after a frame that took `frame_time` to render.
+    pub fn pause_after(&self, frame_time: Duration) -> Duration {
+        if !self.slows_down() {
+            return Duration::ZERO;
+        }
+        let factor = self.slowdown_factor.min(MAX_SLOWDOWN_FACTOR);
+        frame_time
+            .max(SLOWDOWN_MIN_FRAME_TIME)
+            .mul_f64(factor - 1.0)
+    }
+
+    fn fails(&self, frame: u64) -> bool {
+        self.fail_frames.contains(&frame)
+    }
+}
+
+/// Parses a `--slowdown` factor (for the command line): a number in
+/// `1..=`[`MAX_SLOWDOWN_FACTOR`].
+pub fn parse_slowdown_factor(text: &str) -> Result<f64, String> {
+    let factor: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    let aids = TestAids {
+        slowdown_factor: factor,
+        fail_frames: Vec::new(),
+    };
+    aids.check()?;
+    Ok(factor)
+}
+
+/// Width of the calibration render, pixels.
+pub const CALIBRATION_WIDTH_PX: u32 = 640;
+/// Height of the calibration render, pixels.
+pub const CALIBRATION_HEIGHT_PX: u32 = 360;
+/// Frames in the calibration render: a second of video, enough to average
+/// out the first frame's start-up cost, short enough not to delay a start.
+pub const CALIBRATION_FRAMES: u64 = 24;
+/// Frame rate of the calibration render.
+const CALIBRATION_FPS: u32 = 24;
+/// The built-in shader the calibration renders.
+const CALIBRATION_SHADER: &str = "plasma";
+
+/// Measures this node's speed: renders and encodes a fixed short sequence
+/// (the built-in `plasma` shader, [`CALIBRATION_FRAMES`] frames at
+/// [`CALIBRATION_WIDTH_PX`]x[`CALIBRATION_HEIGHT_PX`]) through the same path
+/// chunks take, under `aids` (so a slowed node reports a slower speed),
+/// with `encoder`. The segment is written in `dir` and deleted afterwards.
+pub fn calibrate(
+    gpu: &Gpu,
+    dir: &Path,
+    aids: &TestAids,
+    encoder: &str,
+) -> Result<Calibration, ChunkError> {
+    let source = drover_shaders::get(CALIBRATION_SHADER)
+        .map(|b| b.source)
+        .ok_or_else(|| {
+            ChunkError::Io(std::io::Error::other(format!(
+                "built-in shader {CALIBRATION_SHADER:?} is missing"
+            )))
+        })?;
+    let (width, height) = (CALIBRATION_WIDTH_PX, CALIBRATION_HEIGHT_PX);
+    // Compiling the pipeline is a per-job cost, not a per-frame one: kept
+    // out of the timed part.
+    let mut renderer = Renderer::new(gpu, source, width, height, CALIBRATION_FPS)?;
+    let settings = EncodeSettings {
+        codec: encoder.to_string(),
+        ..EncodeSettings::new(width, height, CALIBRATION_FPS)
+    };
+    let window = FrameWindow::new(0, CALIBRATION_FRAMES - 1)?;
+    // Test aids that fail frames are for chunks; the calibration only
+    // takes the slowdown.
+    let aids = TestAids {
+        fail_frames: Vec::new(),
+        ..aids.clone()
+    };
+    let path = dir.join("calibration.mp4");
+    let started = Instant::now();
+    let result = render_and_encode_in(
+        &mut renderer,
+        &settings,
+        &window,
+        &aids,
+        &path,
+        &AtomicBool::new(false),
+        |_| {},
+    );
+    let elapsed_s = started.elapsed().as_secs_f64();
+    // Removed whatever happened: only a failed encode removes it itself.
+    let _ = std::fs::remove_file(&path);
+    let frames = result?;
+    Ok(Calibration {
+        frames_per_s: frames as f64 / elapsed_s.max(1e-6),
+        width,
+        height,
+    })
+}
+
+/// The encoder the calibration uses: the default one when it opened here,
+/// else the first that did; `None` when none did.
+pub fn calibration_encoder(encoders: &[String]) -> Option<&str> {
+    encoders
+        .iter()
+        .find(|e| e.as_str() == DEFAULT_CODEC)
+        .or_else(|| encoders.first())
+        .map(String::as_str)
 }
 
 /// Handle to the executor thread.
 pub struct Executor {
-    pub(crate) queue: std::sync::mpsc::Sender<WorkItem>,
+    queue: std::sync::mpsc::Sender<WorkItem>,
 }
 
 impl Executor {
-    /// Starts the executor thread; segments are written under `spool`.
-    pub fn start(gpu: Gpu, spool: PathBuf) -> Executor {
+    /// Starts the executor thread; segments are written under `spool`, and
+    /// every chunk runs under `aids` (the default for real work).
+    pub fn start(gpu: Gpu, spool: PathBuf, aids: TestAids) -> Executor {
         let (tx, rx) = std::sync::mpsc::channel::<WorkItem>();
         std::thread::Builder::new()
             .name("drover-executor".into())
@@ -84,19 +372,22 @@ impl Executor {
                 let mut finishing: Option<PendingSegment> = None;
                 for item in rx {
                     if item.cancel.load(Ordering::Relaxed) {
+                        item.window.stop();
                         let _ = item.events.send(WorkerEvent::Failed {
                             chunk: item.assign.chunk,
                             reason: "cancelled before it started".into(),
                             log_tail: String::new(),
+                            failed_frame: None,
                         });
                         continue;
                     }
                     let events = item.events.clone();
                     let assign = item.assign.clone();
+                    let window = item.window.clone();
                     // A panic in the renderer must fail this chunk, not kill
                     // the thread and strand every chunk queued behind it.
                     let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        start_chunk(&gpu, &mut cache, &spool, item, Instant::now())
+                        start_chunk(&gpu, &mut cache, &spool, &aids, item, Instant::now())
                     }))
                     .unwrap_or_else(|_| {
                         cache = RendererCache::default();
@@ -109,7 +400,8 @@ impl Executor {
                             }
                         }
                         Err(e) => {
-                            let _ = events.send(failed(&assign, gpu.adapter(), &e));
+                            window.stop();
+                            let _ = events.send(failed(&assign, &window, gpu.adapter(), &e));
                         }
                     }
                 }
@@ -119,6 +411,21 @@ impl Executor {
             })
             .expect("spawning the executor thread");
         Executor { queue: tx }
+    }
+
+    /// Queues a chunk; the executor runs chunks one at a time, in order.
+    pub fn submit(&self, item: WorkItem) {
+        // The executor thread only ends if it panicked; report the chunk
+        // failed rather than take the agent down with it.
+        if let Err(std::sync::mpsc::SendError(item)) = self.queue.send(item) {
+            item.window.stop();
+            let _ = item.events.send(WorkerEvent::Failed {
+                chunk: item.assign.chunk,
+                reason: "the node's executor thread has stopped; restart the node".into(),
+                log_tail: String::new(),
+                failed_frame: None,
+            });
+        }
     }
 }
 
@@ -165,6 +472,28 @@ pub enum ChunkError {
     /// Spool I/O failed.
     #[error("spool: {0}")]
     Io(#[from] std::io::Error),
+    /// The coordinator sent a range that ends before it starts.
+    #[error("assignment's frame range {start}-{end} ends before it starts")]
+    BadRange {
+        /// First frame sent.
+        start: u64,
+        /// Last frame sent.
+        end: u64,
+    },
+    /// The `--fail-frame` test aid failed this frame on purpose.
+    #[error("test aid: frame {0} fails (--fail-frame)")]
+    TestFailFrame(u64),
+}
+
+impl ChunkError {
+    /// The frame whose render failed, when the failure is a frame's.
+    pub fn failed_frame(&self) -> Option<u64> {
+        match self {
+            ChunkError::Render(RenderError::Frame { frame, .. }) => Some(*frame),
+            ChunkError::TestFailFrame(frame) => Some(*frame),
+            _ => None,
+        }
+    }
 }
 
 /// What the renderer tells the encoder thread.
@@ -195,11 +524,7 @@ impl PendingSegment {
 /// Renders frames `start..=end` and feeds them to an encoder thread writing
 /// the segment at `path`; returns as soon as the last frame is rendered.
 ///
-/// The encoder's flush (x264 drains its lookahead and frame threads, about
-/// 100 ms at 720p) and the trailer then finish on the encoder thread, which
-/// calls `on_done` with the frames written, so the caller can start
-/// rendering the next chunk meanwhile. On failure or cancellation the
-/// segment file is removed before `on_done` sees the error.
+/// The fixed-range form of [`start_segment_in`], without test aids.
 #[allow(clippy::too_many_arguments)]
 pub fn start_segment(
     renderer: &mut Renderer,
@@ -208,12 +533,55 @@ pub fn start_segment(
     end: u64,
     path: &Path,
     cancel: &AtomicBool,
+    progress: impl FnMut(u64),
+    on_done: impl FnOnce(Result<u64, ChunkError>) + Send + 'static,
+) -> Result<PendingSegment, ChunkError> {
+    let window = FrameWindow::new(start, end)?;
+    start_segment_in(
+        renderer,
+        settings,
+        &window,
+        &TestAids::default(),
+        path,
+        cancel,
+        progress,
+        on_done,
+    )
+}
+
+/// Renders the frames of `window` and feeds them to an encoder thread
+/// writing the segment at `path`; returns as soon as the last frame is
+/// rendered.
+///
+/// The window's end is read before each frame is started, so a shrink
+/// while this runs ends the segment at the end it answered; once this
+/// returns, the window's end is final and the segment holds exactly
+/// `window.start()..=window.end()` (or the segment failed).
+///
+/// The encoder's flush (x264 drains its lookahead and frame threads, about
+/// 100 ms at 720p) and the trailer then finish on the encoder thread, which
+/// calls `on_done` with the frames written, so the caller can start
+/// rendering the next chunk meanwhile. On failure or cancellation the
+/// segment file is removed before `on_done` sees the error. `progress`
+/// gets the frames handed to the encoder so far.
+#[allow(clippy::too_many_arguments)]
+pub fn start_segment_in(
+    renderer: &mut Renderer,
+    settings: &EncodeSettings,
+    window: &FrameWindow,
+    aids: &TestAids,
+    path: &Path,
+    cancel: &AtomicBool,
     mut progress: impl FnMut(u64),
     on_done: impl FnOnce(Result<u64, ChunkError>) + Send + 'static,
 ) -> Result<PendingSegment, ChunkError> {
     let mut encoder = SegmentEncoder::create(path, settings)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<ToEncoder>(RENDER_QUEUE_FRAMES);
     let seg_path = path.to_path_buf();
+    // The slowdown pauses the encoder too: when encoding is the slower
+    // stage, pausing only the renderer would merely drain the queue between
+    // them and leave the node as fast as before.
+    let encoder_aids = aids.clone();
     let handle = std::thread::Builder::new()
         .name("drover-encoder".into())
         .spawn(move || {
@@ -226,9 +594,14 @@ pub fn start_segment(
                 for msg in rx {
                     match msg {
                         ToEncoder::Frame(rgba) => {
+                            let pushed = Instant::now();
                             if let Err(e) = encoder.push_rgba(&rgba) {
                                 result = Err(e.into());
                                 break;
+                            }
+                            let pause = encoder_aids.pause_after(pushed.elapsed());
+                            if !pause.is_zero() {
+                                std::thread::sleep(pause);
                             }
                         }
                         ToEncoder::End(end) => {
@@ -237,7 +610,17 @@ pub fn start_segment(
                         }
                     }
                 }
-                result.and_then(|()| Ok(encoder.finish()?.frames))
+                result.and_then(|()| {
+                    // The encoder's flush encodes the frames its lookahead
+                    // still holds, so it is slowed down like every frame.
+                    let flushed = Instant::now();
+                    let frames = encoder.finish()?.frames;
+                    let pause = encoder_aids.pause_after(flushed.elapsed());
+                    if !pause.is_zero() {
+                        std::thread::sleep(pause);
+                    }
+                    Ok(frames)
+                })
             });
             let result = std::panic::catch_unwind(encode).unwrap_or_else(|_| {
                 Err(ChunkError::Io(std::io::Error::other(
@@ -249,20 +632,65 @@ pub fn start_segment(
             }
             on_done(result);
         })?;
-    let rendered = renderer.render_range(start..end + 1, |frame, rgba| {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(RenderError::Sink("cancelled".into()));
-        }
-        tx.send(ToEncoder::Frame(rgba))
-            .map_err(|_| RenderError::Sink("encoder stopped".into()))?;
-        progress(frame - start + 1);
-        Ok(())
-    });
-    let end_msg = match rendered {
-        _ if cancel.load(Ordering::Relaxed) => Err(ChunkError::Cancelled),
-        Ok(()) => Ok(()),
-        Err(e) => Err(e.into()),
+    let start = window.start();
+    // A slowed node renders one frame at a time: with frames in flight the
+    // GPU would keep drawing through the pauses and hide them, and a
+    // frame's own render time could not be measured.
+    let frames_in_flight = if aids.slows_down() {
+        1
+    } else {
+        FRAMES_IN_FLIGHT
     };
+    // When each frame in flight was submitted, oldest first (read back in
+    // the same order), for the slowdown's pause.
+    let submitted_at: RefCell<VecDeque<Instant>> =
+        RefCell::new(VecDeque::with_capacity(FRAMES_IN_FLIGHT));
+    let failed_on_purpose: Cell<Option<u64>> = Cell::new(None);
+    let rendered = renderer.render_while(
+        start,
+        frames_in_flight,
+        |frame| {
+            if !window.try_start(frame) {
+                return false;
+            }
+            if aids.fails(frame) {
+                failed_on_purpose.set(Some(frame));
+                return false;
+            }
+            submitted_at.borrow_mut().push_back(Instant::now());
+            true
+        },
+        |frame, rgba| {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(RenderError::Sink("cancelled".into()));
+            }
+            // Measured before the hand-off, which may wait for a slower
+            // (or slowed) encoder: that wait is not this frame's render time.
+            let render_time = submitted_at.borrow_mut().pop_front().map(|t| t.elapsed());
+            tx.send(ToEncoder::Frame(rgba))
+                .map_err(|_| RenderError::Sink("encoder stopped".into()))?;
+            if let Some(pause) = render_time.map(|t| aids.pause_after(t)) {
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
+            }
+            // Counted after the pause: a slowed frame is done only when its
+            // simulated render time is over.
+            progress(frame - start + 1);
+            Ok(())
+        },
+    );
+    let end_msg = match (rendered, failed_on_purpose.get()) {
+        _ if cancel.load(Ordering::Relaxed) => Err(ChunkError::Cancelled),
+        (Ok(()), Some(frame)) => Err(ChunkError::TestFailFrame(frame)),
+        (Ok(()), None) => Ok(()),
+        (Err(e), _) => Err(e.into()),
+    };
+    if end_msg.is_err() {
+        // A failed segment delivers nothing: a shrink from now on is
+        // answered "not held", whatever the end said.
+        window.stop();
+    }
     // The encoder may already have stopped on its own error; it then
     // reports that error, which explains the render's "encoder stopped".
     let _ = tx.send(ToEncoder::End(end_msg));
@@ -281,12 +709,35 @@ pub fn render_and_encode(
     cancel: &AtomicBool,
     progress: impl FnMut(u64),
 ) -> Result<u64, ChunkError> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pending = start_segment(
+    let window = FrameWindow::new(start, end)?;
+    render_and_encode_in(
         renderer,
         settings,
-        start,
-        end,
+        &window,
+        &TestAids::default(),
+        path,
+        cancel,
+        progress,
+    )
+}
+
+/// [`render_and_encode`] over a [`FrameWindow`] and under test aids: the
+/// chunk path, waited for. Returns the frames the segment holds.
+pub fn render_and_encode_in(
+    renderer: &mut Renderer,
+    settings: &EncodeSettings,
+    window: &FrameWindow,
+    aids: &TestAids,
+    path: &Path,
+    cancel: &AtomicBool,
+    progress: impl FnMut(u64),
+) -> Result<u64, ChunkError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pending = start_segment_in(
+        renderer,
+        settings,
+        window,
+        aids,
         path,
         cancel,
         progress,
@@ -304,18 +755,20 @@ fn start_chunk(
     gpu: &Gpu,
     cache: &mut RendererCache,
     spool: &Path,
+    aids: &TestAids,
     item: WorkItem,
     started: Instant,
 ) -> Result<PendingSegment, ChunkError> {
     let a = item.assign.clone();
-    let total = a.end - a.start + 1;
     let chunk = a.chunk;
+    let window = item.window.clone();
     let report = |frames_done: u64| {
         item.frames_done.store(frames_done, Ordering::Relaxed);
         let _ = item.events.send(WorkerEvent::Progress {
             chunk,
             frames_done,
-            total,
+            // Read anew: a shrink changes the total while the chunk runs.
+            total: window.frames(),
         });
     };
     report(0);
@@ -335,12 +788,17 @@ fn start_chunk(
     let adapter = gpu.adapter().clone();
     let events = item.events.clone();
     let seg = path.clone();
+    let done_window = window.clone();
     let on_done = move |result: Result<u64, ChunkError>| {
+        // Rendering has ended before the encoder finishes, so the window's
+        // end is final here: every frame up to it was started.
+        let (start, end) = (done_window.start(), done_window.end());
+        let total = done_window.frames();
         let finished = result.and_then(|frames| {
             if frames != total {
                 let _ = std::fs::remove_file(&seg);
                 return Err(ChunkError::Io(std::io::Error::other(format!(
-                    "encoder wrote {frames} frames, expected {total}"
+                    "encoder wrote {frames} frames, expected {total} (frames {start}-{end})"
                 ))));
             }
             let mut hasher = blake3::Hasher::new();
@@ -350,20 +808,25 @@ fn start_chunk(
         let ev = match finished {
             Ok(hash) => WorkerEvent::Finished {
                 assign: a,
+                start,
+                end,
                 path: seg,
                 hash,
                 adapter: adapter.name.clone(),
                 elapsed_ms: started.elapsed().as_millis() as u64,
             },
-            Err(e) => failed(&a, &adapter, &e),
+            Err(e) => {
+                done_window.stop();
+                failed(&a, &done_window, &adapter, &e)
+            }
         };
         let _ = events.send(ev);
     };
-    start_segment(
+    start_segment_in(
         renderer,
         &settings,
-        item.assign.start,
-        item.assign.end,
+        &window,
+        aids,
         &path,
         &item.cancel,
         report,
@@ -371,13 +834,152 @@ fn start_chunk(
     )
 }
 
-fn failed(a: &Assign, adapter: &crate::render::AdapterReport, e: &ChunkError) -> WorkerEvent {
+fn failed(
+    a: &Assign,
+    window: &FrameWindow,
+    adapter: &crate::render::AdapterReport,
+    e: &ChunkError,
+) -> WorkerEvent {
     WorkerEvent::Failed {
         chunk: a.chunk,
         reason: e.to_string(),
         log_tail: format!(
             "job {} chunk {} frames {}-{} on {} ({}): {e}",
-            a.chunk.job, a.chunk.index, a.start, a.end, adapter.name, adapter.device_type
+            a.chunk.job,
+            a.chunk.index,
+            window.start(),
+            window.end(),
+            adapter.name,
+            adapter.device_type
         ),
+        failed_frame: e.failed_frame(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window over `start..=end` with `started` frames started, then a
+    /// shrink to `proposed`: the answer, and the window's end after it.
+    fn check(start: u64, end: u64, started: u64, proposed: u64, want: Option<u64>) {
+        let w = FrameWindow::new(start, end).unwrap();
+        for f in start..start + started {
+            assert!(w.try_start(f), "frame {f} of {start}-{end}");
+        }
+        let got = w.shrink(proposed);
+        assert_eq!(
+            got, want,
+            "{start}-{end}, {started} started, proposed {proposed}"
+        );
+        if let Some(e) = got {
+            assert_eq!(w.end(), e);
+            // The executor starts exactly the frames up to the answer.
+            let mut f = start + started;
+            while w.try_start(f) {
+                f += 1;
+            }
+            assert_eq!(f, e + 1, "next frame after the last started");
+            assert_eq!(w.frames_started(), e - start + 1);
+        }
+    }
+
+    #[test]
+    fn shrink_answers() {
+        // Queued: the proposal is taken as is, never before the start.
+        check(10, 49, 0, 20, Some(20));
+        check(10, 49, 0, 10, Some(10));
+        check(10, 49, 0, 3, Some(10));
+        check(0, 0, 0, 0, Some(0));
+        // Running: never before the last frame started (10..=14 here).
+        check(10, 49, 5, 12, Some(14));
+        check(10, 49, 5, 14, Some(14));
+        check(10, 49, 5, 30, Some(30));
+        // Never after the current end.
+        check(10, 49, 5, 80, Some(49));
+        check(10, 49, 40, 20, Some(49));
+        check(10, 49, 40, 49, Some(49));
+    }
+
+    #[test]
+    fn shrinks_only_shrink_and_stop_is_final() {
+        let w = FrameWindow::new(0, 99).unwrap();
+        assert!(w.try_start(0) && w.try_start(1));
+        assert_eq!(w.shrink(50), Some(50));
+        // A later, larger proposal cannot grow the window back.
+        assert_eq!(w.shrink(70), Some(50));
+        assert_eq!(w.shrink(0), Some(1));
+        assert!(!w.try_start(2));
+        assert_eq!(w.frames(), 2);
+        w.stop();
+        assert_eq!(w.shrink(1), None);
+        assert!(!w.try_start(2));
+
+        let reversed = FrameWindow::new(5, 4).unwrap_err();
+        assert_eq!(
+            reversed.to_string(),
+            "assignment's frame range 5-4 ends before it starts"
+        );
+    }
+
+    #[test]
+    fn slowdown_pauses() {
+        let ms = Duration::from_millis;
+        let aids = |f: f64| TestAids {
+            slowdown_factor: f,
+            fail_frames: Vec::new(),
+        };
+        assert_eq!(aids(1.0).pause_after(ms(40)), Duration::ZERO);
+        assert_eq!(aids(3.0).pause_after(ms(40)), ms(80));
+        // Fast frames count as SLOWDOWN_MIN_FRAME_TIME.
+        assert_eq!(aids(3.0).pause_after(Duration::ZERO), ms(4));
+        assert_eq!(aids(1.5).pause_after(ms(1)), ms(1));
+        assert!(aids(1.0).check().is_ok() && aids(1000.0).check().is_ok());
+        for bad in [0.5, 0.0, -2.0, 1001.0, f64::NAN, f64::INFINITY] {
+            let e = aids(bad).check().unwrap_err();
+            assert!(e.contains("outside 1..=1000"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn slowdown_factors_parse() {
+        assert_eq!(parse_slowdown_factor("2.5"), Ok(2.5));
+        assert_eq!(parse_slowdown_factor(" 1 "), Ok(1.0));
+        assert_eq!(
+            parse_slowdown_factor("fast"),
+            Err("\"fast\" is not a number".to_string())
+        );
+        assert!(parse_slowdown_factor("0.5").is_err());
+        assert!(parse_slowdown_factor("NaN").is_err());
+    }
+
+    #[test]
+    fn failed_frames_are_named() {
+        let check = |e: ChunkError, want: Option<u64>| assert_eq!(e.failed_frame(), want, "{e}");
+        check(ChunkError::TestFailFrame(7), Some(7));
+        check(
+            ChunkError::Render(RenderError::Frame {
+                frame: 3,
+                message: "device lost".into(),
+            }),
+            Some(3),
+        );
+        check(ChunkError::Render(RenderError::Sink("x".into())), None);
+        check(ChunkError::Cancelled, None);
+        assert_eq!(
+            ChunkError::TestFailFrame(7).to_string(),
+            "test aid: frame 7 fails (--fail-frame)"
+        );
+    }
+
+    #[test]
+    fn calibration_prefers_the_default_encoder() {
+        let v = |s: &[&str]| s.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            calibration_encoder(&v(&["mpeg4", "libx264"])),
+            Some("libx264")
+        );
+        assert_eq!(calibration_encoder(&v(&["mpeg4"])), Some("mpeg4"));
+        assert_eq!(calibration_encoder(&[]), None);
     }
 }

@@ -1,10 +1,14 @@
 //! Drover's node agent.
 //!
 //! # Layout
-//! - [`agent`]: connection, hello, heartbeats, assignments, uploads, reconnect.
+//! - [`agent`]: connection, preamble and hello, heartbeats, assignments,
+//!   shrinks, uploads, reconnect.
 //! - [`tls`]: pinning the coordinator's certificate.
-//! - [`probe`]: capabilities (sysinfo, wgpu adapters, encoders that open).
-//! - [`exec`]: the executor thread: render and encode one chunk at a time.
+//! - [`probe`]: capabilities (sysinfo, wgpu adapters with vendor and VRAM,
+//!   encoders that open) and the test aids that override them.
+//! - [`exec`]: the executor thread: render and encode one chunk at a time,
+//!   each over a frame window that a shrink can end early; the start-up
+//!   calibration; the slowdown and fail-frame test aids.
 //! - [`render`]: the wgpu executor (headless, GPU adapter or lavapipe).
 //! - [`encode`]: the FFmpeg executor (RGBA frames to an H.264 segment).
 #![warn(missing_docs)]

@@ -109,6 +109,9 @@ pub struct AdapterReport {
     pub device_type: String,
     /// Driver name and version, as the driver reports them.
     pub driver: String,
+    /// PCI vendor id (`0x10DE` for NVIDIA), or the Khronos vendor id of a
+    /// software driver (`0x10005` for Mesa); 0 when the backend does not say.
+    pub vendor_id: u32,
 }
 
 impl AdapterReport {
@@ -123,6 +126,7 @@ impl AdapterReport {
             backend: format!("{:?}", info.backend),
             device_type: device_type_name(info.device_type).to_string(),
             driver,
+            vendor_id: info.vendor,
         }
     }
 }
@@ -515,12 +519,40 @@ impl Renderer {
     pub fn render_range(
         &mut self,
         frames: Range<u64>,
+        sink: impl FnMut(u64, Vec<u8>) -> Result<(), RenderError>,
+    ) -> Result<(), RenderError> {
+        let end = frames.end;
+        self.render_while(frames.start, FRAMES_IN_FLIGHT, |frame| frame < end, sink)
+    }
+
+    /// Renders frames `first`, `first + 1`, ... for as long as `may_start`
+    /// allows, and hands each to `sink` in order.
+    ///
+    /// `may_start(frame)` is asked right before `frame` is submitted to the
+    /// GPU, once per frame and in order; the first `false` ends the range,
+    /// and the frames already submitted are still read back and handed out.
+    /// So a caller whose range can shrink while it renders (work stealing)
+    /// decides about each frame at the moment it is started, and the frames
+    /// handed to `sink` are exactly those it allowed.
+    ///
+    /// At most `frames_in_flight` frames (clamped to 1..=[`FRAMES_IN_FLIGHT`])
+    /// are submitted and not yet read back; 1 renders strictly one frame at a
+    /// time, so each frame's time can be measured alone. A `sink` error stops
+    /// the range and is returned as is.
+    pub fn render_while(
+        &mut self,
+        first: u64,
+        frames_in_flight: usize,
+        mut may_start: impl FnMut(u64) -> bool,
         mut sink: impl FnMut(u64, Vec<u8>) -> Result<(), RenderError>,
     ) -> Result<(), RenderError> {
-        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(FRAMES_IN_FLIGHT);
+        let depth = frames_in_flight.clamp(1, FRAMES_IN_FLIGHT);
+        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(depth);
         let mut result = Ok(());
-        for (i, frame) in frames.enumerate() {
-            if in_flight.len() == FRAMES_IN_FLIGHT {
+        let mut next = Some(first);
+        let mut submitted: usize = 0;
+        while let Some(frame) = next {
+            if in_flight.len() == depth {
                 if let Some(oldest) = in_flight.pop_front() {
                     result = self
                         .read_back_frame(oldest)
@@ -530,17 +562,26 @@ impl Renderer {
                     }
                 }
             }
-            // The slot used FRAMES_IN_FLIGHT frames ago has just been read
-            // back (or never used), so it is free.
-            in_flight.push_back(self.submit(frame, i % FRAMES_IN_FLIGHT));
+            // Asked only now, after the oldest frame is out, so that the
+            // decision is as late as it can be: a shrink that arrives while
+            // the GPU works still stops the very next frame.
+            if !may_start(frame) {
+                break;
+            }
+            // Slots are used in rotation and at most `depth` (<= the number
+            // of slots) are in flight, so the slot used `depth` frames ago
+            // has just been read back (or never used) and is free.
+            in_flight.push_back(self.submit(frame, submitted % depth));
+            submitted += 1;
+            next = frame.checked_add(1);
         }
-        while let Some(next) = in_flight.pop_front() {
+        while let Some(pending) = in_flight.pop_front() {
             if result.is_ok() {
                 result = self
-                    .read_back_frame(next)
+                    .read_back_frame(pending)
                     .and_then(|(f, rgba)| sink(f, rgba));
             } else {
-                self.abandon(next);
+                self.abandon(pending);
             }
         }
         result

@@ -1,0 +1,274 @@
+//! The executor as the agent drives it: real chunks on the real executor
+//! thread (wgpu on whatever adapter is here, lavapipe on CI, and libx264),
+//! shrunk through the shared frame window while they run, failed on purpose
+//! by a test aid, and the start-up calibration.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use drover_node::exec::{
+    calibrate, Executor, FrameWindow, TestAids, WorkItem, WorkerEvent, CALIBRATION_HEIGHT_PX,
+    CALIBRATION_WIDTH_PX,
+};
+use drover_node::render::Gpu;
+use drover_protocol::{Assign, ChunkRef};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Frames are tiny so that a test costs milliseconds per frame.
+const SIZE_PX: u32 = 64;
+
+/// One chunk handed to the executor, with the handles the agent keeps.
+struct Chunk {
+    chunk: ChunkRef,
+    window: Arc<FrameWindow>,
+    cancel: Arc<AtomicBool>,
+}
+
+fn submit(
+    executor: &Executor,
+    events: &UnboundedSender<WorkerEvent>,
+    index: u32,
+    start: u64,
+    end: u64,
+) -> Chunk {
+    let chunk = ChunkRef {
+        job: 1,
+        index,
+        epoch: 1,
+    };
+    let window = Arc::new(FrameWindow::new(start, end).unwrap());
+    let cancel = Arc::new(AtomicBool::new(false));
+    executor.submit(WorkItem {
+        assign: Assign {
+            chunk,
+            start,
+            end,
+            fps: 24,
+            width: SIZE_PX,
+            height: SIZE_PX,
+            shader_source: drover_shaders::get("plasma").unwrap().source.to_string(),
+            encoder: "libx264".into(),
+            crf: 23,
+        },
+        cancel: cancel.clone(),
+        frames_done: Arc::new(AtomicU64::new(u64::MAX)),
+        window: window.clone(),
+        events: events.clone(),
+    });
+    Chunk {
+        chunk,
+        window,
+        cancel,
+    }
+}
+
+/// An executor writing into `spool`, and its event stream.
+fn executor(
+    spool: &Path,
+    aids: TestAids,
+) -> (
+    Executor,
+    UnboundedSender<WorkerEvent>,
+    UnboundedReceiver<WorkerEvent>,
+) {
+    let gpu = Gpu::new().expect("render adapter");
+    let (tx, rx) = unbounded_channel();
+    (Executor::start(gpu, spool.to_path_buf(), aids), tx, rx)
+}
+
+/// Waits for the first progress of `chunk` with at least `frames` frames.
+fn wait_for_progress(rx: &mut UnboundedReceiver<WorkerEvent>, chunk: ChunkRef, frames: u64) -> u64 {
+    loop {
+        match rx.blocking_recv().expect("executor alive") {
+            WorkerEvent::Progress {
+                chunk: c,
+                frames_done,
+                ..
+            } if c == chunk && frames_done >= frames => return frames_done,
+            WorkerEvent::Progress { .. } => {}
+            other => panic!("chunk {chunk:?} ended early: {other:?}"),
+        }
+    }
+}
+
+/// What the executor finally said about `chunk`: `(start, end, path)` of
+/// its segment, after checking that the last progress matched.
+fn wait_for_end(
+    rx: &mut UnboundedReceiver<WorkerEvent>,
+    chunk: ChunkRef,
+) -> Result<(u64, u64, std::path::PathBuf), (String, Option<u64>)> {
+    let mut last_progress = None;
+    loop {
+        match rx.blocking_recv().expect("executor alive") {
+            WorkerEvent::Progress {
+                chunk: c,
+                frames_done,
+                total,
+            } if c == chunk => last_progress = Some((frames_done, total)),
+            WorkerEvent::Finished {
+                assign,
+                start,
+                end,
+                path,
+                ..
+            } if assign.chunk == chunk => {
+                let frames = end - start + 1;
+                if let Some(p) = last_progress {
+                    assert_eq!(p, (frames, frames), "last progress of {chunk:?}");
+                }
+                return Ok((start, end, path));
+            }
+            WorkerEvent::Failed {
+                chunk: c,
+                reason,
+                failed_frame,
+                ..
+            } if c == chunk => return Err((reason, failed_frame)),
+            _ => {}
+        }
+    }
+}
+
+/// Frames in a video, as `ffprobe -count_frames` reads them.
+fn ffprobe_frames(path: &Path) -> u64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("frame count in {text:?}"))
+}
+
+/// The coordinator proposes an end before the frames already started (the
+/// earliest possible, the chunk's start) while the renderer keeps several
+/// frames in flight: the answer covers every started frame, and the
+/// segment holds exactly the answered frames.
+#[test]
+fn shrink_while_running_is_exact_and_keeps_started_frames() {
+    let spool = tempfile::tempdir().unwrap();
+    let (executor, tx, mut rx) = executor(spool.path(), TestAids::default());
+    let (start, end) = (100, 2099);
+    let c = submit(&executor, &tx, 0, start, end);
+    let done = wait_for_progress(&mut rx, c.chunk, 3);
+    let answer = c.window.shrink(start).expect("chunk is held");
+    println!("{done} frames read back when shrunk; answer {answer}");
+    assert!(
+        answer >= start + done - 1,
+        "answer {answer} is before frame {}, already rendered",
+        start + done - 1
+    );
+    assert!(answer < end, "the shrink landed after the last frame");
+    let (seg_start, seg_end, path) = wait_for_end(&mut rx, c.chunk).expect("chunk finishes");
+    assert_eq!((seg_start, seg_end), (start, answer));
+    assert_eq!(c.window.frames_started(), answer - start + 1);
+    assert_eq!(ffprobe_frames(&path), answer - start + 1);
+}
+
+/// A proposal after the frames started is taken as is. The node is slowed
+/// down (one frame at a time, at least 4 ms each), so the 50 frames of
+/// margin cannot all start before the shrink lands.
+#[test]
+fn shrink_to_a_later_frame_takes_the_proposal() {
+    let spool = tempfile::tempdir().unwrap();
+    let aids = TestAids {
+        slowdown_factor: 3.0,
+        fail_frames: Vec::new(),
+    };
+    let (executor, tx, mut rx) = executor(spool.path(), aids);
+    let c = submit(&executor, &tx, 0, 0, 999);
+    let done = wait_for_progress(&mut rx, c.chunk, 2);
+    let proposed = done + 50;
+    assert_eq!(c.window.shrink(proposed), Some(proposed));
+    let (_, seg_end, path) = wait_for_end(&mut rx, c.chunk).expect("chunk finishes");
+    assert_eq!(seg_end, proposed);
+    assert_eq!(ffprobe_frames(&path), proposed + 1);
+}
+
+/// A chunk still queued behind another is shrunk before any of its frames
+/// started: the answer is the proposal, and a cancelled chunk answers
+/// "not held".
+#[test]
+fn shrink_of_a_queued_chunk_and_of_a_cancelled_one() {
+    let spool = tempfile::tempdir().unwrap();
+    let aids = TestAids {
+        slowdown_factor: 2.0,
+        fail_frames: Vec::new(),
+    };
+    let (executor, tx, mut rx) = executor(spool.path(), aids);
+    let first = submit(&executor, &tx, 0, 0, 9_999);
+    let queued = submit(&executor, &tx, 1, 10_000, 10_099);
+    assert_eq!(queued.window.shrink(10_001), Some(10_001));
+    assert_eq!(queued.window.frames_started(), 0);
+    wait_for_progress(&mut rx, first.chunk, 1);
+    first.cancel.store(true, Ordering::Relaxed);
+    let (reason, failed_frame) = wait_for_end(&mut rx, first.chunk).unwrap_err();
+    assert_eq!((reason.as_str(), failed_frame), ("cancelled", None));
+    assert_eq!(first.window.shrink(5), None);
+    let (start, end, path) = wait_for_end(&mut rx, queued.chunk).expect("queued chunk runs");
+    assert_eq!((start, end), (10_000, 10_001));
+    assert_eq!(ffprobe_frames(&path), 2);
+}
+
+/// `--fail-frame 5` fails the chunk holding frame 5 with that frame named,
+/// leaves no segment behind, and spares chunks without it.
+#[test]
+fn fail_frame_fails_the_chunk_that_reaches_it() {
+    let spool = tempfile::tempdir().unwrap();
+    let aids = TestAids {
+        slowdown_factor: 1.0,
+        fail_frames: vec![5],
+    };
+    let (executor, tx, mut rx) = executor(spool.path(), aids);
+    let failing = submit(&executor, &tx, 0, 0, 9);
+    let sparing = submit(&executor, &tx, 1, 10, 12);
+    let (reason, failed_frame) = wait_for_end(&mut rx, failing.chunk).unwrap_err();
+    assert_eq!(reason, "test aid: frame 5 fails (--fail-frame)");
+    assert_eq!(failed_frame, Some(5));
+    assert_eq!(failing.window.shrink(7), None, "a failed chunk is not held");
+    let (start, end, path) = wait_for_end(&mut rx, sparing.chunk).expect("other chunk runs");
+    assert_eq!((start, end), (10, 12));
+    assert_eq!(ffprobe_frames(&path), 3);
+    let left: Vec<_> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![path.file_name().unwrap().to_os_string()]);
+}
+
+/// The calibration measures a speed and cleans up after itself, slowed down
+/// or not. How much slower a slowed node is depends on the machine, so it
+/// is not asserted here.
+#[test]
+fn calibration_measures_a_speed() {
+    let gpu = Gpu::new().expect("render adapter");
+    let dir = tempfile::tempdir().unwrap();
+    for slowdown_factor in [1.0, 2.0] {
+        let aids = TestAids {
+            slowdown_factor,
+            // Ignored by the calibration, which would otherwise fail.
+            fail_frames: vec![3],
+        };
+        let k = calibrate(&gpu, dir.path(), &aids, "libx264").expect("calibration");
+        println!(
+            "slowdown x{slowdown_factor}: {:.1} frames/s",
+            k.frames_per_s
+        );
+        assert!(k.frames_per_s.is_finite() && k.frames_per_s > 0.0, "{k:?}");
+        assert_eq!(
+            (k.width, k.height),
+            (CALIBRATION_WIDTH_PX, CALIBRATION_HEIGHT_PX)
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
