@@ -82,6 +82,15 @@ impl Client {
         Ok(self.check(r)?.into_json()?)
     }
 
+    /// `POST /v1/nodes/{name}/clear-quarantine`.
+    pub fn clear_quarantine(&self, name: &str) -> anyhow::Result<NodeView> {
+        let r = self
+            .agent
+            .post(&self.url(&format!("/v1/nodes/{name}/clear-quarantine")))
+            .call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
     /// `GET /v1/jobs/{id}/output`, written to `dest`.
     pub fn download(&self, id: u64, dest: &std::path::Path) -> anyhow::Result<u64> {
         let r = self

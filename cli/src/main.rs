@@ -40,12 +40,22 @@ enum Cmd {
         /// QUIC address for nodes.
         #[arg(long, env = "DROVER_QUIC", default_value = DEFAULT_QUIC_ADDR)]
         quic: SocketAddr,
-        /// Smallest chunk in frames; jobs are cut into about four chunks per
-        /// node that can run them, within this and --max-chunk-frames.
-        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        /// How chunks are cut: `drover` (sized by each node's measured
+        /// speed, with work stealing and speculative copies), `adaptive`
+        /// (sized by speed, no stealing) or `static` (fixed chunks of
+        /// --chunk-frames, the way most farms work; for comparisons).
+        #[arg(long, env = "DROVER_STRATEGY", default_value = "drover", value_parser = ["drover", "adaptive", "static"])]
+        strategy: String,
+        /// Seconds a chunk should take on the node it goes to, unless the
+        /// job sets `chunk_target_s`.
+        #[arg(long, default_value_t = 20.0, value_parser = parse_target_s)]
+        chunk_target_s: f64,
+        /// Smallest chunk in frames (with --strategy static: every chunk's
+        /// size).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         chunk_frames: u64,
         /// Largest chunk in frames.
-        #[arg(long, default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        #[arg(long, default_value_t = 2_400, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         max_chunk_frames: u64,
     },
     /// Run a node agent that renders and encodes chunks.
@@ -147,12 +157,16 @@ enum Cmd {
         #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
         url: String,
     },
-    /// List the nodes.
-    #[command(after_help = "Example:\n  drover nodes")]
+    /// List the nodes (speed, load, chunks, quarantine), or clear one's
+    /// quarantine.
+    #[command(after_help = "Example:\n  drover nodes\n  drover nodes --clear-quarantine gpu-07")]
     Nodes {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Let a quarantined node take work again.
+        #[arg(long, value_name = "NODE")]
+        clear_quarantine: Option<String>,
         /// Coordinator REST URL.
         #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
         url: String,
@@ -169,6 +183,19 @@ enum Cmd {
     /// Start a coordinator and local nodes, render a sample job, report.
     #[command(after_help = "Example:\n  drover demo --frames 240 --nodes 2 --out demo.mp4 --json")]
     Demo(demo::DemoArgs),
+}
+
+fn parse_target_s(text: &str) -> Result<f64, String> {
+    let v: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    let range = drover_shared::spec::CHUNK_TARGET_S_RANGE;
+    if !range.contains(&v) {
+        return Err(format!(
+            "{v} is outside {}..={} seconds",
+            range.start(),
+            range.end()
+        ));
+    }
+    Ok(v)
 }
 
 /// The per-user data directory (`~/.local/share/drover` on Linux).
@@ -229,6 +256,46 @@ fn print_jobs(jobs: &[drover_shared::api::JobView]) {
     }
 }
 
+/// A job's chunks: which node rendered which frames, and how each chunk
+/// came to be (stolen tails and speculative copies are marked).
+fn print_chunks(j: &drover_shared::api::JobView) {
+    println!(
+        "priority {}  project {}  encoder {}  stolen {} frames  wasted {} frames{}{}",
+        j.priority,
+        j.project,
+        j.encoder,
+        j.frames_stolen,
+        j.frames_wasted,
+        if j.missing_frames.is_empty() {
+            String::new()
+        } else {
+            format!("  missing frames {:?}", j.missing_frames)
+        },
+        if j.blocklisted_nodes.is_empty() {
+            String::new()
+        } else {
+            format!("  blocklisted {}", j.blocklisted_nodes.join(","))
+        }
+    );
+    println!(
+        "{:>6} {:>13} {:<10} {:<12} {:<12} {:>8} {:>8}  LAST ERROR",
+        "CHUNK", "FRAMES", "STATE", "KIND", "NODE", "DONE", "FAILURES"
+    );
+    for c in &j.chunks {
+        println!(
+            "{:>6} {:>13} {:<10} {:<12} {:<12} {:>8} {:>8}  {}",
+            c.index.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            format!("{}-{}", c.start, c.end),
+            format!("{:?}", c.state).to_lowercase(),
+            format!("{:?}", c.kind).to_lowercase(),
+            c.node.as_deref().unwrap_or("-"),
+            c.frames_done,
+            c.attempts,
+            c.last_error.as_deref().unwrap_or("")
+        );
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -236,18 +303,30 @@ fn main() -> anyhow::Result<()> {
             data,
             http,
             quic,
+            strategy,
+            chunk_target_s,
             chunk_frames,
             max_chunk_frames,
         } => {
             init_logs("info");
             let data_dir = data.unwrap_or_else(|| default_data_dir().join("coordinator"));
+            use drover_coordinator::sched::{Chunking, CoreConfig};
+            let drover = strategy == "drover";
             let cfg = drover_coordinator::server::CoordinatorConfig {
                 data_dir,
                 http_addr: http,
                 quic_addr: quic,
-                core: drover_coordinator::sched::CoreConfig {
-                    chunk_frames,
-                    max_chunk_frames,
+                core: CoreConfig {
+                    chunking: if strategy == "static" {
+                        Chunking::Fixed(chunk_frames)
+                    } else {
+                        Chunking::Target
+                    },
+                    steal: drover,
+                    speculate: drover,
+                    chunk_target_ms: (chunk_target_s * 1000.0) as u64,
+                    min_chunk_frames: chunk_frames,
+                    max_chunk_frames: max_chunk_frames.max(chunk_frames),
                     ..Default::default()
                 },
             };
@@ -330,22 +409,7 @@ fn main() -> anyhow::Result<()> {
                     } else {
                         print_jobs(std::slice::from_ref(&j));
                         println!();
-                        println!(
-                            "{:>6} {:>13} {:<10} {:<12} {:>8} {:>8}  LAST ERROR",
-                            "CHUNK", "FRAMES", "STATE", "NODE", "DONE", "ATTEMPTS"
-                        );
-                        for c in &j.chunks {
-                            println!(
-                                "{:>6} {:>13} {:<10} {:<12} {:>8} {:>8}  {}",
-                                c.index,
-                                format!("{}-{}", c.start, c.end),
-                                format!("{:?}", c.state).to_lowercase(),
-                                c.node.as_deref().unwrap_or("-"),
-                                c.frames_done,
-                                c.attempts,
-                                c.last_error.as_deref().unwrap_or("")
-                            );
-                        }
+                        print_chunks(&j);
                         if let Some(u) = &j.output_url {
                             println!("\noutput: {}{u}", url.trim_end_matches('/'));
                         }
@@ -362,16 +426,25 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Nodes { json, url } => {
+        Cmd::Nodes {
+            json,
+            clear_quarantine,
+            url,
+        } => {
             init_logs("warn");
+            if let Some(name) = clear_quarantine {
+                Client::new(&url).clear_quarantine(&name)?;
+                println!("node {name}: quarantine cleared");
+                return Ok(());
+            }
             let nodes = Client::new(&url).nodes()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
                 return Ok(());
             }
             println!(
-                "{:<16} {:<9} {:<40} {:>6} {:>8} {:>8}  CHUNKS",
-                "NAME", "STATE", "ADAPTER", "CPU%", "HB AGE", "FRAMES"
+                "{:<16} {:<11} {:<40} {:>6} {:>8} {:>8}  {:<24} CHUNKS",
+                "NAME", "STATE", "ADAPTER", "CPU%", "HB AGE", "FRAMES", "SPEED (frames/s)"
             );
             for n in nodes {
                 let adapter = n
@@ -380,16 +453,34 @@ fn main() -> anyhow::Result<()> {
                     .as_ref()
                     .map(|a| format!("{} ({:?})", a.name, a.device_type))
                     .unwrap_or_default();
+                let speed: Vec<String> = n
+                    .speed_fps
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                let state = match (n.connected, &n.quarantined) {
+                    (_, Some(_)) => "quarantined",
+                    (true, None) => "up",
+                    (false, None) => "down",
+                };
+                let adapter = match &n.capabilities.test_override {
+                    Some(t) => format!("{adapter} [test: {t}]"),
+                    None => adapter,
+                };
                 println!(
-                    "{:<16} {:<9} {:<40} {:>6.1} {:>7}ms {:>8}  {}",
+                    "{:<16} {:<11} {:<40} {:>6.1} {:>7}ms {:>8}  {:<24} {}",
                     n.name,
-                    if n.connected { "up" } else { "down" },
+                    state,
                     adapter,
                     n.cpu_load_pct,
                     n.heartbeat_age_ms,
                     n.frames_rendered,
+                    speed.join(", "),
                     n.chunks.join(" ")
                 );
+                if let Some(q) = &n.quarantined {
+                    println!("{:<16} quarantined: {q}", "");
+                }
             }
             Ok(())
         }

@@ -7,7 +7,9 @@ use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use drover_shared::api::{JobState, Problem, Submitted};
 use drover_shared::spec::{JobSpec, MAX_SPEC_BYTES};
 
-use crate::actors::{CancelJob, CancelOutcome, GetJob, ListJobs, ListNodes, Scheduler, Submit};
+use crate::actors::{
+    CancelJob, CancelOutcome, ClearQuarantine, GetJob, ListJobs, ListNodes, Scheduler, Submit,
+};
 
 /// Routes under `/v1` and the health check.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -17,7 +19,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}", web::get().to(get_job))
         .route("/v1/jobs/{id}", web::delete().to(cancel_job))
         .route("/v1/jobs/{id}/output", web::get().to(output))
-        .route("/v1/nodes", web::get().to(list_nodes));
+        .route("/v1/nodes", web::get().to(list_nodes))
+        .route(
+            "/v1/nodes/{name}/clear-quarantine",
+            web::post().to(clear_quarantine),
+        );
 }
 
 fn problem(status: StatusCode, title: &str, detail: String, field: Option<&str>) -> HttpResponse {
@@ -214,6 +220,30 @@ async fn output(
 async fn list_nodes(sched: web::Data<Addr<Scheduler>>) -> HttpResponse {
     match sched.send(ListNodes).await {
         Ok(nodes) => HttpResponse::Ok().json(nodes),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /v1/nodes/{name}/clear-quarantine`: the node takes work again.
+async fn clear_quarantine(
+    path: web::Path<String>,
+    sched: web::Data<Addr<Scheduler>>,
+) -> HttpResponse {
+    let name = path.into_inner();
+    match sched.send(ClearQuarantine(name.clone())).await {
+        Ok(true) => match sched.send(ListNodes).await {
+            Ok(nodes) => match nodes.into_iter().find(|n| n.name == name) {
+                Some(n) => HttpResponse::Ok().json(n),
+                None => HttpResponse::NoContent().finish(),
+            },
+            Err(e) => unavailable(e),
+        },
+        Ok(false) => problem(
+            StatusCode::NOT_FOUND,
+            "no such node",
+            format!("no node named {name:?} is known"),
+            Some("name"),
+        ),
         Err(e) => unavailable(e),
     }
 }

@@ -50,9 +50,16 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&addrs_path);
     let journal = Journal::open(&cfg.data_dir.join("journal")).context("opening the journal")?;
     let jobs = journal.load().context("reading the journal")?;
-    info!(jobs = jobs.len(), "journal loaded");
+    let incarnation = journal
+        .next_incarnation()
+        .context("counting this start in the journal")?;
+    info!(jobs = jobs.len(), incarnation, "journal loaded");
     let store = ArtifactStore::open(&cfg.data_dir.join("artifacts"))?;
-    let (core, startup) = Core::restore(cfg.core.clone(), jobs);
+    let core_config = CoreConfig {
+        incarnation,
+        ..cfg.core.clone()
+    };
+    let (core, startup) = Core::restore(core_config, jobs);
     let scheduler = Scheduler::new(core, journal, store.clone(), startup).start();
 
     let (cert, key, fingerprint) = crate::quic::load_or_create_identity(&cfg.data_dir)?;
