@@ -738,3 +738,170 @@ fn every_command_has_help_with_an_example() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Examples:"));
 }
+
+// ---------------------------------------------------------------------------
+// Scheduling across real processes: stealing, routing, bad frames, priority.
+// ---------------------------------------------------------------------------
+
+/// Milliseconds from submission to the end of a job.
+fn makespan_ms(j: &JobView) -> u64 {
+    j.finished_at_ms
+        .unwrap_or(0)
+        .saturating_sub(j.submitted_at_ms)
+}
+
+#[test]
+fn a_fast_node_steals_from_a_slowed_one_and_beats_static_chunks() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), &[], &[]).unwrap();
+    c.add_node("fast").unwrap();
+    // Test aid: this node pauses after each frame, five times slower.
+    c.add_node_with("slow", &["--slowdown", "5"]).unwrap();
+    c.wait_nodes(2).unwrap();
+    let client = c.client();
+    let job_spec = spec("steal", 480, 320, 180, "plasma");
+    let sub = client.submit_json(&job_spec).unwrap();
+    let stolen = wait_done(&c, sub.id);
+    // Frames moved from the slow node by shrinking its chunk.
+    assert!(stolen.frames_stolen > 0, "{:?}", stolen.chunks);
+    assert!(
+        stolen
+            .chunks
+            .iter()
+            .any(|ch| ch.kind == drover_shared::api::ChunkKind::Stolen
+                && ch.node.as_deref() == Some("fast")),
+        "{:?}",
+        stolen.chunks
+    );
+    assert!(
+        c.log("slow").contains("shrink"),
+        "the slow node answered a shrink"
+    );
+    assert_eq!(stolen.frames_by_node.values().sum::<u64>(), 480);
+    let out = dir.path().join("steal.mp4");
+    client.download(sub.id, &out).unwrap();
+    assert_eq!(ffprobe(&out)["nb_read_frames"], "480");
+    // The same job with fixed 24-frame chunks and no stealing, the way most
+    // farms cut work, on the same two nodes.
+    c.restart_coordinator_with(&["--strategy", "static", "--chunk-frames", "24"])
+        .unwrap();
+    c.wait_nodes(2).unwrap();
+    let sub = c.client().submit_json(&job_spec).unwrap();
+    let fixed = wait_done(&c, sub.id);
+    assert_eq!(fixed.frames_stolen, 0);
+    let (ours, theirs) = (makespan_ms(&stolen), makespan_ms(&fixed));
+    eprintln!("makespan: stealing {ours} ms, static 24-frame chunks {theirs} ms");
+    assert!(
+        ours < theirs,
+        "stealing took {ours} ms, static chunks {theirs} ms"
+    );
+}
+
+#[test]
+fn a_gpu_job_waits_unschedulable_until_a_gpu_node_joins() {
+    let _g = serial();
+    let (dir, mut c) = farm(1, &[]);
+    let client = c.client();
+    let mut s = spec("needs-gpu", 24, 128, 72, "rings");
+    s["requirements"] = serde_json::json!({ "gpu": "required", "gpu_vendor": "nvidia" });
+    let sub = client.submit_json(&s).unwrap();
+    let j = client.job(sub.id).unwrap();
+    assert_eq!(j.state, JobState::Unschedulable);
+    let why = j.error.clone().unwrap();
+    assert!(
+        why.contains("needs a GPU") && why.contains("no connected node has it"),
+        "{why}"
+    );
+    let out = drover(&c.url(), &["status", &sub.id.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("unschedulable") && text.contains("needs GPU vendor nvidia"),
+        "{text}"
+    );
+    // Test aid: a node whose reported adapter is overridden to an NVIDIA
+    // GPU (it renders on lavapipe); the job runs on it as soon as it joins.
+    c.add_node_with("gpu-1", &["--test-gpu", "NVIDIA Test GPU"])
+        .unwrap();
+    let done = wait_done(&c, sub.id);
+    assert_eq!(done.frames_by_node.get("gpu-1"), Some(&24));
+    let nodes = client.nodes().unwrap();
+    let gpu = nodes.iter().find(|n| n.name == "gpu-1").unwrap();
+    assert!(gpu
+        .capabilities
+        .test_override
+        .as_deref()
+        .unwrap()
+        .contains("NVIDIA Test GPU"));
+    let _ = dir;
+}
+
+#[test]
+fn a_bad_frame_is_isolated_blocklisted_and_left_out_when_allowed() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), &[], &[]).unwrap();
+    // Test aid: both nodes fail any chunk that reaches frame 17.
+    c.add_node_with("node-1", &["--fail-frame", "17"]).unwrap();
+    c.add_node_with("node-2", &["--fail-frame", "17"]).unwrap();
+    c.wait_nodes(2).unwrap();
+    let client = c.client();
+    let mut s = spec("bad-frame", 48, 128, 72, "rings");
+    s["allow_missing_frames"] = serde_json::json!(true);
+    let sub = client.submit_json(&s).unwrap();
+    let j = wait_done(&c, sub.id);
+    assert_eq!(j.missing_frames, vec![17]);
+    assert_eq!(j.frames_by_node.values().sum::<u64>(), 47);
+    assert!(!j.blocklisted_nodes.is_empty(), "{j:?}");
+    let out = dir.path().join("bad.mp4");
+    client.download(sub.id, &out).unwrap();
+    assert_eq!(ffprobe(&out)["nb_read_frames"], "47");
+    // Without the allowance the job fails naming the frame.
+    let sub = client
+        .submit_json(&spec("bad-frame-strict", 24, 128, 72, "rings"))
+        .unwrap();
+    let j = wait_for(JOB_TIMEOUT, "the strict job to fail", || {
+        let j = client.job(sub.id)?;
+        Ok(j.state.is_terminal().then_some(j))
+    })
+    .unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    let why = j.error.unwrap();
+    assert!(why.contains("frame 17 failed"), "{why}");
+}
+
+#[test]
+fn a_higher_priority_job_overtakes_a_running_one() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), &[], &[]).unwrap();
+    // Test aid: a slowed node, so the low job runs long enough to be
+    // overtaken.
+    c.add_node_with("node-1", &["--slowdown", "4"]).unwrap();
+    c.wait_nodes(1).unwrap();
+    let client = c.client();
+    let mut low = spec("low", 600, 640, 360, "fractal");
+    low["priority"] = serde_json::json!(10);
+    let low = client.submit_json(&low).unwrap();
+    wait_for(JOB_TIMEOUT, "the low job to run", || {
+        let j = client.job(low.id)?;
+        Ok((j.frames_done > 0).then_some(()))
+    })
+    .unwrap();
+    let mut high = spec("high", 48, 320, 180, "rings");
+    high["priority"] = serde_json::json!(90);
+    let high = client.submit_json(&high).unwrap();
+    let h = wait_done(&c, high.id);
+    let l = wait_done(&c, low.id);
+    assert!(
+        h.finished_at_ms < l.finished_at_ms,
+        "high finished at {:?}, low at {:?}\ncoordinator log:\n{}",
+        h.finished_at_ms,
+        l.finished_at_ms,
+        c.log("coordinator")
+    );
+    assert!(
+        c.log("coordinator").contains("shrink"),
+        "the low job's chunk was shrunk"
+    );
+}

@@ -169,13 +169,13 @@ fn main() -> anyhow::Result<()> {
         let chunk = chunk_frames.to_string();
         let started = Instant::now();
         // NO_COLOR keeps ANSI escapes out of the logs this bench reads.
-        // Min and max pinned to the same size, so the farm cuts exactly the
-        // chunks the in-process side does (the default cutter would pick 60
-        // frames for 240 frames on one node).
+        // Static chunking, so the farm cuts exactly the chunks the
+        // in-process side does (Drover's own sizing would pick chunks by the
+        // node's speed).
         let mut cluster = Cluster::start(
             &drover,
             &root,
-            &["--chunk-frames", &chunk, "--max-chunk-frames", &chunk],
+            &["--strategy", "static", "--chunk-frames", &chunk],
             &[("NO_COLOR", "1")],
         )?;
         cluster.add_node("node-1")?;

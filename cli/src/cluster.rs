@@ -164,6 +164,13 @@ impl Cluster {
         self.spawn_coordinator()
     }
 
+    /// Restarts the coordinator with other arguments (a scheduling
+    /// strategy, say); nodes reconnect by themselves.
+    pub fn restart_coordinator_with(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        self.coordinator_args = args.iter().map(|s| s.to_string()).collect();
+        self.restart_coordinator()
+    }
+
     /// The REST base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addrs.http)
@@ -176,7 +183,12 @@ impl Cluster {
 
     /// Starts a node named `name` pinned to the coordinator's certificate.
     pub fn add_node(&mut self, name: &str) -> anyhow::Result<()> {
-        let args: Vec<String> = vec![
+        self.add_node_with(name, &[])
+    }
+
+    /// Starts a node with extra arguments (`--slowdown 5`, `--tags a`).
+    pub fn add_node_with(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let mut args: Vec<String> = vec![
             "node".into(),
             "--coordinator".into(),
             self.addrs.quic.to_string(),
@@ -187,6 +199,7 @@ impl Cluster {
             "--name".into(),
             name.into(),
         ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let child = spawn_logged(
             &self.bin,
             &args,

@@ -31,6 +31,11 @@ impl Core {
             return;
         }
         let (job, id) = r.chunk;
+        // What the node is expected to do now: the job's cost may have
+        // been learned since the chunk was assigned (a chunk queued behind
+        // a long one was sized when the job's cost was still a guess), and
+        // stealing and speculation judge the chunk by this.
+        let fps_now = self.expected_fps(node, job);
         let j = self.jobs.get_mut(&job).expect("current");
         let c = j.live.get_mut(&id).expect("current");
         let frames_done = r.frames_done.min(c.frames());
@@ -39,6 +44,7 @@ impl Core {
             c.started = true;
             c.started_at_ms = now_ms;
             c.progress_at_ms = now_ms;
+            c.expected_fps = fps_now;
             arm_stall = true;
         } else if frames_done > c.frames_done {
             c.progress_at_ms = now_ms;

@@ -209,6 +209,37 @@ impl Core {
             cmds,
         );
         self.relist(job);
+        self.preempt_ahead(now_ms, job, node, cmds);
+    }
+
+    /// A chunk of `job` was queued behind a running chunk of a
+    /// lower-priority job on `node`: the running one is shrunk to stop after
+    /// the frame it is on, so the waiting job starts now; its tail waits
+    /// again.
+    fn preempt_ahead(&mut self, now_ms: u64, job: JobId, node: NodeId, cmds: &mut Vec<Command>) {
+        let Some(&ahead) = self.node(node).and_then(|n| n.held.first()) else {
+            return;
+        };
+        if ahead.0 == job {
+            return;
+        }
+        let prio = self.jobs[&job].spec.priority;
+        let Some(v) = self.jobs.get(&ahead.0) else {
+            return;
+        };
+        if v.spec.priority >= prio {
+            return;
+        }
+        let Some(c) = v.live.get(&ahead.1) else {
+            return;
+        };
+        if !c.started || c.shrink.is_some() || c.twin.is_some() {
+            return;
+        }
+        let proposed = c.start + c.frames_done + 1;
+        if proposed < c.end {
+            self.send_shrink(now_ms, ahead, node, proposed, None, Some(job), cmds);
+        }
     }
 
     /// Makes a chunk of frames `start..=end` on `node` and sends it.
@@ -451,7 +482,11 @@ impl Core {
             .floor()
             .clamp(1.0, remaining);
         let tail = remaining - k;
-        if tail < 2.0 || tail / vt < self.config.min_steal_ms as f64 {
+        // Worth it only if the chunk's frames end sooner by a margin that
+        // covers what the estimate may have wrong.
+        let before_ms = wait_ms + remaining / vh;
+        let after_ms = (wait_ms + k / vh).max(CHUNK_OVERHEAD_MS + tail / vt);
+        if tail < 1.0 || before_ms - after_ms < self.config.min_steal_gain_ms as f64 {
             return None;
         }
         Some((pos + k as u64 - 1, c.node))
@@ -513,6 +548,12 @@ impl Core {
         let mut best: Option<(f64, ChunkKey)> = None;
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for job in ids {
+            // A job the idle node cannot run is skipped before its chunks
+            // are looked at (it used to reset the best candidate found in
+            // earlier jobs, so a straggler went uncopied).
+            if !self.class_ok(job, class) {
+                continue;
+            }
             let j = &self.jobs[&job];
             if j.ready_frames > 0
                 || !j.delayed.is_empty()
@@ -547,9 +588,6 @@ impl Core {
                 if best.is_none_or(|(l, _)| left_ms > l) {
                     best = Some((left_ms, (job, id)));
                 }
-            }
-            if best.is_some() && !self.class_ok(job, class) {
-                best = None;
             }
         }
         let Some((_, key)) = best else { return false };

@@ -44,6 +44,9 @@ pub struct JobRecord {
     pub frames_stolen: u64,
     /// Frames rendered and thrown away.
     pub frames_wasted: u64,
+    /// Nodes blocklisted for this job after failures.
+    #[serde(default)]
+    pub blocklisted_nodes: Vec<String>,
 }
 
 impl Core {
@@ -249,6 +252,11 @@ impl Core {
             next_chunk: j.next_chunk,
             frames_stolen: j.frames_stolen,
             frames_wasted: j.frames_wasted,
+            blocklisted_nodes: j
+                .blocklist
+                .iter()
+                .filter_map(|n| self.node(*n).map(|n| n.name.to_string()))
+                .collect(),
         }
     }
 

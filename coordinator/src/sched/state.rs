@@ -4,7 +4,7 @@
 //! deadline heap.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
 use drover_shared::api::{ChunkKind, JobState};
@@ -13,6 +13,18 @@ use drover_shared::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
 use super::types::{ChunkKey, CoreConfig, JobId, NodeId};
+
+/// The core's hash maps: std's, with a fixed hasher instead of a per-map
+/// random one. The core breaks some ties by iteration order (which job to
+/// steal from, which chunks to preempt, the order chunks of a finished job
+/// are cancelled and their nodes refilled); with random keys the same
+/// events gave different decisions on every run, and no seed of the
+/// simulator could be replayed.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<
+    K,
+    V,
+    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+>;
 
 /// Index of a capability class.
 pub(crate) type ClassId = usize;

@@ -851,6 +851,30 @@ fn a_higher_priority_job_takes_the_node_and_shrinks_lower_work() {
 }
 
 #[test]
+fn a_high_job_queued_behind_a_low_chunk_shrinks_it() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    // 150 frames fit one chunk: the node keeps a free queue slot.
+    let low = h.submit(spec(150, r#""priority":10"#));
+    let (lk, _, _) = h.held("a")[0];
+    h.progress("a", lk, 0);
+    h.progress("a", lk, 20);
+    let high = h.submit(spec(30, r#""priority":90"#));
+    assert_eq!(h.held("a")[1].0 .0, high, "queued behind the low chunk");
+    // The low chunk is asked to stop after the frame it is on.
+    assert_eq!(h.shrinks.len(), 1);
+    assert_eq!(h.shrinks[0].3, 22);
+    h.answer_shrink();
+    assert_eq!(h.held("a")[0].2, 22);
+    h.finish("a", lk);
+    // Next comes the high job, then the rest of the low one.
+    assert_eq!(h.held("a")[0].0 .0, high);
+    h.drain();
+    h.assert_exact(low);
+    h.assert_exact(high);
+}
+
+#[test]
 fn equal_priorities_share_by_project_and_max_nodes_caps_a_job() {
     let mut h = Harness::new(CoreConfig {
         chunking: Chunking::Fixed(10),

@@ -83,9 +83,10 @@ pub struct CoreConfig {
     /// How long a shrink proposal may go unanswered before the idle node
     /// waiting for the tail looks elsewhere.
     pub shrink_timeout_ms: u64,
-    /// A stolen tail must take at least this long on the thief: below it,
-    /// the new segment's overhead eats the gain.
-    pub min_steal_ms: u64,
+    /// A steal must make the stolen-from chunk's frames finish at least
+    /// this much sooner (after the new chunk's overhead), or it is not
+    /// worth a segment more.
+    pub min_steal_gain_ms: u64,
     /// A started chunk with no progress for this long near the end of its
     /// job gets a speculative copy on an idle node.
     pub speculate_stall_ms: u64,
@@ -133,7 +134,7 @@ impl Default for CoreConfig {
             blocklist_after: 2,
             quarantine_after_jobs: 3,
             shrink_timeout_ms: 5_000,
-            min_steal_ms: 1_000,
+            min_steal_gain_ms: 500,
             speculate_stall_ms: 30_000,
             speculate_slow_factor: 3.0,
             speculate_check_ms: 2_000,

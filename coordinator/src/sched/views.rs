@@ -228,7 +228,7 @@ fn record_view(r: &JobRecord) -> JobView {
         frames_stolen: r.frames_stolen,
         frames_wasted: r.frames_wasted,
         missing_frames: r.missing.clone(),
-        blocklisted_nodes: Vec::new(),
+        blocklisted_nodes: r.blocklisted_nodes.clone(),
         error: r.error.clone(),
         submitted_at_ms: r.submitted_at_ms,
         first_frame_at_ms: r.first_frame_at_ms,
