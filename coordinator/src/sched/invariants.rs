@@ -149,6 +149,8 @@ impl Core {
                 .filter(|n| n.class == cl && n.connected && n.quarantined.is_none())
                 .count() as u32;
             assert_eq!(available, class.available, "class {cl} available count");
+            let idle = class.free.iter().filter(|(h, _)| *h == 0).count() as u32;
+            assert_eq!(idle, class.idle, "class {cl} idle count");
         }
     }
 }

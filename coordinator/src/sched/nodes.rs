@@ -151,6 +151,7 @@ impl Core {
             caps: caps.clone(),
             available: 0,
             free: Default::default(),
+            idle: 0,
             ready_jobs: Default::default(),
         });
         self.class_index.insert(key, id);
@@ -226,16 +227,23 @@ impl Core {
         let held = n.held.len();
         let free =
             n.connected && n.quarantined.is_none() && n.awaiting_tail.is_none() && held < slots;
-        let set = &mut self.classes[class].free;
+        let c = &mut self.classes[class];
+        let was_idle = c.free.contains(&(0, id));
         // The free set is keyed by (chunks held, node), so the least loaded
         // node comes first; any older key of this node goes.
         for h in 0..slots {
             if h != held || !free {
-                set.remove(&(h, id));
+                c.free.remove(&(h, id));
             }
         }
         if free {
-            set.insert((held, id));
+            c.free.insert((held, id));
+        }
+        let is_idle = free && held == 0;
+        match (was_idle, is_idle) {
+            (false, true) => c.idle += 1,
+            (true, false) => c.idle -= 1,
+            _ => {}
         }
     }
 

@@ -351,15 +351,15 @@ impl Core {
             if !j.listed {
                 break;
             }
-            let Some((node, idle)) = self.best_free_node(job) else {
+            let Some((node, speed, idle_speed)) = self.best_free_node(job) else {
                 break;
             };
-            // Several idle nodes share the waiting frames instead of the
-            // first taking all of them; stealing evens out the rest.
-            let cap = (idle > 1).then(|| {
+            // Idle nodes share the waiting frames in proportion to their
+            // speed instead of the first taking all of them, so they finish
+            // together; stealing evens out what the estimates miss.
+            let cap = (idle_speed > speed * 1.001).then(|| {
                 let ready = self.jobs[&job].ready_frames;
-                ready
-                    .div_ceil(idle as u64)
+                ((ready as f64 * speed / idle_speed).ceil() as u64)
                     .max(self.config.min_chunk_frames)
             });
             self.carve_and_assign(now_ms, job, node, cap, cmds);
@@ -372,33 +372,33 @@ impl Core {
     }
 
     /// The best free node for `job`, and how many free nodes could take it.
-    fn best_free_node(&mut self, job: JobId) -> Option<(NodeId, usize)> {
-        let mut best: Option<((bool, u32, u64), NodeId)> = None;
-        let mut idle = 0;
+    fn best_free_node(&mut self, job: JobId) -> Option<(NodeId, f64, f64)> {
+        // One candidate per class: its least loaded free node. Nodes of a
+        // class are alike, so this is the best of the class; the scan is
+        // over classes, never over nodes.
+        let mut best: Option<((bool, u32, u64), NodeId, f64)> = None;
+        let mut idle_speed = 0.0;
         for class in 0..self.classes.len() {
             if self.classes[class].free.is_empty() || !self.class_ok(job, class) {
                 continue;
             }
             let j = &self.jobs[&job];
-            let pref = drover_shared::caps::preference(&j.spec, &self.classes[class].caps);
-            for &(held, id) in &self.classes[class].free {
-                if j.blocklist.contains(&id) || (j.at_max_nodes() && !j.working.contains_key(&id)) {
-                    continue;
-                }
-                if held == 0 {
-                    idle += 1;
-                }
-                let speed = self
-                    .node(id)
-                    .map(|n| self.node_pixel_fps(n, j.speed_key))
-                    .unwrap_or(0.0);
-                let key = (held == 0, pref, speed as u64);
-                if best.is_none_or(|(k, _)| key > k) {
-                    best = Some((key, id));
-                }
+            let c = &self.classes[class];
+            let pref = drover_shared::caps::preference(&j.spec, &c.caps);
+            let Some(&(held, id)) = c.free.iter().find(|(_, id)| !j.blocklist.contains(id)) else {
+                continue;
+            };
+            let speed = self
+                .node(id)
+                .map(|n| self.node_pixel_fps(n, j.speed_key))
+                .unwrap_or(0.0);
+            idle_speed += c.idle as f64 * speed;
+            let key = (held == 0, pref, speed as u64);
+            if best.is_none_or(|(k, _, _)| key > k) {
+                best = Some((key, id, speed));
             }
         }
-        best.map(|(_, id)| (id, idle))
+        best.map(|(_, id, speed)| (id, speed, idle_speed))
     }
 
     /// Work stealing: the idle `thief` asks the node whose chunk (of a job
@@ -469,7 +469,10 @@ impl Core {
                 .map(|a| a.expected_finish_ms)
                 .max()
                 .unwrap_or(now_ms);
-            (c.start, ahead.saturating_sub(now_ms) as f64, c.expected_fps)
+            // Its speed as known now, not when it was assigned: the job's
+            // cost may have been learned since.
+            let rate = self.expected_fps(c.node, key.0);
+            (c.start, ahead.saturating_sub(now_ms) as f64, rate)
         };
         if pos > c.end {
             return None;
@@ -576,12 +579,22 @@ impl Core {
                 if !stalled && !crawling {
                     continue;
                 }
-                let left_ms = if stalled || rate <= 0.0 {
-                    f64::INFINITY
+                // A chunk still moving is judged at the best rate it may
+                // have (the frame in progress about to finish), not as
+                // never finishing; and the copy renders the same frames, so
+                // it is judged with the same surprise: a crawl is often
+                // frames dearer than the job's average, not a slow node,
+                // and a copy on a node no faster only restarts them.
+                let (left_ms, surprise) = if stalled {
+                    (f64::INFINITY, 1.0)
                 } else {
-                    (c.end - c.start + 1 - c.frames_done) as f64 * 1000.0 / rate
+                    let best_rate = (c.frames_done + 1) as f64 * 1000.0 / elapsed.max(1) as f64;
+                    (
+                        (c.end - c.start + 1 - c.frames_done) as f64 * 1000.0 / best_rate,
+                        (c.expected_fps / best_rate).max(1.0),
+                    )
                 };
-                let copy_ms = c.frames() as f64 * 1000.0 / thief_fps + CHUNK_OVERHEAD_MS;
+                let copy_ms = c.frames() as f64 * 1000.0 / thief_fps * surprise + CHUNK_OVERHEAD_MS;
                 if copy_ms >= left_ms {
                     continue;
                 }

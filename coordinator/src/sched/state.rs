@@ -69,6 +69,8 @@ pub(crate) struct Class {
     /// Available members with a free slot, not waiting for a stolen tail,
     /// keyed by (chunks held, node) so the least loaded comes first.
     pub free: BTreeSet<(usize, NodeId)>,
+    /// Free members holding nothing.
+    pub idle: u32,
     /// Jobs this class can run that have waiting frames, best first:
     /// (effective priority, descending; then job id, oldest first).
     pub ready_jobs: BTreeSet<(Reverse<u8>, JobId)>,
