@@ -68,7 +68,7 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     gpu_speedup: f64,
     /// Jobs.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     jobs: u32,
     /// Fewest frames per job.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -265,6 +265,9 @@ fn throughput_main(args: &Args, seed: u64) -> anyhow::Result<()> {
         "decisions: {} in {:.3} s inside the core: {:.0} decisions/s, {:.0} commands/s ({:.0} decisions/s with the driver)",
         r.decisions, r.core_s, r.decisions_per_s, r.commands_per_s, r.loop_decisions_per_s
     );
+    if let Some(cpu) = r.loop_decisions_per_cpu_s {
+        println!("per CPU second of this thread (driver included, not lowered by other load): {cpu:.0} decisions/s");
+    }
     println!(
         "memory: {} per idle node, {} per queued frame, {} per node joining the loaded farm (first chunks included)",
         bytes(r.bytes_per_node),

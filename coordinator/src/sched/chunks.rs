@@ -518,6 +518,15 @@ impl Core {
                 attempts: c.attempts,
             };
             self.fail_range(now_ms, key.0, c.start, range, &reason, failed_frame, cmds);
+        } else if let Some(other) = c
+            .twin
+            .and_then(|t| self.jobs.get_mut(&key.0)?.live.get_mut(&t))
+        {
+            // The frames failed on a second node: the surviving copy
+            // carries the count. Without it, a bad frame in a stalled
+            // chunk was copied and failed on node after node, each
+            // failure blocklisting one more node for the job.
+            other.failures += 1;
         }
         cmds.push(Command::Persist { job: key.0 });
         self.fill_node(now_ms, node, cmds);

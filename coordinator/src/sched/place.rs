@@ -568,7 +568,12 @@ impl Core {
             }
             let thief_fps = self.expected_fps(node, job);
             for (&id, c) in &j.live {
-                if !c.started || c.twin.is_some() || c.shrink.is_some() || c.node == node {
+                if !c.started
+                    || c.twin.is_some()
+                    || c.shrink.is_some()
+                    || c.node == node
+                    || c.failures + 1 >= self.config.max_frame_failures
+                {
                     continue;
                 }
                 let elapsed = now_ms.saturating_sub(c.started_at_ms);
@@ -577,6 +582,14 @@ impl Core {
                 let min_elapsed = (5_000.0f64).max(3_000.0 / c.expected_fps.max(1e-6));
                 let crawling = elapsed as f64 >= min_elapsed && rate * slow < c.expected_fps;
                 if !stalled && !crawling {
+                    continue;
+                }
+                // A crawling chunk with frames still to start is for
+                // stealing, which takes its tail at its measured rate; a
+                // copy restarts all its frames and, twinned, the chunk is
+                // out of stealing's reach, so idle fast nodes could only
+                // watch two slow copies.
+                if !stalled && self.config.steal && c.frames() - c.frames_done > 1 {
                     continue;
                 }
                 // A chunk still moving is judged at the best rate it may
