@@ -99,10 +99,8 @@ impl Core {
                 }
             }
         }
-        let project = j.spec.project.clone();
-        if let Some(p) = self.project_running.get_mut(&project) {
-            *p = p.saturating_sub(1);
-        }
+        let p = &mut self.projects[j.project as usize];
+        p.running = p.running.saturating_sub(1);
         let mut thief = None;
         if let Some(s) = c.shrink {
             if let Some(w) = s.for_job.and_then(|w| self.jobs.get_mut(&w)) {
@@ -856,16 +854,8 @@ impl Core {
             }
         }
         self.relist(job);
-        // Shrinks this job asked of others are moot now.
-        for other in self.jobs.values_mut() {
-            for c in other.live.values_mut() {
-                if let Some(s) = c.shrink.as_mut() {
-                    if s.for_job == Some(job) {
-                        s.for_job = None;
-                    }
-                }
-            }
-        }
+        // Shrinks this job asked of others stay pending; their answers
+        // find no job to credit (ids are never reused), which is harmless.
         let j = self.jobs.remove(&job).expect("exists");
         let record = self.record_of(&j);
         self.finished.insert(job, record);

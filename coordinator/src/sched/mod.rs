@@ -199,6 +199,13 @@ impl Core {
 /// One journal write per job per event is enough: the record is read when
 /// the command is carried out.
 fn dedup_persists(cmds: &mut Vec<Command>) {
+    let persists = cmds
+        .iter()
+        .filter(|c| matches!(c, Command::Persist { .. }))
+        .count();
+    if persists < 2 {
+        return;
+    }
     let mut seen = std::collections::HashSet::new();
     let mut i = cmds.len();
     // Keep the last Persist of each job: it comes after every change.

@@ -56,7 +56,20 @@ impl Core {
                 }
             }
         }
-        self.jobs.get_mut(&job).expect("exists").listed = want;
+        let j = self.jobs.get_mut(&job).expect("exists");
+        j.listed = want;
+        let p = &mut self.projects[j.project as usize];
+        if want {
+            p.listed += 1;
+            if p.listed == 1 {
+                self.projects_listed += 1;
+            }
+        } else {
+            p.listed -= 1;
+            if p.listed == 0 {
+                self.projects_listed -= 1;
+            }
+        }
     }
 
     /// Changes a job's effective priority, keeping the ready sets ordered.
@@ -127,6 +140,9 @@ impl Core {
         let mut best: Option<(f64, JobId)> = None;
         let mut top: Option<u8> = None;
         let mut scanned = 0;
+        // With one project there is no share to compare: the first job
+        // the node may run wins.
+        let compare = self.projects_listed > 1;
         for &(Reverse(prio), job) in &self.classes[class].ready_jobs {
             if top.is_some_and(|t| t != prio) && best.is_some() {
                 break;
@@ -135,15 +151,12 @@ impl Core {
             if j.blocklist.contains(&id) || (j.at_max_nodes() && !j.working.contains_key(&id)) {
                 continue;
             }
+            if !compare {
+                return Some(job);
+            }
             top.get_or_insert(prio);
-            let weight = self
-                .config
-                .project_weights
-                .get(&j.spec.project)
-                .copied()
-                .unwrap_or(1.0)
-                .max(1e-6);
-            let share = *self.project_running.get(&j.spec.project).unwrap_or(&0) as f64 / weight;
+            let p = &self.projects[j.project as usize];
+            let share = p.running as f64 / p.weight;
             if best.is_none_or(|(s, _)| share < s) {
                 best = Some((share, job));
             }
@@ -264,7 +277,7 @@ impl Core {
         let j = self.jobs.get_mut(&job).expect("exists");
         let id = j.next_chunk;
         j.next_chunk += 1;
-        let project = j.spec.project.clone();
+        let project = j.project as usize;
         j.live.insert(
             id,
             Chunk {
@@ -317,7 +330,7 @@ impl Core {
             spec: j.spec.clone(),
             encoder: j.encoder.clone(),
         };
-        *self.project_running.entry(project).or_insert(0) += 1;
+        self.projects[project].running += 1;
         let n = self.node_mut(node).expect("exists");
         n.held.push((job, id));
         n.busy_until_ms = finish_ms;
@@ -410,10 +423,11 @@ impl Core {
             None => return false,
         };
         let mut best: Option<(u64, ChunkKey)> = None;
-        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
-        for job in ids {
-            let j = &self.jobs[&job];
-            if j.finish_index.is_empty()
+        for (&job, j) in &self.jobs {
+            // Every hot job knows every class (computed when it was first
+            // listed, and for each new class as it appears).
+            if j.class_ok.get(class).copied().flatten() != Some(true)
+                || j.finish_index.is_empty()
                 || j.state.is_terminal()
                 || j.blocklist.contains(&thief)
                 || (j.at_max_nodes() && !j.working.contains_key(&thief))
@@ -433,9 +447,7 @@ impl Core {
             if best.is_some_and(|(f, _)| f >= finish) {
                 continue;
             }
-            if self.class_ok(job, class) {
-                best = Some((finish, (job, chunk)));
-            }
+            best = Some((finish, (job, chunk)));
         }
         let Some((_, key)) = best else { return false };
         let Some((proposed_end, holder)) = self.steal_split(now_ms, key, thief) else {
@@ -546,6 +558,9 @@ impl Core {
             Some(n) => n.class,
             None => return false,
         };
+        if now_ms < self.next_speculate_scan_ms {
+            return false;
+        }
         let stall_ms = self.config.speculate_stall_ms;
         let slow = self.config.speculate_slow_factor;
         let mut best: Option<(f64, ChunkKey)> = None;
@@ -616,7 +631,11 @@ impl Core {
                 }
             }
         }
-        let Some((_, key)) = best else { return false };
+        let Some((_, key)) = best else {
+            // Nothing straggles now; look again a little later.
+            self.next_speculate_scan_ms = now_ms + self.config.speculate_check_ms / 4;
+            return false;
+        };
         let j = &self.jobs[&key.0];
         let c = &j.live[&key.1];
         let (start, end, range) = (
@@ -650,6 +669,7 @@ impl Core {
     /// Idle nodes look again for stragglers (speeds change while chunks run).
     pub(crate) fn speculate_check(&mut self, now_ms: u64, cmds: &mut Vec<Command>) {
         self.speculate_armed = false;
+        self.next_speculate_scan_ms = 0;
         let mut idle = Vec::new();
         for c in &self.classes {
             for &(held, id) in &c.free {

@@ -64,7 +64,10 @@ impl Core {
             timers: Default::default(),
             speculate_armed: false,
             next_job_id: 1,
-            project_running: Default::default(),
+            project_ids: Default::default(),
+            projects: Vec::new(),
+            projects_listed: 0,
+            next_speculate_scan_ms: 0,
             shrink_seq: 0,
             events: 0,
             live_chunks: 0,
@@ -153,7 +156,28 @@ impl Core {
         (core, cmds)
     }
 
-    fn new_job(&self, id: JobId, spec: Arc<JobSpec>, now_ms: u64) -> Job {
+    fn project(&mut self, name: &str) -> u32 {
+        if let Some(p) = self.project_ids.get(name) {
+            return *p;
+        }
+        let id = self.projects.len() as u32;
+        let weight = self
+            .config
+            .project_weights
+            .get(name)
+            .copied()
+            .unwrap_or(1.0)
+            .max(1e-6);
+        self.projects.push(super::state::Project {
+            weight,
+            ..Default::default()
+        });
+        self.project_ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn new_job(&mut self, id: JobId, spec: Arc<JobSpec>, now_ms: u64) -> Job {
+        let project = self.project(&spec.project);
         let encoder: Arc<str> = Arc::from(caps::job_encoder(&spec));
         let needs = caps::needs(&spec);
         let frames = spec.frames;
@@ -169,6 +193,7 @@ impl Core {
         let speed_key = (0u8, resolution_class(job_pixels(&spec) as u64));
         Job {
             id,
+            project,
             encoder,
             needs,
             speed_key,

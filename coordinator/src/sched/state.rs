@@ -14,17 +14,22 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{ChunkKey, CoreConfig, JobId, NodeId};
 
-/// The core's hash maps: std's, with a fixed hasher instead of a per-map
-/// random one. The core breaks some ties by iteration order (which job to
-/// steal from, which chunks to preempt, the order chunks of a finished job
-/// are cancelled and their nodes refilled); with random keys the same
-/// events gave different decisions on every run, and no seed of the
-/// simulator could be replayed.
-pub(crate) type HashMap<K, V> = std::collections::HashMap<
-    K,
-    V,
-    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
->;
+/// The core's hash maps: FxHash, fixed and fast. Fixed, because the core
+/// breaks some ties by iteration order (which job to steal from, which
+/// chunks to preempt, the order chunks of a finished job are cancelled and
+/// their nodes refilled); with random keys the same events gave different
+/// decisions on every run, and no seed of the simulator could be replayed.
+/// Fast, because every decision does a handful of lookups; the keys are
+/// the core's own ids, not attacker-chosen.
+pub(crate) type HashMap<K, V> = rustc_hash::FxHashMap<K, V>;
+
+/// A project, for fair share.
+#[derive(Debug, Default)]
+pub(crate) struct Project {
+    pub running: u64,
+    pub weight: f64,
+    pub listed: u32,
+}
 
 /// Index of a capability class.
 pub(crate) type ClassId = usize;
@@ -187,6 +192,8 @@ pub struct DoneSegment {
 pub(crate) struct Job {
     pub id: JobId,
     pub spec: Arc<JobSpec>,
+    /// Interned project.
+    pub project: u32,
     pub encoder: Arc<str>,
     pub needs: Vec<Need>,
     pub speed_key: SpeedKey,
@@ -269,8 +276,17 @@ pub struct Core {
     pub(crate) timers: BinaryHeap<Reverse<(u64, Timer)>>,
     pub(crate) speculate_armed: bool,
     pub(crate) next_job_id: JobId,
-    /// Live chunks per project, for fair share.
-    pub(crate) project_running: HashMap<String, u64>,
+    /// Projects by name, interned: fair share compares them per decision.
+    pub(crate) project_ids: HashMap<String, u32>,
+    /// Per project: live chunks, share weight, listed jobs.
+    pub(crate) projects: Vec<Project>,
+    /// Projects with at least one listed job: with one, fair share has
+    /// nothing to compare and the first job in priority order wins.
+    pub(crate) projects_listed: u32,
+    /// Straggler scans are not repeated before this time: they look at
+    /// every live chunk of jobs in their tail, and stragglers show over
+    /// seconds, not per event.
+    pub(crate) next_speculate_scan_ms: u64,
     pub(crate) shrink_seq: u32,
     /// Events handled, for the benchmarks.
     pub(crate) events: u64,
