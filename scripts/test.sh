@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo fmt --all -- --check
+# Lints on every target, warnings as errors; the check build it needs is
+# separate from the release build below.
+cargo clippy --locked --workspace --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # One profile (release) for tests, demo and benchmarks: one build serves all.

@@ -431,7 +431,7 @@ impl Handler<SessionOpened> for Scheduler {
                 session: msg.session,
                 name: msg.name.clone(),
                 node_id: msg.node_id.clone(),
-                caps: msg.caps,
+                caps: Box::new(msg.caps),
             },
             ctx,
         );

@@ -536,7 +536,7 @@ where
             ))))
         }
     }
-    codec::write_msg(send, &NodeToCoord::Hello(hello)).await?;
+    codec::write_msg(send, &NodeToCoord::Hello(Box::new(hello))).await?;
     match codec::read_msg::<_, CoordToNode>(recv, MAX_CONTROL_FRAME_BYTES).await? {
         Some(CoordToNode::Welcome {
             heartbeat_interval_ms,
@@ -690,7 +690,7 @@ mod tests {
                         .await
                         .unwrap()
                     {
-                        Some(NodeToCoord::Hello(h)) => h,
+                        Some(NodeToCoord::Hello(h)) => *h,
                         other => panic!("expected hello, got {other:?}"),
                     };
                     codec::write_msg(&mut coord, &answer).await.unwrap();

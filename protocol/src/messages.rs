@@ -154,8 +154,9 @@ pub struct ChunkFailed {
 /// Messages a node sends on its control stream.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum NodeToCoord {
-    /// Handshake; always first.
-    Hello(Hello),
+    /// Handshake; always first. Boxed: it is by far the largest message
+    /// and sent once, while heartbeats and progress fill the node's queues.
+    Hello(Box<Hello>),
     /// Liveness.
     Heartbeat(Heartbeat),
     /// Frames finished in a running chunk.

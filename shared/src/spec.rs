@@ -660,7 +660,11 @@ mod tests {
         );
         check(|v| v["priority"] = json!(101), "priority", "0..=100");
         check(|v| v["max_nodes"] = json!(0), "max_nodes", "1..=100000");
-        check(|v| v["chunk_target_s"] = json!(0.1), "chunk_target_s", "1..=3600");
+        check(
+            |v| v["chunk_target_s"] = json!(0.1),
+            "chunk_target_s",
+            "1..=3600",
+        );
         check(|v| v["project"] = json!("a/b"), "project", "contains '/'");
         check(
             |v| v["requirements"] = json!({"gpu_vendor": "3dfx"}),

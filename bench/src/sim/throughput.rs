@@ -148,7 +148,7 @@ fn hello(i: u32, kind: usize, fps: f64) -> Event {
         session: i as u64 + 1,
         name: format!("node-{i:05}"),
         node_id: format!("id-{i:05}"),
-        caps: caps(kind, fps),
+        caps: Box::new(caps(kind, fps)),
     }
 }
 

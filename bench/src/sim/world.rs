@@ -535,7 +535,7 @@ impl<'a> World<'a> {
             session,
             name: spec.name.clone(),
             node_id: spec.name.clone(),
-            caps: spec.capabilities(),
+            caps: Box::new(spec.capabilities()),
         };
         self.send(i, hello);
         self.at(self.now + spec.tick_phase_ms, SimEvent::Tick(i, session));

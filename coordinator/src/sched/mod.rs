@@ -68,7 +68,7 @@ impl Core {
                 name,
                 node_id,
                 caps,
-            } => self.hello(now_ms, session, name, node_id, caps, &mut cmds),
+            } => self.hello(now_ms, session, name, node_id, *caps, &mut cmds),
             Event::Disconnected { node, session } => {
                 if self
                     .node(node)

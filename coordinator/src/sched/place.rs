@@ -439,8 +439,8 @@ impl Core {
             let stall_ms = self.config.speculate_stall_ms;
             let Some(&(finish, chunk)) = j.finish_index.iter().rev().find(|(_, id)| {
                 let c = &j.live[id];
-                !c.steal_refused
-                    && !(c.started && now_ms.saturating_sub(c.progress_at_ms) >= stall_ms)
+                let stalled = c.started && now_ms.saturating_sub(c.progress_at_ms) >= stall_ms;
+                !(c.steal_refused || stalled)
             }) else {
                 continue;
             };

@@ -173,7 +173,7 @@ pub enum Event {
         /// Persistent node id from the node's data dir.
         node_id: String,
         /// What it has.
-        caps: Capabilities,
+        caps: Box<Capabilities>,
     },
     /// A session's connection closed.
     Disconnected {
