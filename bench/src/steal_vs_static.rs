@@ -14,13 +14,13 @@
 //! `bench/RESULTS.md`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use drover_cli::client::Client;
 use drover_cli::cluster::Cluster;
-use drover_shared::api::{JobState, JobView};
+use drover_shared::api::JobState;
 
 /// How often the job is polled: slowly, because polls cost the coordinator
 /// CPU the nodes would otherwise have; the makespan comes from the
@@ -77,17 +77,7 @@ fn run_job(client: &Client, args: &Args, cluster: &Cluster) -> anyhow::Result<Ou
         "render": { "kind": "shader", "shader": args.shader },
     });
     let sub = client.submit_json(&spec)?;
-    let deadline = Instant::now() + JOB_TIMEOUT;
-    let job: JobView = loop {
-        let job = client.job(sub.id)?;
-        if job.state.is_terminal() {
-            break job;
-        }
-        if Instant::now() > deadline {
-            bail!("job {} still {:?} after {JOB_TIMEOUT:?}", sub.id, job.state);
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    };
+    let job = client.wait_ended(sub.id, POLL_INTERVAL, JOB_TIMEOUT)?;
     if job.state != JobState::Done {
         bail!(
             "job {} ended {:?}: {}\ncoordinator log:\n{}",

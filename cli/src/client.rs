@@ -67,6 +67,28 @@ impl Client {
         Ok(self.check(r)?.into_json()?)
     }
 
+    /// Polls `GET /v1/jobs/{id}` every `poll` until the job ends, or fails
+    /// after `timeout`. Benchmarks poll slowly: every poll costs the
+    /// coordinator CPU that nodes would otherwise have.
+    pub fn wait_ended(
+        &self,
+        id: u64,
+        poll: std::time::Duration,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<JobView> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let job = self.job(id)?;
+            if job.state.is_terminal() {
+                return Ok(job);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("job {id} still {:?} after {timeout:?}", job.state);
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
     /// `DELETE /v1/jobs/{id}`.
     pub fn cancel(&self, id: u64) -> anyhow::Result<JobView> {
         let r = self

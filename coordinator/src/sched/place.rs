@@ -314,14 +314,7 @@ impl Core {
             self.set_eff_prio(job, base);
         }
         let j = self.jobs.get_mut(&job).expect("exists");
-        if j.state == JobState::Unschedulable {
-            j.state = if j.first_frame_at_ms.is_some() {
-                JobState::Running
-            } else {
-                JobState::Queued
-            };
-            j.error = None;
-        }
+        j.schedulable_again();
         let assignment = Assignment {
             chunk: (job, id),
             epoch: incarnation,
@@ -778,13 +771,7 @@ impl Core {
                 }
             }
             None => {
-                if j.state == JobState::Unschedulable {
-                    j.state = if j.first_frame_at_ms.is_some() {
-                        JobState::Running
-                    } else {
-                        JobState::Queued
-                    };
-                    j.error = None;
+                if j.schedulable_again() {
                     cmds.push(Command::Persist { job });
                 }
             }

@@ -242,6 +242,20 @@ impl Job {
         self.spec.frames.len()
     }
 
+    /// Leaves `unschedulable` (some node can run it now); true if it was.
+    pub fn schedulable_again(&mut self) -> bool {
+        if self.state != JobState::Unschedulable {
+            return false;
+        }
+        self.state = if self.first_frame_at_ms.is_some() {
+            JobState::Running
+        } else {
+            JobState::Queued
+        };
+        self.error = None;
+        true
+    }
+
     pub fn at_max_nodes(&self) -> bool {
         self.spec
             .max_nodes

@@ -462,22 +462,27 @@ fn idle_nodes_share_a_new_job_and_chunks_follow_speed() {
     assert_eq!(v.frames_by_node.values().sum::<u64>(), 96);
 }
 
-#[test]
-fn an_idle_node_steals_the_tail_of_the_latest_chunk() {
+/// A fast and a slow node share a 600-frame job; the slow one starts its
+/// chunk and the fast one finishes all of its own, which leaves it idle.
+fn fast_node_runs_out_of_work() -> (Harness, JobId, (ChunkKey, u64, u64)) {
     let mut h = Harness::new(CoreConfig::default());
     h.connect("fast", caps(false, 100.0));
     h.connect("slow", caps(false, 10.0));
     let job = h.submit(spec(600, ""));
-    let fast = h.held("fast");
     let slow = h.held("slow");
     assert_eq!(slow.len(), 1, "{slow:?}");
-    let (skey, s0, s1) = slow[0];
-    h.progress("slow", skey, 0);
-    for (k, _, _) in fast {
+    h.progress("slow", slow[0].0, 0);
+    for (k, _, _) in h.held("fast") {
         h.progress("fast", k, 0);
         h.now += 2_000;
         h.finish("fast", k);
     }
+    (h, job, slow[0])
+}
+
+#[test]
+fn an_idle_node_steals_the_tail_of_the_latest_chunk() {
+    let (mut h, job, (skey, s0, s1)) = fast_node_runs_out_of_work();
     // The fast node is idle now: it asked the slow node to stop early.
     let shrink = h.shrinks.first().copied().expect("a shrink was sent");
     assert_eq!(shrink.1, skey);
@@ -507,15 +512,7 @@ fn an_idle_node_steals_the_tail_of_the_latest_chunk() {
 
 #[test]
 fn shrink_answers_late_twice_or_after_done_keep_accounting_exact() {
-    let mut h = Harness::new(CoreConfig::default());
-    h.connect("fast", caps(false, 100.0));
-    h.connect("slow", caps(false, 10.0));
-    let job = h.submit(spec(600, ""));
-    let (skey, _, _) = h.held("slow")[0];
-    h.progress("slow", skey, 0);
-    for (k, _, _) in h.held("fast") {
-        h.finish("fast", k);
-    }
+    let (mut h, job, _) = fast_node_runs_out_of_work();
     let (ix, key, epoch, _) = h.shrinks[0];
     // The shrink times out unanswered: the thief looks elsewhere...
     h.advance(10_000);
