@@ -6,6 +6,11 @@ use drover_shared::api::{ChunkKind, JobState};
 use super::state::{Chunk, Core, DoneSegment, Range, Timer};
 use super::types::{ChunkKey, ChunkReport, Command, JobId, NodeId};
 
+/// Frames a running chunk must have rendered before its rate stands for
+/// its job's cost while no chunk of the job has finished: fewer, and the
+/// frame in progress (up to one frame's time, uncounted) skews the rate.
+const EARLY_COST_MIN_FRAMES: u64 = 3;
+
 impl Core {
     /// The live chunk `key` if `node` holds it at `epoch`; messages from an
     /// earlier attempt or another node get `None`.
@@ -58,6 +63,15 @@ impl Core {
         };
         let left = c.frames() - frames_done;
         let finish = now_ms + (left as f64 * 1000.0 / rate.max(1e-6)) as u64;
+        if j.frames_done == 0 && frames_done >= EARLY_COST_MIN_FRAMES && elapsed >= 1_000 {
+            // No chunk of the job has finished, so its cost is still the
+            // guess it was submitted with (1, the calibration shader), and
+            // every chunk cut meanwhile is sized by that guess: a shader
+            // ten times dearer got 200 s chunks for a 20 s target. The
+            // running chunk's rate on a node of known speed says what the
+            // cost is; finished chunks refine it from then on.
+            j.cost = (j.cost * fps_now / rate.max(1e-6)).clamp(1e-3, 1e6);
+        }
         if Self::indexed(c) {
             j.finish_index.remove(&(c.expected_finish_ms, id));
             j.finish_index.insert((finish, id));
