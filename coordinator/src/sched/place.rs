@@ -17,6 +17,12 @@ const CHUNK_OVERHEAD_MS: f64 = 300.0;
 const PREEMPT_BATCH: u32 = 8;
 /// Idle nodes looked at per straggler check.
 const SPECULATE_SCAN_NODES: usize = 64;
+/// Latest-finishing chunks of each job a thief considers.
+const STEAL_CANDIDATES_PER_JOB: usize = 4;
+/// Chunks a thief tries to split, latest-finishing first, before it gives
+/// up: each try is a few lookups, and past the first few the tails are
+/// short anyway.
+const STEAL_TRIES: usize = 8;
 
 impl Core {
     /// Whether `class` can run `job` (cached per job and class).
@@ -409,13 +415,16 @@ impl Core {
 
     /// Work stealing: the idle `thief` asks the node whose chunk (of a job
     /// the thief can run) is expected to finish last to stop early; the
-    /// tail comes to the thief when the node answers.
+    /// tail comes to the thief when the node answers. When that chunk's
+    /// tail is too short to pay, the next latest is tried: one chunk left
+    /// with a single frame (a stalled one, say) must not keep every idle
+    /// node from the others.
     fn try_steal(&mut self, now_ms: u64, thief: NodeId, cmds: &mut Vec<Command>) -> bool {
         let class = match self.node(thief) {
             Some(n) => n.class,
             None => return false,
         };
-        let mut best: Option<(u64, ChunkKey)> = None;
+        let mut candidates: Vec<(u64, ChunkKey)> = Vec::new();
         for (&job, j) in &self.jobs {
             // Every hot job knows every class (computed when it was first
             // listed, and for each new class as it appears).
@@ -427,27 +436,27 @@ impl Core {
             {
                 continue;
             }
-            // The latest-finishing chunk whose node answers shrinks and
-            // still makes progress; a hung one is for speculation.
-            let stall_ms = self.config.speculate_stall_ms;
-            let Some(&(finish, chunk)) = j.finish_index.iter().rev().find(|(_, id)| {
-                let c = &j.live[id];
-                let stalled = c.started && now_ms.saturating_sub(c.progress_at_ms) >= stall_ms;
-                !(c.steal_refused || stalled)
-            }) else {
-                continue;
-            };
-            if best.is_some_and(|(f, _)| f >= finish) {
-                continue;
-            }
-            best = Some((finish, (job, chunk)));
+            // The latest-finishing chunks whose node answers shrinks; one
+            // that did not answer is for speculation.
+            candidates.extend(
+                j.finish_index
+                    .iter()
+                    .rev()
+                    .filter(|(_, id)| !j.live[id].steal_refused)
+                    .take(STEAL_CANDIDATES_PER_JOB)
+                    .map(|&(finish, id)| (finish, (job, id))),
+            );
         }
-        let Some((_, key)) = best else { return false };
-        let Some((proposed_end, holder)) = self.steal_split(now_ms, key, thief) else {
-            return false;
-        };
-        self.send_shrink(now_ms, key, holder, proposed_end, Some(thief), None, cmds);
-        true
+        // Latest first; ties by chunk, so the choice never depends on the
+        // order the jobs map iterates in.
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        for &(_, key) in candidates.iter().take(STEAL_TRIES) {
+            if let Some((proposed_end, holder)) = self.steal_split(now_ms, key, thief) {
+                self.send_shrink(now_ms, key, holder, proposed_end, Some(thief), None, cmds);
+                return true;
+            }
+        }
+        false
     }
 
     /// Where to cut `key` so that its node and the thief finish together;
@@ -456,6 +465,18 @@ impl Core {
         let j = self.jobs.get(&key.0)?;
         let c = j.live.get(&key.1)?;
         let holder = self.node(c.node)?;
+        let stalled =
+            c.started && now_ms.saturating_sub(c.progress_at_ms) >= self.config.speculate_stall_ms;
+        if stalled {
+            // A hung renderer whose agent still answers: it keeps only the
+            // frame it is on, the thief takes every frame after it, and
+            // that one frame is what speculation copies. Copying the whole
+            // chunk instead restarted all its frames on one node (a
+            // 68-frame chunk on a CPU node: 280 s, seed 11 --faults); a
+            // node that does not answer is marked and left to speculation.
+            let pos = c.start + c.frames_done;
+            return (pos < c.end).then_some((pos, c.node));
+        }
         let (pos, wait_ms, rate) = if c.started {
             let elapsed = now_ms.saturating_sub(c.started_at_ms);
             let rate = if elapsed >= 2_000 && c.frames_done > 0 {
