@@ -774,6 +774,20 @@ fn a_fast_node_steals_from_a_slowed_one_and_beats_static_chunks() {
         "the slow node answered a shrink"
     );
     assert_eq!(stolen.frames_by_node.values().sum::<u64>(), 480);
+    // The CLI shows which node rendered which frames, the stolen ones
+    // marked, and each node's measured speed.
+    let status = drover(&c.url(), &["status", &sub.id.to_string()]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("stolen") && text.contains("fast") && text.contains("slow"),
+        "{text}"
+    );
+    let nodes = drover(&c.url(), &["nodes"]);
+    let text = String::from_utf8_lossy(&nodes.stdout);
+    assert!(
+        text.contains("shader@") && text.contains("slowdown x5"),
+        "{text}"
+    );
     let out = dir.path().join("steal.mp4");
     client.download(sub.id, &out).unwrap();
     assert_eq!(ffprobe(&out)["nb_read_frames"], "480");

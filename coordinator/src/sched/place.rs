@@ -587,14 +587,14 @@ impl Core {
                 continue;
             }
             let j = &self.jobs[&job];
-            if j.ready_frames > 0
-                || !j.delayed.is_empty()
-                || j.live.is_empty()
-                || j.state.is_terminal()
-                || j.blocklist.contains(&node)
-            {
+            if j.live.is_empty() || j.state.is_terminal() || j.blocklist.contains(&node) {
                 continue;
             }
+            // Crawling chunks are judged near the job's end only (before,
+            // the crawl is often frames dearer than the average); a
+            // stalled one is stuck whatever else waits, and the idle node
+            // asking has nothing better to do.
+            let tail = j.ready_frames == 0 && j.delayed.is_empty();
             let thief_fps = self.expected_fps(node, job);
             for (&id, c) in &j.live {
                 if !c.started
@@ -610,7 +610,7 @@ impl Core {
                 let rate = c.frames_done as f64 * 1000.0 / elapsed.max(1) as f64;
                 let min_elapsed = (5_000.0f64).max(3_000.0 / c.expected_fps.max(1e-6));
                 let crawling = elapsed as f64 >= min_elapsed && rate * slow < c.expected_fps;
-                if !stalled && !crawling {
+                if !stalled && !(crawling && tail) {
                     continue;
                 }
                 // A crawling chunk with frames still to start is for
