@@ -236,6 +236,12 @@ async fn connection(
     // Reader: every control message goes through the session actor.
     let result = loop {
         match codec::read_msg::<_, NodeToCoord>(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
+            // A session that stopped (replaced, or its writer failed) must
+            // take its connection with it: a node whose messages go nowhere
+            // would heartbeat forever and never reconnect.
+            Ok(Some(_)) if !session.connected() => {
+                break Err(anyhow::anyhow!("the session of {name} has ended"))
+            }
             Ok(Some(msg)) => session.do_send(Inbound(msg)),
             Ok(None) => break Ok(()),
             Err(e) => {
