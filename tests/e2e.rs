@@ -361,7 +361,10 @@ fn jobs_survive_coordinator_restarts_and_nodes_reconnect() {
     let before = c.client().job(queued.id).unwrap();
     c.restart_coordinator().unwrap();
     let after = c.client().job(queued.id).unwrap();
-    assert_eq!(after.state, JobState::Queued);
+    // No node is connected: the job says so, with the same frames waiting.
+    assert_eq!(before.state, JobState::Unschedulable);
+    assert_eq!(after.state, JobState::Unschedulable);
+    assert_eq!(after.error.as_deref(), Some("no node is connected"));
     assert_eq!(after.chunks, before.chunks);
     assert_eq!(after.submitted_at_ms, before.submitted_at_ms);
 
@@ -751,11 +754,11 @@ fn a_fast_node_steals_from_a_slowed_one_and_beats_static_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(Path::new(BIN), dir.path(), &[], &[]).unwrap();
     c.add_node("fast").unwrap();
-    // Test aid: this node pauses after each frame, five times slower.
-    c.add_node_with("slow", &["--slowdown", "5"]).unwrap();
+    // Test aid: this node pauses after each frame, ten times slower.
+    c.add_node_with("slow", &["--slowdown", "10"]).unwrap();
     c.wait_nodes(2).unwrap();
     let client = c.client();
-    let job_spec = spec("steal", 480, 320, 180, "plasma");
+    let job_spec = spec("steal", 480, 640, 360, "plasma");
     let sub = client.submit_json(&job_spec).unwrap();
     let stolen = wait_done(&c, sub.id);
     // Frames moved from the slow node by shrinking its chunk.
@@ -785,24 +788,27 @@ fn a_fast_node_steals_from_a_slowed_one_and_beats_static_chunks() {
     let nodes = drover(&c.url(), &["nodes"]);
     let text = String::from_utf8_lossy(&nodes.stdout);
     assert!(
-        text.contains("shader@") && text.contains("slowdown x5"),
+        text.contains("shader@") && text.contains("slowdown x10"),
         "{text}"
     );
     let out = dir.path().join("steal.mp4");
     client.download(sub.id, &out).unwrap();
     assert_eq!(ffprobe(&out)["nb_read_frames"], "480");
-    // The same job with fixed 24-frame chunks and no stealing, the way most
-    // farms cut work, on the same two nodes.
-    c.restart_coordinator_with(&["--strategy", "static", "--chunk-frames", "24"])
+    // The same job with fixed 48-frame chunks and no stealing, the way most
+    // farms cut work, on the same two nodes: the slow node's last chunk
+    // holds the job up (bench/RESULTS.md measures 24-frame chunks too).
+    c.restart_coordinator_with(&["--strategy", "static", "--chunk-frames", "48"])
         .unwrap();
     c.wait_nodes(2).unwrap();
     let sub = c.client().submit_json(&job_spec).unwrap();
     let fixed = wait_done(&c, sub.id);
     assert_eq!(fixed.frames_stolen, 0);
     let (ours, theirs) = (makespan_ms(&stolen), makespan_ms(&fixed));
-    eprintln!("makespan: stealing {ours} ms, static 24-frame chunks {theirs} ms");
+    eprintln!("makespan: stealing {ours} ms, static 48-frame chunks {theirs} ms");
+    // Well before: measured about 2x here (bench/RESULTS.md); 1.2x leaves
+    // room for a noisy machine.
     assert!(
-        ours < theirs,
+        ours * 6 < theirs * 5,
         "stealing took {ours} ms, static chunks {theirs} ms"
     );
 }

@@ -153,6 +153,9 @@ impl Core {
             core.jobs.insert(id, job);
             core.relist(id);
         }
+        // No node is connected yet: every job with frames to render says
+        // so until its nodes reconnect.
+        core.refresh_schedulable_all(0, &mut cmds);
         (core, cmds)
     }
 
