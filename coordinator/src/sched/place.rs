@@ -610,7 +610,7 @@ impl Core {
                 let rate = c.frames_done as f64 * 1000.0 / elapsed.max(1) as f64;
                 let min_elapsed = (5_000.0f64).max(3_000.0 / c.expected_fps.max(1e-6));
                 let crawling = elapsed as f64 >= min_elapsed && rate * slow < c.expected_fps;
-                if !stalled && !(crawling && tail) {
+                if !(stalled || (crawling && tail)) {
                     continue;
                 }
                 // A crawling chunk with frames still to start is for
