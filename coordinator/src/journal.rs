@@ -91,13 +91,97 @@ impl Journal {
         for item in self.jobs.iter() {
             let (k, v) = item?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let job: JobRecord = serde_json::from_slice(&v)
-                .map_err(|source| JournalError::Record { job: id, source })?;
+            let job: JobRecord = match serde_json::from_slice(&v) {
+                Ok(job) => job,
+                // A journal written by the previous version (whole jobs with
+                // fixed chunks) is read and converted, so an upgrade keeps
+                // every job and every stored segment; anything else stops
+                // the coordinator with the record named.
+                Err(source) => serde_json::from_slice::<legacy::Job>(&v)
+                    .map(legacy::Job::into_record)
+                    .map_err(|_| JournalError::Record { job: id, source })?,
+            };
             // Check after reading back what was checked before writing.
             assert_eq!(job.id, id, "journal key and record disagree");
             out.push(job);
         }
         Ok(out)
+    }
+}
+
+/// The record format of the version before the scheduler issue: a whole
+/// job with its fixed chunks. Read only, to upgrade a journal in place.
+mod legacy {
+    use std::collections::BTreeMap;
+
+    use drover_shared::api::{ChunkKind, ChunkState, JobState};
+    use drover_shared::spec::JobSpec;
+    use serde::Deserialize;
+
+    use crate::sched::{DoneSegment, JobRecord};
+
+    #[derive(Deserialize)]
+    pub struct Chunk {
+        index: u32,
+        start: u64,
+        end: u64,
+        state: ChunkState,
+        node: Option<String>,
+        segment: Option<String>,
+        segment_hash: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Job {
+        id: u64,
+        spec: JobSpec,
+        state: JobState,
+        chunks: Vec<Chunk>,
+        submitted_at_ms: u64,
+        first_frame_at_ms: Option<u64>,
+        finished_at_ms: Option<u64>,
+        error: Option<String>,
+        output_path: Option<String>,
+    }
+
+    impl Job {
+        /// Done chunks become stored segments; the rest of the frames wait.
+        pub fn into_record(self) -> JobRecord {
+            let mut done = BTreeMap::new();
+            for c in &self.chunks {
+                if let (ChunkState::Done, Some(segment)) = (c.state, &c.segment) {
+                    done.insert(
+                        c.start,
+                        DoneSegment {
+                            end: c.end,
+                            chunk: c.index,
+                            node: c.node.clone().unwrap_or_default(),
+                            kind: ChunkKind::Normal,
+                            segment: segment.clone(),
+                            hash: c.segment_hash.clone().unwrap_or_default(),
+                        },
+                    );
+                }
+            }
+            JobRecord {
+                id: self.id,
+                spec: self.spec,
+                state: self.state,
+                submitted_at_ms: self.submitted_at_ms,
+                first_frame_at_ms: self.first_frame_at_ms,
+                finished_at_ms: self.finished_at_ms,
+                error: self.error,
+                output_path: self.output_path,
+                done,
+                missing: Vec::new(),
+                // Chunk ids of the old format were positions; new chunks
+                // start after them so no id is ever reused.
+                next_chunk: self.chunks.len() as u32,
+                frames_stolen: 0,
+                frames_wasted: 0,
+                blocklisted_nodes: Vec::new(),
+            }
+        }
     }
 }
 
@@ -141,5 +225,42 @@ mod tests {
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0], core.record(id).unwrap());
         assert_eq!(j.next_incarnation().unwrap(), 2, "each start counts");
+    }
+
+    #[test]
+    fn a_journal_of_the_previous_version_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        // A record exactly as the previous version wrote it: 48 frames in
+        // two fixed chunks, the first stored.
+        let old = r#"{"id":3,"spec":{"name":"old","frames":{"start":1,"end":48},"fps":24,
+            "resolution":{"width":64,"height":64},"render":{"kind":"shader","source":"x"},
+            "output":{"container":"mp4","codec":"h264","quality":18},"requirements":{"gpu":"any"}},
+            "state":"running","chunks":[
+            {"index":0,"start":1,"end":24,"state":"done","node":"n1","epoch":1,"attempts":1,"failures":0,
+             "frames_done":24,"progress_at_ms":5,"started":true,"not_before_ms":0,"last_error":null,
+             "segment":"/a/chunk-00000-e1.mp4","segment_hash":"ab"},
+            {"index":1,"start":25,"end":48,"state":"assigned","node":"n1","epoch":1,"attempts":1,"failures":0,
+             "frames_done":3,"progress_at_ms":5,"started":true,"not_before_ms":0,"last_error":null,
+             "segment":null,"segment_hash":null}],
+            "submitted_at_ms":1,"first_frame_at_ms":2,"finished_at_ms":null,"error":null,"output_path":null}"#;
+        j.jobs.insert(3u64.to_be_bytes(), old.as_bytes()).unwrap();
+        let jobs = j.load().unwrap();
+        assert_eq!(jobs.len(), 1);
+        let r = &jobs[0];
+        assert_eq!(r.done.len(), 1);
+        assert_eq!(r.done[&1].end, 24);
+        assert_eq!(r.done[&1].segment, "/a/chunk-00000-e1.mp4");
+        assert_eq!(r.next_chunk, 2);
+        // The core restores it with frames 25-48 waiting.
+        let (core, _) = Core::restore(CoreConfig::default(), jobs);
+        core.check_invariants();
+        assert_eq!(core.job_view(3).unwrap().frames_done, 24);
+        // Garbage is still refused, naming the record.
+        j.jobs
+            .insert(4u64.to_be_bytes(), b"{not json".as_slice())
+            .unwrap();
+        let err = j.load().unwrap_err().to_string();
+        assert!(err.contains("job 4"), "{err}");
     }
 }
