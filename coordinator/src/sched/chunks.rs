@@ -266,7 +266,6 @@ impl Core {
         }
         c.expected_finish_ms = shortened;
         let tail_frames = tail.end - tail_start + 1;
-        cmds.push(Command::Persist { job: key.0 });
         let usable = thief.filter(|t| {
             self.node(*t).is_some_and(|n| {
                 n.connected && n.quarantined.is_none() && n.held.len() < self.config.node_slots

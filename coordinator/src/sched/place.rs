@@ -340,8 +340,12 @@ impl Core {
             now_ms + 2 * self.config.chunk_stall_timeout_ms + 1,
             Timer::Stall(job, id),
         );
+        // Not journaled: an assignment changes nothing the record holds
+        // but the next chunk id, and a chunk id reused after a crash cannot
+        // be mistaken for an old attempt, whose epoch carries the previous
+        // incarnation. Journaling every assignment rewrote whole records
+        // at every decision (bench/RESULTS.md, quic-load).
         cmds.push(Command::Assign { node, assignment });
-        cmds.push(Command::Persist { job });
         id
     }
 
