@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use drover_bench::WorkDir;
 use drover_cli::client::Client;
 use drover_cli::cluster::Cluster;
 use drover_node::encode::{EncodeSettings, DEFAULT_CODEC, DEFAULT_PRESET};
@@ -102,22 +103,6 @@ struct Run {
     renderer_ms: Option<u64>,
     /// Size of the output file.
     bytes: u64,
-}
-
-/// Removes the working directory when dropped, unless asked to keep it.
-struct WorkDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if self.keep {
-            eprintln!("kept the working directory {}", self.path.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
 }
 
 fn main() -> anyhow::Result<()> {

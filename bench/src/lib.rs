@@ -12,3 +12,24 @@
 #![warn(missing_docs)]
 
 pub mod sim;
+
+use std::path::PathBuf;
+
+/// A benchmark's working directory (cluster data, logs, outputs): removed
+/// when dropped, unless `keep` asks to read the logs afterwards.
+pub struct WorkDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// Keep it and print its path instead of removing it.
+    pub keep: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("kept the working directory {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}

@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
+use drover_bench::WorkDir;
 use drover_cli::client::Client;
 use drover_cli::cluster::Cluster;
 use drover_node::tls::{client_config, Trust};
@@ -416,22 +417,6 @@ struct Row {
     load_average: String,
     /// Size of the coordinator's journal (sled) at the end of the window.
     journal_mib: f64,
-}
-
-/// Removes the working directory when dropped, unless asked to keep it.
-struct WorkDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if self.keep {
-            eprintln!("kept the working directory {}", self.path.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -682,8 +682,11 @@ fn vendor_name_vram_cores_memory_pool_are_matched() {
     }
 }
 
-#[test]
-fn a_bad_frame_is_isolated_and_fails_the_job_naming_it() {
+/// One node renders a 40-frame job in which `bad` always fails, naming the
+/// frame or not, until the job stops running; returns the harness, the job
+/// and how many chunks failed. Blocklisting and quarantine are off, so the
+/// one node keeps the job.
+fn run_with_bad_frame(extra: &str, bad: u64, named: bool) -> (Harness, JobId, u32) {
     let cfg = CoreConfig {
         blocklist_after: 100,
         quarantine_after_jobs: 100,
@@ -691,24 +694,31 @@ fn a_bad_frame_is_isolated_and_fails_the_job_naming_it() {
     };
     let mut h = Harness::new(cfg);
     h.connect("a", caps(false, 10.0));
-    let job = h.submit(spec(40, ""));
+    let job = h.submit(spec(40, extra));
     let mut failures = 0;
-    for _ in 0..200 {
+    for _ in 0..500 {
         let Some((key, s, e)) = h.held("a").first().copied() else {
-            if h.core.poll_timeout().is_some() && h.view(job).state != JobState::Failed {
-                h.advance(70_000);
-                continue;
+            if h.view(job).state != JobState::Running {
+                break;
             }
-            break;
+            // Failed frames wait out their backoff.
+            h.advance(70_000);
+            continue;
         };
         h.progress("a", key, 0);
-        if (s..=e).contains(&17) {
+        if (s..=e).contains(&bad) {
             failures += 1;
-            h.fail("a", key, Some(17));
+            h.fail("a", key, named.then_some(bad));
         } else {
             h.finish("a", key);
         }
     }
+    (h, job, failures)
+}
+
+#[test]
+fn a_bad_frame_is_isolated_and_fails_the_job_naming_it() {
+    let (h, job, failures) = run_with_bad_frame("", 17, true);
     let v = h.view(job);
     assert_eq!(v.state, JobState::Failed);
     assert_eq!(failures, 3);
@@ -720,30 +730,8 @@ fn a_bad_frame_is_isolated_and_fails_the_job_naming_it() {
 
 #[test]
 fn a_bad_frame_found_by_bisection_can_be_left_out() {
-    let cfg = CoreConfig {
-        blocklist_after: 100,
-        quarantine_after_jobs: 100,
-        ..Default::default()
-    };
-    let mut h = Harness::new(cfg);
-    h.connect("a", caps(false, 10.0));
-    let job = h.submit(spec(40, r#""allow_missing_frames":true"#));
-    for _ in 0..500 {
-        let Some((key, s, e)) = h.held("a").first().copied() else {
-            if h.view(job).state != JobState::Running {
-                break;
-            }
-            h.advance(70_000);
-            continue;
-        };
-        h.progress("a", key, 0);
-        // The node cannot tell which frame is bad: bisection finds it.
-        if (s..=e).contains(&23) {
-            h.fail("a", key, None);
-        } else {
-            h.finish("a", key);
-        }
-    }
+    // The node cannot tell which frame is bad: bisection finds it.
+    let (h, job, _) = run_with_bad_frame(r#""allow_missing_frames":true"#, 23, false);
     let v = h.view(job);
     assert_eq!(v.state, JobState::Muxing, "{v:?}");
     assert_eq!(v.missing_frames, vec![23]);
