@@ -298,6 +298,20 @@ fn print_chunks(j: &drover_shared::api::JobView) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(
+        cli.cmd,
+        Cmd::Coordinator { .. } | Cmd::Node { .. } | Cmd::Demo(_)
+    ) {
+        // `drover status | head` must end quietly when the reader goes
+        // away, as Unix tools do, not panic on a broken pipe: Rust ignores
+        // SIGPIPE by default, so client commands restore the default
+        // action. The servers keep ignoring it: a peer going away is
+        // theirs to handle.
+        // SAFETY: setting a signal disposition at start, before any thread.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.cmd {
         Cmd::Coordinator {
             data,
