@@ -426,9 +426,7 @@ impl Core {
         if end < c.end {
             // The node stopped early (a shrink answer may still be on its
             // way); what it did not render goes back to the job.
-            let thief = c.shrink.and_then(|s| s.thief);
             self.shrink_ack(now_ms, node, key, epoch, Some(end), cmds);
-            let _ = thief;
         }
         let Some((c, thief)) = self.remove_chunk(key) else {
             return;

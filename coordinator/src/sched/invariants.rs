@@ -115,6 +115,19 @@ impl Core {
                 }
             }
         }
+        for (ix, p) in self.projects.iter().enumerate() {
+            let listed = self
+                .jobs
+                .values()
+                .filter(|j| j.listed && j.project as usize == ix)
+                .count() as u32;
+            assert_eq!(p.listed, listed, "project {ix}: listed jobs");
+        }
+        let with_listed = self.projects.iter().filter(|p| p.listed > 0).count() as u32;
+        assert_eq!(
+            self.projects_listed, with_listed,
+            "projects with listed jobs"
+        );
         let mut seen = BTreeSet::new();
         for (ix, n) in self.nodes.iter().enumerate() {
             let Some(n) = n else { continue };

@@ -61,7 +61,6 @@ impl Core {
     /// Applies one event.
     pub fn handle(&mut self, now_ms: u64, event: Event) -> Vec<Command> {
         let mut cmds = Vec::new();
-        self.events += 1;
         match event {
             Event::Hello {
                 session,

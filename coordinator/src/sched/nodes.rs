@@ -102,7 +102,6 @@ impl Core {
                     class,
                     connected: false,
                     last_heartbeat_ms: now_ms,
-                    disconnected_at_ms: 0,
                     held: Vec::new(),
                     cpu_load_pct: 0.0,
                     frames_rendered: 0,
@@ -176,12 +175,7 @@ impl Core {
         connected: bool,
         cmds: &mut Vec<Command>,
     ) {
-        self.modify_node(now_ms, id, cmds, |n| {
-            n.connected = connected;
-            if !connected {
-                n.disconnected_at_ms = now_ms;
-            }
-        });
+        self.modify_node(now_ms, id, cmds, |n| n.connected = connected);
     }
 
     /// Changes a node and keeps its class's count of available nodes
@@ -274,6 +268,7 @@ impl Core {
             self.lose_chunk(now_ms, key, "node lost while running the chunk", cmds);
             touched.push(key.0);
         }
+        touched.sort_unstable();
         touched.dedup();
         for j in touched {
             self.offer_job(now_ms, j, cmds);

@@ -305,7 +305,6 @@ impl Core {
                 twin: None,
                 steal_refused: false,
                 stored: None,
-                last_error: None,
             },
         );
         if kind != ChunkKind::Speculative {

@@ -69,7 +69,6 @@ impl Core {
             projects_listed: 0,
             next_speculate_scan_ms: 0,
             shrink_seq: 0,
-            events: 0,
             live_chunks: 0,
             dirty: Vec::new(),
         }
@@ -254,12 +253,14 @@ impl Core {
         for c in live {
             self.remove_chunk((id, c));
         }
-        let mut j = self.jobs.remove(&id).expect("exists");
+        // Unlisted through the one path that keeps the ready sets and the
+        // project counts true.
+        let j = self.jobs.get_mut(&id).expect("exists");
+        j.ready.clear();
         j.ready_frames = 0;
-        let prio = j.eff_prio;
-        for c in &mut self.classes {
-            c.ready_jobs.remove(&(std::cmp::Reverse(prio), id));
-        }
+        self.relist(id);
+        self.jobs.remove(&id);
+        self.dirty.retain(|d| *d != id);
         if self.next_job_id == id + 1 {
             self.next_job_id = id;
         }

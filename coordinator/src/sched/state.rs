@@ -94,7 +94,6 @@ pub(crate) struct Node {
     pub class: ClassId,
     pub connected: bool,
     pub last_heartbeat_ms: u64,
-    pub disconnected_at_ms: u64,
     /// Chunks it holds, in the order it runs them.
     pub held: Vec<ChunkKey>,
     pub cpu_load_pct: f32,
@@ -161,7 +160,6 @@ pub(crate) struct Chunk {
     pub steal_refused: bool,
     /// The segment the store verified for it: (start, end, path, hash).
     pub stored: Option<(u64, u64, String, String)>,
-    pub last_error: Option<String>,
 }
 
 impl Chunk {
@@ -302,8 +300,6 @@ pub struct Core {
     /// seconds, not per event.
     pub(crate) next_speculate_scan_ms: u64,
     pub(crate) shrink_seq: u32,
-    /// Events handled, for the benchmarks.
-    pub(crate) events: u64,
     /// Live chunks in all jobs: the straggler check only runs when some
     /// work is out there.
     pub(crate) live_chunks: u64,

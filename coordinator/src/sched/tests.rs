@@ -412,13 +412,11 @@ impl Harness {
     }
 }
 
-fn assigns(cmds: &[Command]) -> Vec<(NodeId, u64, u64, ChunkKind)> {
-    let _ = ChunkKind::Normal;
+/// The assignments among `cmds`: node and frame range.
+fn assigns(cmds: &[Command]) -> Vec<(NodeId, u64, u64)> {
     cmds.iter()
         .filter_map(|c| match c {
-            Command::Assign { node, assignment } => {
-                Some((*node, assignment.start, assignment.end, ChunkKind::Normal))
-            }
+            Command::Assign { node, assignment } => Some((*node, assignment.start, assignment.end)),
             _ => None,
         })
         .collect()
@@ -1233,11 +1231,7 @@ mod props {
                 }
                 Step::AnswerShrink => {
                     if !h.shrinks.is_empty() {
-                        let before = h.log.len();
                         h.answer_shrink();
-                        let _ = before;
-                        let (ix, key, epoch, _) = (0, (0, 0), 0, 0);
-                        let _ = (ix, key, epoch);
                     }
                 }
                 Step::DuplicateLastAnswer => {
@@ -1316,7 +1310,7 @@ mod props {
                 name: format!("n{i}"),
             });
         }
-        let mut gpu_present = fleet.iter().any(|(g, _)| *g);
+        let gpu_present = fleet.iter().any(|(g, _)| *g);
         for _ in 0..200 {
             h.drain();
             h.advance(120_000);
@@ -1332,9 +1326,6 @@ mod props {
             if !open {
                 break;
             }
-        }
-        if !gpu_present {
-            gpu_present = false;
         }
         for job in ids {
             let v = h.view(job);

@@ -61,7 +61,7 @@ impl Core {
                 node: self.node(c.node).map(|n| n.name.to_string()),
                 frames_done: c.frames_done,
                 attempts: c.failures,
-                last_error: c.last_error.clone(),
+                last_error: None,
             });
         }
         let pending = j
@@ -187,28 +187,6 @@ impl Core {
             .get(&id)
             .map(|j| j.state)
             .or_else(|| self.finished.get(&id).map(|r| r.state))
-    }
-
-    /// Events handled since start.
-    pub fn events_handled(&self) -> u64 {
-        self.events
-    }
-
-    /// Jobs in the hot state.
-    pub fn hot_jobs(&self) -> usize {
-        self.jobs.len()
-    }
-
-    /// The encoder a job's chunks use.
-    pub fn job_encoder(&self, id: JobId) -> Option<String> {
-        self.jobs
-            .get(&id)
-            .map(|j| j.encoder.to_string())
-            .or_else(|| {
-                self.finished
-                    .get(&id)
-                    .map(|r| caps::job_encoder(&r.spec).to_string())
-            })
     }
 }
 
