@@ -4,6 +4,20 @@
 use anyhow::{bail, Context as _};
 use drover_shared::api::{JobView, NodeView, Problem, Submitted};
 
+/// `text` as one URL path segment: anything but unreserved characters is
+/// percent-encoded, so a node name with a space or `/` stays one segment.
+fn path_segment(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The REST API at `base` (`http://127.0.0.1:8270`).
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -108,7 +122,10 @@ impl Client {
     pub fn clear_quarantine(&self, name: &str) -> anyhow::Result<NodeView> {
         let r = self
             .agent
-            .post(&self.url(&format!("/v1/nodes/{name}/clear-quarantine")))
+            .post(&self.url(&format!(
+                "/v1/nodes/{}/clear-quarantine",
+                path_segment(name)
+            )))
             .call();
         Ok(self.check(r)?.into_json()?)
     }
@@ -127,5 +144,16 @@ impl Client {
         drop(f);
         std::fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_stay_one_path_segment() {
+        let check = |name: &str, want: &str| assert_eq!(super::path_segment(name), want);
+        check("gpu-07", "gpu-07");
+        check("render box/2", "render%20box%2F2");
+        check("a?b#c", "a%3Fb%23c");
     }
 }

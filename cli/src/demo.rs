@@ -32,7 +32,7 @@ pub struct DemoArgs {
     /// Frame height.
     #[arg(long, default_value_t = 720)]
     pub height: u32,
-    /// Frames per chunk.
+    /// Smallest chunk in frames (chunks are sized by each node's speed).
     #[arg(long, default_value_t = 24)]
     pub chunk_frames: u64,
     /// Working directory for the farm's data and logs (default: a fresh

@@ -50,10 +50,11 @@ enum Cmd {
         /// job sets `chunk_target_s`.
         #[arg(long, default_value_t = 20.0, value_parser = parse_target_s)]
         chunk_target_s: f64,
-        /// Smallest chunk in frames (with --strategy static: every chunk's
-        /// size).
-        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-        chunk_frames: u64,
+        /// Smallest chunk in frames (default 8); with --strategy static,
+        /// every chunk's size (default 24, a common choice of the farms it
+        /// stands for).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        chunk_frames: Option<u64>,
         /// Largest chunk in frames.
         #[arg(long, default_value_t = 2_400, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         max_chunk_frames: u64,
@@ -326,6 +327,7 @@ fn main() -> anyhow::Result<()> {
             let data_dir = data.unwrap_or_else(|| default_data_dir().join("coordinator"));
             use drover_coordinator::sched::{Chunking, CoreConfig};
             let drover = strategy == "drover";
+            let chunk_frames = chunk_frames.unwrap_or(if strategy == "static" { 24 } else { 8 });
             let cfg = drover_coordinator::server::CoordinatorConfig {
                 data_dir,
                 http_addr: http,

@@ -295,10 +295,9 @@ impl Handler<Submit> for Scheduler {
             return Err(e);
         }
         info!(job = id, "job accepted");
+        // The record just written is the one a Persist would write again.
         let mut cmds = cmds;
         cmds.retain(|c| !matches!(c, Command::Persist { job } if *job == id));
-        // The assignments made at submission are journaled with them.
-        cmds.push(Command::Persist { job: id });
         self.execute(cmds, ctx);
         Ok(id)
     }
@@ -338,20 +337,43 @@ impl Handler<CancelJob> for Scheduler {
     }
 }
 
-/// Clear a node's quarantine; `false` when no such node is known.
+/// Outcome of clearing a node's quarantine.
+#[derive(Debug)]
+pub enum ClearOutcome {
+    /// Cleared; the node as it is now.
+    Cleared(NodeView),
+    /// The node was not quarantined; nothing changed.
+    NotQuarantined(NodeView),
+    /// No node of that name is known.
+    NotFound,
+}
+
+/// Clear a node's quarantine.
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "ClearOutcome")]
 pub struct ClearQuarantine(pub String);
 
 impl Handler<ClearQuarantine> for Scheduler {
-    type Result = bool;
-    fn handle(&mut self, msg: ClearQuarantine, ctx: &mut Context<Self>) -> bool {
-        if self.core.node_id(&msg.0).is_none() {
-            return false;
-        }
-        info!(node = %msg.0, "quarantine cleared by an admin");
-        self.apply(Event::ClearQuarantine { name: msg.0 }, ctx);
-        true
+    type Result = MessageResult<ClearQuarantine>;
+    fn handle(&mut self, msg: ClearQuarantine, ctx: &mut Context<Self>) -> Self::Result {
+        let outcome = match self.core.node_view(&msg.0, now_ms()) {
+            None => ClearOutcome::NotFound,
+            Some(v) if v.quarantined.is_none() => ClearOutcome::NotQuarantined(v),
+            Some(_) => {
+                info!(node = %msg.0, "quarantine cleared by an admin");
+                self.apply(
+                    Event::ClearQuarantine {
+                        name: msg.0.clone(),
+                    },
+                    ctx,
+                );
+                match self.core.node_view(&msg.0, now_ms()) {
+                    Some(v) => ClearOutcome::Cleared(v),
+                    None => ClearOutcome::NotFound,
+                }
+            }
+        };
+        MessageResult(outcome)
     }
 }
 

@@ -8,7 +8,8 @@ use drover_shared::api::{JobState, Problem, Submitted};
 use drover_shared::spec::{JobSpec, MAX_SPEC_BYTES};
 
 use crate::actors::{
-    CancelJob, CancelOutcome, ClearQuarantine, GetJob, ListJobs, ListNodes, Scheduler, Submit,
+    CancelJob, CancelOutcome, ClearOutcome, ClearQuarantine, GetJob, ListJobs, ListNodes,
+    Scheduler, Submit,
 };
 
 /// Routes under `/v1` and the health check.
@@ -231,14 +232,14 @@ async fn clear_quarantine(
 ) -> HttpResponse {
     let name = path.into_inner();
     match sched.send(ClearQuarantine(name.clone())).await {
-        Ok(true) => match sched.send(ListNodes).await {
-            Ok(nodes) => match nodes.into_iter().find(|n| n.name == name) {
-                Some(n) => HttpResponse::Ok().json(n),
-                None => HttpResponse::NoContent().finish(),
-            },
-            Err(e) => unavailable(e),
-        },
-        Ok(false) => problem(
+        Ok(ClearOutcome::Cleared(node)) => HttpResponse::Ok().json(node),
+        Ok(ClearOutcome::NotQuarantined(_)) => problem(
+            StatusCode::CONFLICT,
+            "node not quarantined",
+            format!("node {name:?} is not quarantined; nothing to clear"),
+            Some("name"),
+        ),
+        Ok(ClearOutcome::NotFound) => problem(
             StatusCode::NOT_FOUND,
             "no such node",
             format!("no node named {name:?} is known"),

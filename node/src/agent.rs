@@ -161,7 +161,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .await??;
     caps.tags = clean_tags(&cfg.tags);
     caps.pool = cfg.pool.trim().to_string();
-    crate::probe::apply_test_aids(&mut caps, cfg.test_gpu.as_deref(), aids.slowdown_factor);
+    // A tag or pool no job could name would route nothing, silently: the
+    // node refuses to start instead, with the rule jobs are held to.
+    for t in &caps.tags {
+        drover_shared::spec::label("--tags", t)?;
+    }
+    if !caps.pool.is_empty() {
+        drover_shared::spec::label("--pool", &caps.pool)?;
+    }
+    crate::probe::apply_test_aids(
+        &mut caps,
+        cfg.test_gpu.as_deref(),
+        aids.slowdown_factor,
+        &aids.fail_frames,
+    );
     if let Some(k) = caps.calibration {
         info!(
             frames_per_s = format!("{:.1}", k.frames_per_s),
@@ -537,7 +550,19 @@ where
         }
     }
     codec::write_msg(send, &NodeToCoord::Hello(Box::new(hello))).await?;
-    match codec::read_msg::<_, CoordToNode>(recv, MAX_CONTROL_FRAME_BYTES).await? {
+    // The same bound as the preamble's: keep-alives would hold a coordinator
+    // that never answers the hello open forever.
+    let answer = tokio::time::timeout(
+        Duration::from_millis(PREAMBLE_TIMEOUT_MS),
+        codec::read_msg::<_, CoordToNode>(recv, MAX_CONTROL_FRAME_BYTES),
+    )
+    .await;
+    let Ok(answer) = answer else {
+        return Ok(Opened::Ended(SessionEnd::Lost(format!(
+            "no answer to the hello within {PREAMBLE_TIMEOUT_MS} ms"
+        ))));
+    };
+    match answer? {
         Some(CoordToNode::Welcome {
             heartbeat_interval_ms,
             ..

@@ -321,7 +321,10 @@ pub fn calibrate(
         ..aids.clone()
     };
     let path = dir.join("calibration.mp4");
-    let started = Instant::now();
+    // Timed from the first frame rendered, so that the encoder's start is
+    // not counted as frame time (a fast node would look slower than it is);
+    // the flush at the end stays in, as every chunk pays it.
+    let first_frame = std::cell::Cell::new(None::<Instant>);
     let result = render_and_encode_in(
         &mut renderer,
         &settings,
@@ -329,14 +332,18 @@ pub fn calibrate(
         &aids,
         &path,
         &AtomicBool::new(false),
-        |_| {},
+        |done| {
+            if done == 1 {
+                first_frame.set(Some(Instant::now()));
+            }
+        },
     );
-    let elapsed_s = started.elapsed().as_secs_f64();
+    let elapsed_s = first_frame.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
     // Removed whatever happened: only a failed encode removes it itself.
     let _ = std::fs::remove_file(&path);
     let frames = result?;
     Ok(Calibration {
-        frames_per_s: frames as f64 / elapsed_s.max(1e-6),
+        frames_per_s: frames.saturating_sub(1).max(1) as f64 / elapsed_s.max(1e-6),
         width,
         height,
     })

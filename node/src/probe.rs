@@ -190,7 +190,12 @@ pub fn capabilities(render_adapter: &AdapterReport) -> Capabilities {
 /// render adapter a discrete NVIDIA GPU of that name (the node still renders
 /// on what it has), and a `slowdown_factor` above 1 is recorded. Either one
 /// sets `test_override`, which says what was changed.
-pub fn apply_test_aids(caps: &mut Capabilities, test_gpu: Option<&str>, slowdown_factor: f64) {
+pub fn apply_test_aids(
+    caps: &mut Capabilities,
+    test_gpu: Option<&str>,
+    slowdown_factor: f64,
+    fail_frames: &[u64],
+) {
     let mut changed = Vec::new();
     if let Some(name) = test_gpu {
         let real = caps
@@ -214,6 +219,9 @@ pub fn apply_test_aids(caps: &mut Capabilities, test_gpu: Option<&str>, slowdown
     }
     if slowdown_factor > 1.0 {
         changed.push(format!("slowdown x{slowdown_factor}"));
+    }
+    if !fail_frames.is_empty() {
+        changed.push(format!("fail-frame {fail_frames:?}"));
     }
     caps.test_override = (!changed.is_empty()).then(|| changed.join("; "));
 }
@@ -286,13 +294,17 @@ mod tests {
         };
         let check = |gpu: Option<&str>, slowdown: f64, want: Option<&str>| {
             let mut caps = base.clone();
-            apply_test_aids(&mut caps, gpu, slowdown);
+            apply_test_aids(&mut caps, gpu, slowdown, &[]);
             assert_eq!(caps.test_override.as_deref(), want);
             // The real adapter list is never rewritten.
             assert_eq!(caps.adapters, base.adapters);
             caps
         };
         check(None, 1.0, None);
+        // Failing frames on purpose is a test aid too, and says so.
+        let mut caps = base.clone();
+        apply_test_aids(&mut caps, None, 1.0, &[17, 40]);
+        assert_eq!(caps.test_override.as_deref(), Some("fail-frame [17, 40]"));
         check(None, 2.5, Some("slowdown x2.5"));
         let faked = check(
             Some("NVIDIA H100"),

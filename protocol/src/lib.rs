@@ -16,7 +16,8 @@
 //! # Streams
 //! A node opens one bidirectional *control* stream right after the QUIC
 //! handshake, writes its [`preamble`], reads the coordinator's preamble
-//! (either side closes, naming both versions, when they differ), then sends
+//! (either side closes, naming both versions, when they differ; from protocol
+//! 2 on), then sends
 //! [`messages::Hello`]; the coordinator answers
 //! [`messages::CoordToNode::Welcome`] or [`messages::CoordToNode::Refused`]. Every
 //! later control message flows on that stream. Each finished segment travels

@@ -1,8 +1,9 @@
 //! The raw preamble that opens every control stream, before any rkyv frame:
 //! four magic bytes and the sender's protocol version as a big-endian `u32`.
 //!
-//! It is fixed forever, so that two peers of different versions always learn
-//! each other's version, whatever the layout of the archives that follow:
+//! It is fixed forever (from protocol 2 on; version 1 had no preamble), so
+//! that two peers of different versions always learn each other's version,
+//! whatever the layout of the archives that follow:
 //! the node sends its preamble, the coordinator answers with its own, and
 //! each side compares before reading a single frame.
 

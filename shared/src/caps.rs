@@ -198,7 +198,9 @@ impl Need {
             Need::Gpu => "needs a GPU (requirements.gpu = \"required\")".into(),
             Need::GpuVendor(v) => format!("needs GPU vendor {v} (requirements.gpu_vendor)"),
             Need::GpuName(p) => format!("needs a GPU named like {p:?} (requirements.gpu_name)"),
-            Need::MinVramMib(m) => format!("needs {m} MiB of VRAM (requirements.min_vram_mib)"),
+            Need::MinVramMib(m) => format!(
+                "needs {m} MiB of VRAM (requirements.min_vram_mib; nodes report VRAM only for NVIDIA GPUs, through nvidia-smi)"
+            ),
             Need::Backend(b) => format!("needs graphics backend {b} (requirements.backend)"),
             Need::Encoder(e) => format!("needs encoder {e}"),
             Need::MinCores(c) => format!("needs {c} cores (requirements.min_cores)"),

@@ -170,7 +170,9 @@ pub struct Requirements {
     /// without `*` a substring): `"H100"`, `"NVIDIA*RTX*"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_name: Option<String>,
-    /// Least VRAM of the render adapter, MiB.
+    /// Least VRAM of the render adapter, MiB. Nodes measure VRAM only on
+    /// NVIDIA GPUs (nvidia-smi); a node whose VRAM is unknown does not
+    /// qualify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_vram_mib: Option<u64>,
     /// Graphics backend: `vulkan`, `metal`, `dx12`, `gl`.

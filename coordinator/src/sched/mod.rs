@@ -189,7 +189,7 @@ impl Core {
                 }
                 Timer::Aging(job, seq) => self.aging(now_ms, job, seq),
                 Timer::Speculate => self.speculate_check(now_ms, cmds),
-                Timer::Forget(node, session) => self.forget(node, session),
+                Timer::Forget(node, session) => self.forget(node, session, cmds),
             }
         }
     }

@@ -332,12 +332,15 @@ impl Core {
         }
     }
 
-    /// Forgets a node that stayed away: its slot and name are reused.
-    pub(crate) fn forget(&mut self, id: NodeId, session: u64) {
+    /// Forgets a node that stayed away: its slot and name are reused. A
+    /// session still open for it (reaped for silence, never closed) is
+    /// closed first, or its messages would count for the slot's next node.
+    pub(crate) fn forget(&mut self, id: NodeId, session: u64, cmds: &mut Vec<Command>) {
         let Some(n) = self.node(id) else { return };
         if n.connected || n.session != session {
             return;
         }
+        cmds.push(Command::CloseSession { session });
         let name = n.name.clone();
         self.names.remove(&name);
         self.nodes[id.0 as usize] = None;

@@ -932,6 +932,27 @@ fn a_silent_node_is_reaped_at_its_deadline_and_late_reports_are_ignored() {
 }
 
 #[test]
+fn a_forgotten_node_has_its_session_closed_and_its_slot_reused() {
+    let mut h = Harness::new(CoreConfig {
+        forget_node_ms: 60_000,
+        ..Default::default()
+    });
+    h.connect("a", caps(false, 10.0));
+    let (old_id, old_session) = (h.id("a"), h.nodes[0].session);
+    // Silent, reaped, then away long enough to be forgotten: its session,
+    // which never closed, is closed so nothing it sends counts for the
+    // node that gets its slot next.
+    h.nodes[0].silent = true;
+    let cmds = h.advance(70_000);
+    assert!(cmds.contains(&Command::CloseSession {
+        session: old_session
+    }));
+    assert!(h.core.node_view("a", h.now).is_none());
+    h.connect("b", caps(false, 10.0));
+    assert_eq!(h.id("b"), old_id, "the slot is reused");
+}
+
+#[test]
 fn a_stalled_chunk_is_taken_back_as_a_failure() {
     let mut h = Harness::new(CoreConfig {
         chunk_stall_timeout_ms: 60_000,

@@ -87,8 +87,8 @@ pub struct CoreConfig {
     /// this much sooner (after the new chunk's overhead), or it is not
     /// worth a segment more.
     pub min_steal_gain_ms: u64,
-    /// A started chunk with no progress for this long near the end of its
-    /// job gets a speculative copy on an idle node.
+    /// A started chunk with no progress for this long gets a speculative
+    /// copy on an idle node (whatever stage its job is at).
     pub speculate_stall_ms: u64,
     /// A chunk running this many times slower than its node's measured
     /// speed near the end of its job gets a speculative copy.

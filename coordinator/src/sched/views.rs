@@ -137,48 +137,51 @@ impl Core {
             .nodes
             .iter()
             .flatten()
-            .map(|n| {
-                let mut speed_fps = BTreeMap::new();
-                let mut keys: Vec<_> = n.speed.keys().copied().collect();
-                if keys.is_empty() {
-                    keys.push((0, 0));
-                }
-                for k in keys {
-                    let (pixels, label) = RESOLUTION_CLASSES[k.1 as usize];
-                    let pixels = if pixels == u64::MAX {
-                        7680 * 4320
-                    } else {
-                        pixels
-                    };
-                    let fps = self.node_pixel_fps(n, k) / pixels as f64;
-                    speed_fps.insert(format!("shader@{label}"), (fps * 10.0).round() / 10.0);
-                }
-                NodeView {
-                    name: n.name.to_string(),
-                    connected: n.connected,
-                    capabilities: n.caps.clone(),
-                    chunks: n.held.iter().map(|(j, i)| format!("{j}/{i}")).collect(),
-                    heartbeat_age_ms: now_ms.saturating_sub(n.last_heartbeat_ms),
-                    cpu_load_pct: n.cpu_load_pct,
-                    frames_rendered: n.frames_rendered,
-                    quarantined: n.quarantined.clone(),
-                    speed_fps,
-                    slots: self.config.node_slots as u32,
-                }
-            })
+            .map(|n| self.view_of(n, now_ms))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
+    /// One node as the API shows it.
+    pub fn node_view(&self, name: &str, now_ms: u64) -> Option<NodeView> {
+        let id = self.names.get(name)?;
+        self.node(*id).map(|n| self.view_of(n, now_ms))
+    }
+
+    fn view_of(&self, n: &super::state::Node, now_ms: u64) -> NodeView {
+        let mut speed_fps = BTreeMap::new();
+        let mut keys: Vec<_> = n.speed.keys().copied().collect();
+        if keys.is_empty() {
+            keys.push((0, 0));
+        }
+        for k in keys {
+            let (pixels, label) = RESOLUTION_CLASSES[k.1 as usize];
+            let pixels = if pixels == u64::MAX {
+                7680 * 4320
+            } else {
+                pixels
+            };
+            let fps = self.node_pixel_fps(n, k) / pixels as f64;
+            speed_fps.insert(format!("shader@{label}"), (fps * 10.0).round() / 10.0);
+        }
+        NodeView {
+            name: n.name.to_string(),
+            connected: n.connected,
+            capabilities: n.caps.clone(),
+            chunks: n.held.iter().map(|(j, i)| format!("{j}/{i}")).collect(),
+            heartbeat_age_ms: now_ms.saturating_sub(n.last_heartbeat_ms),
+            cpu_load_pct: n.cpu_load_pct,
+            frames_rendered: n.frames_rendered,
+            quarantined: n.quarantined.clone(),
+            speed_fps,
+            slots: self.config.node_slots as u32,
+        }
+    }
+
     /// The name of a node, for logs.
     pub fn node_name(&self, id: NodeId) -> Option<&str> {
         self.node(id).map(|n| &*n.name)
-    }
-
-    /// The id of a connected node by name.
-    pub fn node_id(&self, name: &str) -> Option<NodeId> {
-        self.names.get(name).copied()
     }
 
     /// Whether the job exists and has ended.
