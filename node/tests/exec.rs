@@ -93,42 +93,57 @@ fn wait_for_progress(rx: &mut UnboundedReceiver<WorkerEvent>, chunk: ChunkRef, f
     }
 }
 
-/// What the executor finally said about `chunk`: `(start, end, path)` of
-/// its segment, after checking that the last progress matched.
-fn wait_for_end(
-    rx: &mut UnboundedReceiver<WorkerEvent>,
-    chunk: ChunkRef,
-) -> Result<(u64, u64, std::path::PathBuf), (String, Option<u64>)> {
-    let mut last_progress = None;
-    loop {
-        match rx.blocking_recv().expect("executor alive") {
+/// How a chunk ended: its segment's range and path, or why it failed.
+type End = Result<(u64, u64, std::path::PathBuf), (String, Option<u64>)>;
+
+/// Waits until the chunk ends, checking its last progress report.
+fn wait_for_end(rx: &mut UnboundedReceiver<WorkerEvent>, chunk: ChunkRef) -> End {
+    wait_for_ends(rx, &[chunk]).pop().expect("one chunk")
+}
+
+/// Waits until every one of `chunks` ends, in whatever order they do (two
+/// chunks' encoders overlap, so a later chunk may finish first), and
+/// returns their ends in the order asked.
+fn wait_for_ends(rx: &mut UnboundedReceiver<WorkerEvent>, chunks: &[ChunkRef]) -> Vec<End> {
+    let mut last_progress = vec![None; chunks.len()];
+    let mut ends: Vec<Option<End>> = vec![None; chunks.len()];
+    while ends.iter().any(Option::is_none) {
+        let ev = rx.blocking_recv().expect("executor alive");
+        let (c, end) = match ev {
             WorkerEvent::Progress {
-                chunk: c,
+                chunk,
                 frames_done,
                 total,
-            } if c == chunk => last_progress = Some((frames_done, total)),
+            } => {
+                if let Some(i) = chunks.iter().position(|c| *c == chunk) {
+                    last_progress[i] = Some((frames_done, total));
+                }
+                continue;
+            }
             WorkerEvent::Finished {
                 assign,
                 start,
                 end,
                 path,
                 ..
-            } if assign.chunk == chunk => {
-                let frames = end - start + 1;
-                if let Some(p) = last_progress {
-                    assert_eq!(p, (frames, frames), "last progress of {chunk:?}");
-                }
-                return Ok((start, end, path));
-            }
+            } => (assign.chunk, Ok((start, end, path))),
             WorkerEvent::Failed {
-                chunk: c,
+                chunk,
                 reason,
                 failed_frame,
                 ..
-            } if c == chunk => return Err((reason, failed_frame)),
-            _ => {}
+            } => (chunk, Err((reason, failed_frame))),
+        };
+        let Some(i) = chunks.iter().position(|x| *x == c) else {
+            continue;
+        };
+        if let (Ok((start, end, _)), Some(p)) = (&end, last_progress[i]) {
+            let frames = end - start + 1;
+            assert_eq!(p, (frames, frames), "last progress of {c:?}");
         }
+        ends[i] = Some(end);
     }
+    ends.into_iter().map(|e| e.expect("ended")).collect()
 }
 
 /// Frames in a video, as `ffprobe -count_frames` reads them.
@@ -212,10 +227,11 @@ fn shrink_of_a_queued_chunk_and_of_a_cancelled_one() {
     assert_eq!(queued.window.frames_started(), 0);
     wait_for_progress(&mut rx, first.chunk, 1);
     first.cancel.store(true, Ordering::Relaxed);
-    let (reason, failed_frame) = wait_for_end(&mut rx, first.chunk).unwrap_err();
+    let mut ends = wait_for_ends(&mut rx, &[first.chunk, queued.chunk]).into_iter();
+    let (reason, failed_frame) = ends.next().unwrap().unwrap_err();
     assert_eq!((reason.as_str(), failed_frame), ("cancelled", None));
     assert_eq!(first.window.shrink(5), None);
-    let (start, end, path) = wait_for_end(&mut rx, queued.chunk).expect("queued chunk runs");
+    let (start, end, path) = ends.next().unwrap().expect("queued chunk runs");
     assert_eq!((start, end), (10_000, 10_001));
     assert_eq!(ffprobe_frames(&path), 2);
 }
@@ -232,11 +248,12 @@ fn fail_frame_fails_the_chunk_that_reaches_it() {
     let (executor, tx, mut rx) = executor(spool.path(), aids);
     let failing = submit(&executor, &tx, 0, 0, 9);
     let sparing = submit(&executor, &tx, 1, 10, 12);
-    let (reason, failed_frame) = wait_for_end(&mut rx, failing.chunk).unwrap_err();
+    let mut ends = wait_for_ends(&mut rx, &[failing.chunk, sparing.chunk]).into_iter();
+    let (reason, failed_frame) = ends.next().unwrap().unwrap_err();
     assert_eq!(reason, "test aid: frame 5 fails (--fail-frame)");
     assert_eq!(failed_frame, Some(5));
     assert_eq!(failing.window.shrink(7), None, "a failed chunk is not held");
-    let (start, end, path) = wait_for_end(&mut rx, sparing.chunk).expect("other chunk runs");
+    let (start, end, path) = ends.next().unwrap().expect("other chunk runs");
     assert_eq!((start, end), (10, 12));
     assert_eq!(ffprobe_frames(&path), 3);
     let left: Vec<_> = std::fs::read_dir(spool.path())
