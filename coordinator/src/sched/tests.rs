@@ -88,6 +88,8 @@ struct Harness {
     /// Shrinks received and not answered yet: (node index, chunk, epoch,
     /// proposed end).
     shrinks: Vec<(usize, ChunkKey, u32, u64)>,
+    /// The last shrink answer a node sent, to deliver it again.
+    last_ack: Option<Event>,
     log: Vec<Command>,
 }
 
@@ -99,6 +101,7 @@ impl Harness {
             nodes: Vec::new(),
             next_session: 1,
             shrinks: Vec::new(),
+            last_ack: None,
             log: Vec::new(),
         }
     }
@@ -258,12 +261,14 @@ impl Harness {
             e
         });
         let node = n.id.unwrap();
-        self.handle(Event::ShrinkAck {
+        let ack = Event::ShrinkAck {
             node,
             chunk: key,
             epoch,
             end,
-        })
+        };
+        self.last_ack = Some(ack.clone());
+        self.handle(ack)
     }
 
     /// The node renders its chunk `key` to the end, uploads and reports it.
@@ -1214,7 +1219,6 @@ mod props {
         for (f, g, p) in jobs {
             submit(&mut h, &mut ids, f, g, p);
         }
-        let mut last_answer: Option<Event> = None;
         let n = fleet.len();
         for s in steps {
             let name = |i: usize| format!("n{}", i % n);
@@ -1256,7 +1260,8 @@ mod props {
                     }
                 }
                 Step::DuplicateLastAnswer => {
-                    if let Some(e) = last_answer.clone() {
+                    // The node's last answer arrives a second time.
+                    if let Some(e) = h.last_ack.clone() {
                         h.handle(e);
                     }
                 }
@@ -1282,25 +1287,6 @@ mod props {
                     }
                 }
                 Step::Submit(f, g, p) => submit(&mut h, &mut ids, f, g, p),
-            }
-            // Remember an answer to replay it as a duplicate later.
-            if let Some(Command::Shrink {
-                node,
-                chunk,
-                epoch,
-                proposed_end,
-            }) = h
-                .log
-                .iter()
-                .rev()
-                .find(|c| matches!(c, Command::Shrink { .. }))
-            {
-                last_answer = Some(Event::ShrinkAck {
-                    node: *node,
-                    chunk: *chunk,
-                    epoch: *epoch,
-                    end: Some(*proposed_end),
-                });
             }
             for &job in &ids {
                 let Some(j) = h.core.jobs.get(&job) else {
