@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
 use crate::journal::Journal;
-use crate::sched::{ChunkKey, ChunkReport, Command, Core, Event, NodeId};
+use crate::sched::{ChunkKey, ChunkReport, Command, Core, Event, NodeId, UploadVerdict};
 use crate::store::ArtifactStore;
 
 /// Chunk entries read from one heartbeat: a node holds a handful of chunks,
@@ -454,6 +454,8 @@ impl Handler<SessionOpened> for Scheduler {
                 name: msg.name.clone(),
                 node_id: msg.node_id.clone(),
                 caps: Box::new(msg.caps),
+                running: Vec::new(),
+                spooled: Vec::new(),
             },
             ctx,
         );
@@ -508,7 +510,7 @@ impl Handler<SessionClosed> for Scheduler {
 
 /// May this node upload this segment? The core decides.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "UploadVerdict")]
 pub struct MayUpload {
     /// Node.
     pub node: NodeId,
@@ -521,10 +523,51 @@ pub struct MayUpload {
 }
 
 impl Handler<MayUpload> for Scheduler {
-    type Result = Result<(), String>;
+    type Result = MessageResult<MayUpload>;
     fn handle(&mut self, m: MayUpload, _: &mut Context<Self>) -> Self::Result {
-        self.core
-            .may_upload(m.node, key(&m.chunk), m.chunk.epoch, m.start, m.end)
+        MessageResult(
+            self.core
+                .may_upload(m.node, key(&m.chunk), m.chunk.epoch, m.start, m.end),
+        )
+    }
+}
+
+/// A segment is in the store, complete and verified: the core records it.
+/// The answer comes once that is durable in the journal; only then may the
+/// node hear `Stored` and delete its spool copy.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct CommitSegment {
+    /// Node.
+    pub node: NodeId,
+    /// The attempt.
+    pub chunk: ChunkRef,
+    /// First frame in the segment.
+    pub start: u64,
+    /// Last frame in the segment.
+    pub end: u64,
+    /// Stored path.
+    pub segment: String,
+    /// BLAKE3, hex.
+    pub hash: String,
+}
+
+impl Handler<CommitSegment> for Scheduler {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: CommitSegment, ctx: &mut Context<Self>) -> Self::Result {
+        self.apply(
+            Event::SegmentStored {
+                node: m.node,
+                chunk: key(&m.chunk),
+                epoch: m.chunk.epoch,
+                start: m.start,
+                end: m.end,
+                segment: m.segment,
+                hash: m.hash,
+            },
+            ctx,
+        );
+        Ok(())
     }
 }
 

@@ -18,8 +18,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
-use crate::actors::{CoreEvent, Inbound, MayUpload, NodeSession, Scheduler, SessionOpened};
-use crate::sched::{Event, NodeId};
+use crate::actors::{
+    CommitSegment, Inbound, MayUpload, NodeSession, Scheduler, SessionOpened,
+};
+
+use crate::sched::{NodeId, UploadVerdict};
 use crate::store::ArtifactStore;
 
 /// Time a new connection has to send its hello.
@@ -306,7 +309,7 @@ async fn upload(
             end: header.end,
         })
         .await?;
-    if let Err(reason) = admitted {
+    if let UploadVerdict::NotNeeded(reason) | UploadVerdict::Later(reason) = admitted {
         warn!(job = c.job, chunk = c.index, "upload refused: {reason}");
         codec::write_msg(&mut send, &UploadReply::Rejected { reason }).await?;
         send.finish()?;
@@ -321,18 +324,20 @@ async fn upload(
             // The core learns of the segment before the node hears
             // "stored", so its `Done` (sent after the reply) always finds
             // the segment recorded.
-            scheduler
-                .send(CoreEvent(Event::SegmentStored {
+            match scheduler
+                .send(CommitSegment {
                     node,
-                    chunk: (c.job, c.index),
-                    epoch: c.epoch,
+                    chunk: c,
                     start: header.start,
                     end: header.end,
                     segment: dest.display().to_string(),
                     hash,
-                }))
-                .await?;
-            UploadReply::Stored
+                })
+                .await?
+            {
+                Ok(()) => UploadReply::Stored,
+                Err(reason) => UploadReply::Rejected { reason },
+            }
         }
         Err(e) => {
             warn!(job = c.job, chunk = c.index, "segment refused: {e}");

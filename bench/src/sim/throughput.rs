@@ -149,6 +149,8 @@ fn hello(i: u32, kind: usize, fps: f64) -> Event {
         name: format!("node-{i:05}"),
         node_id: format!("id-{i:05}"),
         caps: Box::new(caps(kind, fps)),
+        running: Vec::new(),
+        spooled: Vec::new(),
     }
 }
 

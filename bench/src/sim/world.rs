@@ -536,6 +536,8 @@ impl<'a> World<'a> {
             name: spec.name.clone(),
             node_id: spec.name.clone(),
             caps: Box::new(spec.capabilities()),
+            running: Vec::new(),
+            spooled: Vec::new(),
         };
         self.send(i, hello);
         self.at(self.now + spec.tick_phase_ms, SimEvent::Tick(i, session));

@@ -4,7 +4,7 @@
 use drover_shared::api::{ChunkKind, JobState};
 
 use super::state::{Chunk, Core, DoneSegment, Range, Timer};
-use super::types::{ChunkKey, ChunkReport, Command, JobId, NodeId};
+use super::types::{ChunkKey, ChunkReport, Command, JobId, NodeId, UploadVerdict};
 
 /// Frames a running chunk must have rendered before its rate stands for
 /// its job's cost while no chunk of the job has finished: fewer, and the
@@ -354,23 +354,26 @@ impl Core {
         epoch: u32,
         start: u64,
         end: u64,
-    ) -> Result<(), String> {
+    ) -> UploadVerdict {
         let Some(c) = self.current(node, key, epoch) else {
-            return Err(format!(
+            return UploadVerdict::NotNeeded(format!(
                 "chunk {}/{} epoch {epoch} is not assigned to this node",
                 key.0, key.1
             ));
         };
         if c.stored.is_some() {
-            return Err(format!("chunk {}/{} is already uploaded", key.0, key.1));
+            return UploadVerdict::NotNeeded(format!(
+                "chunk {}/{} is already uploaded",
+                key.0, key.1
+            ));
         }
         if start != c.start || end < c.start || end > c.end {
-            return Err(format!(
+            return UploadVerdict::NotNeeded(format!(
                 "segment frames {start}-{end} do not fit chunk {}/{} (frames {}-{})",
                 key.0, key.1, c.start, c.end
             ));
         }
-        Ok(())
+        UploadVerdict::Accept
     }
 
     /// The store verified a segment.
@@ -385,7 +388,7 @@ impl Core {
         segment: String,
         hash: String,
     ) {
-        if self.may_upload(node, key, epoch, start, end).is_err() {
+        if self.may_upload(node, key, epoch, start, end) != UploadVerdict::Accept {
             return;
         }
         let c = self

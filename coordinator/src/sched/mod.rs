@@ -51,6 +51,7 @@ pub use nodes::{resolution_class, MAX_NODE_NAME_BYTES, RESOLUTION_CLASSES};
 pub use record::JobRecord;
 pub use state::{Core, DoneSegment};
 pub use types::{
+    RunningReport, SpooledReport, UploadVerdict,
     Assignment, ChunkKey, ChunkReport, Chunking, Command, CoreConfig, Event, JobId, NodeId,
 };
 
@@ -67,7 +68,12 @@ impl Core {
                 name,
                 node_id,
                 caps,
-            } => self.hello(now_ms, session, name, node_id, *caps, &mut cmds),
+                running,
+                spooled,
+            } => self.hello(
+                now_ms, session, name, node_id, *caps, running, spooled, &mut cmds,
+            ),
+            Event::NodeLeaving { node } => self.node_leaving(now_ms, node, &mut cmds),
             Event::Disconnected { node, session } => {
                 if self
                     .node(node)

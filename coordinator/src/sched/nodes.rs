@@ -6,7 +6,7 @@ use std::sync::Arc;
 use drover_shared::caps::Capabilities;
 
 use super::state::{Class, ClassId, ClassKey, Core, Node, SpeedKey, Timer};
-use super::types::{Command, NodeId};
+use super::types::{Command, NodeId, RunningReport, SpooledReport};
 
 /// Longest node name, bytes.
 pub const MAX_NODE_NAME_BYTES: usize = 64;
@@ -45,8 +45,11 @@ impl Core {
         name: String,
         node_id: String,
         caps: Capabilities,
+        running: Vec<RunningReport>,
+        spooled: Vec<SpooledReport>,
         cmds: &mut Vec<Command>,
     ) {
+        let _ = (running, spooled);
         if name.is_empty() || name.len() > MAX_NODE_NAME_BYTES {
             cmds.push(Command::Refuse {
                 session,
@@ -417,6 +420,11 @@ impl Core {
     }
 
     /// An admin clears a node's quarantine.
+    /// A node is shutting down: it takes no new work.
+    pub(crate) fn node_leaving(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
+        let _ = (now_ms, id, cmds);
+    }
+
     pub(crate) fn clear_quarantine(&mut self, now_ms: u64, name: &str, cmds: &mut Vec<Command>) {
         let Some(id) = self.names.get(name).copied() else {
             return;

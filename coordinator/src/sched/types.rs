@@ -160,6 +160,48 @@ pub struct ChunkReport {
     pub frames_done: u64,
 }
 
+/// A chunk a reconnecting node still holds from an earlier session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningReport {
+    /// Chunk.
+    pub chunk: ChunkKey,
+    /// Epoch of the attempt.
+    pub epoch: u32,
+    /// First frame.
+    pub start: u64,
+    /// Last frame it will render.
+    pub end: u64,
+    /// Frames rendered so far (0 when not started).
+    pub frames_done: u64,
+}
+
+/// A finished segment in a reconnecting node's spool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpooledReport {
+    /// Chunk.
+    pub chunk: ChunkKey,
+    /// Epoch of the attempt.
+    pub epoch: u32,
+    /// First frame in the segment.
+    pub start: u64,
+    /// Last frame in the segment.
+    pub end: u64,
+    /// BLAKE3 of the segment, hex.
+    pub hash: String,
+}
+
+/// The core's answer to an upload request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadVerdict {
+    /// Send it.
+    Accept,
+    /// Its frames are done, cancelled or elsewhere: the node deletes its copy.
+    NotNeeded(String),
+    /// Not now (the job is joining, the node is not admitted yet): the node
+    /// keeps its copy and offers it again later.
+    Later(String),
+}
+
 /// Something that happened, fed to [`crate::sched::Core::handle`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -174,6 +216,17 @@ pub enum Event {
         node_id: String,
         /// What it has.
         caps: Box<Capabilities>,
+        /// Chunks it still holds from an earlier session (after a lost
+        /// connection or a coordinator restart), running or queued.
+        running: Vec<RunningReport>,
+        /// Finished segments in its spool that no coordinator confirmed.
+        spooled: Vec<SpooledReport>,
+    },
+    /// A node is shutting down (SIGTERM): no new work; it finishes what it
+    /// runs, hands back what it has not started, and leaves.
+    NodeLeaving {
+        /// Node.
+        node: NodeId,
     },
     /// A session's connection closed.
     Disconnected {
