@@ -23,7 +23,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
 use crate::journal::Journal;
-use crate::sched::{ChunkKey, ChunkReport, Command, Core, Event, NodeId, UploadVerdict};
+use crate::sched::{
+    ChunkKey, ChunkReport, Command, Core, Event, NodeId, RunningReport, SpooledReport,
+    UploadVerdict,
+};
 use crate::store::ArtifactStore;
 
 /// Chunk entries read from one heartbeat: a node holds a handful of chunks,
@@ -441,6 +444,10 @@ pub struct SessionOpened {
     pub addr: Addr<NodeSession>,
     /// What it has.
     pub caps: Capabilities,
+    /// Chunks it still holds from an earlier session.
+    pub running: Vec<RunningReport>,
+    /// Finished segments in its spool not confirmed stored.
+    pub spooled: Vec<SpooledReport>,
 }
 
 impl Handler<SessionOpened> for Scheduler {
@@ -454,8 +461,8 @@ impl Handler<SessionOpened> for Scheduler {
                 name: msg.name.clone(),
                 node_id: msg.node_id.clone(),
                 caps: Box::new(msg.caps),
-                running: Vec::new(),
-                spooled: Vec::new(),
+                running: msg.running,
+                spooled: msg.spooled,
             },
             ctx,
         );
@@ -696,6 +703,10 @@ impl Handler<Inbound> for NodeSession {
                     hash: hex::encode(d.output_hash),
                     elapsed_ms: d.elapsed_ms,
                 }
+            }
+            NodeToCoord::Leaving => {
+                info!(node = %self.name, "node leaving: draining its work");
+                Event::NodeLeaving { node }
             }
             NodeToCoord::Failed(f) => {
                 warn!(job = f.chunk.job, chunk = f.chunk.index, node = %self.name, reason = %f.reason,

@@ -1,40 +1,56 @@
 //! The coordinator's QUIC endpoint: TLS identity, handshake, and one task set
 //! per node connection (control reader, control writer, upload acceptor).
+//!
+//! # Uploads
+//! Each segment comes on a stream of its own ([`upload`]): the header, then
+//! admission in this order: the core's verdict (`MayUpload`: not needed,
+//! later, or accept), the upload slots ([`MAX_UPLOADS_PER_NODE`],
+//! [`MAX_UPLOADS_TOTAL`]), the segment's lease and resume offset in the
+//! store, and the free disk space. Then the bytes from that offset; the
+//! store verifies and renames; `CommitSegment` makes the segment durable in
+//! the journal; only then does the node hear `Stored`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
 use drover_protocol::{
-    codec, preamble, CoordToNode, NodeToCoord, StreamKind, UploadHeader, UploadReply,
-    MAX_CONTROL_FRAME_BYTES, PROTOCOL_VERSION,
+    clip_reason, close_code, codec, preamble, CoordToNode, Hello, NodeToCoord, StreamKind,
+    UploadAdmission, UploadHeader, UploadOutcome, MAX_CONTROL_FRAME_BYTES, MAX_HELLO_RUNNING,
+    MAX_HELLO_SPOOLED, MAX_UPLOAD_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use drover_shared::config::{CERT_FILE, CERT_SERVER_NAME, HEARTBEAT_INTERVAL_MS, KEY_FILE};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::AsyncReadExt;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::actors::{
-    CommitSegment, Inbound, MayUpload, NodeSession, Scheduler, SessionOpened,
-};
-
-use crate::sched::{NodeId, UploadVerdict};
-use crate::store::ArtifactStore;
+use crate::actors::{CommitSegment, Inbound, MayUpload, NodeSession, Scheduler, SessionOpened};
+use crate::sched::{NodeId, RunningReport, SpooledReport, UploadVerdict};
+use crate::store::{ArtifactStore, Begin, SegmentKey, StoreError};
 
 /// Time a new connection has to send its hello.
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
-/// Largest upload header frame.
-const MAX_UPLOAD_HEADER_BYTES: usize = 4 * 1024;
 /// QUIC idle timeout: a connection silent this long is closed. Nodes send
 /// keep-alives and heartbeats well inside it.
 pub const IDLE_TIMEOUT_MS: u64 = 10_000;
 
 /// Streams a node may have open at once (control plus uploads).
 pub const MAX_STREAMS_PER_NODE: u32 = 8;
+
+/// Uploads one node may run at once; more are answered "later". A node
+/// sends at most two at a time; a reconnecting node's old uploads may still
+/// hold theirs for a moment.
+pub const MAX_UPLOADS_PER_NODE: usize = 2;
+
+/// Uploads the coordinator runs at once, over all nodes; more are answered
+/// "later". Each holds a blocking writer and up to 1 MiB of buffers, and the
+/// disk is shared: past a few dozen, more only slow each other down.
+pub const MAX_UPLOADS_TOTAL: usize = 64;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -110,14 +126,16 @@ pub fn bind(
 /// Accepts node connections until the endpoint closes. Runs on the actix
 /// system's thread (it creates actors).
 pub async fn serve(endpoint: quinn::Endpoint, scheduler: Addr<Scheduler>, store: ArtifactStore) {
+    let slots = UploadSlots::new(MAX_UPLOADS_PER_NODE, MAX_UPLOADS_TOTAL);
     while let Some(incoming) = endpoint.accept().await {
         let scheduler = scheduler.clone();
         let store = store.clone();
+        let slots = slots.clone();
         actix::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
-                    if let Err(e) = connection(conn, scheduler, store).await {
+                    if let Err(e) = connection(conn, scheduler, store, slots).await {
                         warn!(%remote, "node connection ended: {e:#}");
                     }
                 }
@@ -131,6 +149,7 @@ async fn connection(
     conn: quinn::Connection,
     scheduler: Addr<Scheduler>,
     store: ArtifactStore,
+    slots: UploadSlots,
 ) -> anyhow::Result<()> {
     let (mut send, mut recv) =
         tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), conn.accept_bi())
@@ -160,7 +179,7 @@ async fn connection(
         warn!(remote = %conn.remote_address(), "{reason}");
         send.finish().ok();
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-        conn.close(2u32.into(), reason.as_bytes());
+        conn.close(close_code::VERSION_MISMATCH.into(), reason.as_bytes());
         anyhow::bail!(reason);
     }
     let hello: NodeToCoord = tokio::time::timeout(
@@ -173,7 +192,9 @@ async fn connection(
     let NodeToCoord::Hello(hello) = hello else {
         anyhow::bail!("first message is not a hello");
     };
-    info!(node = %hello.name, node_id = %hello.node_id, agent_version = %hello.agent_version, "hello");
+    info!(node = %hello.name, node_id = %hello.node_id, agent_version = %hello.agent_version,
+        running = hello.running.len(), spooled = hello.spooled.len(), "hello");
+    let (running, spooled) = held_work(&hello);
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CoordToNode>();
     let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
@@ -186,6 +207,8 @@ async fn connection(
             session: session_id,
             addr: session.clone(),
             caps: (&hello.capabilities).into(),
+            running,
+            spooled,
         })
         .await?;
     let node = match opened {
@@ -201,7 +224,6 @@ async fn connection(
     let welcome = codec::write_msg(
         &mut send,
         &CoordToNode::Welcome {
-            protocol_version: PROTOCOL_VERSION,
             heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
         },
     )
@@ -228,8 +250,9 @@ async fn connection(
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let store = store.clone();
                 let scheduler = scheduler.clone();
+                let slots = slots.clone();
                 actix::spawn(async move {
-                    if let Err(e) = upload(send, recv, store, scheduler, node).await {
+                    if let Err(e) = upload(send, recv, store, scheduler, slots, node).await {
                         warn!("upload failed: {e:#}");
                     }
                 });
@@ -255,8 +278,38 @@ async fn connection(
     session.do_send(crate::actors::Close);
     writer.abort();
     uploads.abort();
-    conn.close(0u32.into(), b"bye");
+    conn.close(close_code::BYE.into(), b"bye");
     result
+}
+
+/// The work a hello says its node kept from earlier sessions, as core
+/// reports, each list cut at its protocol limit.
+fn held_work(hello: &Hello) -> (Vec<RunningReport>, Vec<SpooledReport>) {
+    let running = hello
+        .running
+        .iter()
+        .take(MAX_HELLO_RUNNING)
+        .map(|r| RunningReport {
+            chunk: (r.chunk.job, r.chunk.index),
+            epoch: r.chunk.epoch,
+            start: r.start,
+            end: r.end,
+            frames_done: r.frames_done,
+        })
+        .collect();
+    let spooled = hello
+        .spooled
+        .iter()
+        .take(MAX_HELLO_SPOOLED)
+        .map(|s| SpooledReport {
+            chunk: (s.chunk.job, s.chunk.index),
+            epoch: s.chunk.epoch,
+            start: s.start,
+            end: s.end,
+            hash: hex::encode(s.hash),
+        })
+        .collect();
+    (running, spooled)
 }
 
 /// Sends a refusal on the control stream, lets it reach the node, closes.
@@ -269,39 +322,209 @@ async fn refuse(
         send,
         &CoordToNode::Refused {
             reason: reason.to_string(),
-            protocol_version: PROTOCOL_VERSION,
         },
     )
     .await?;
     send.finish().ok();
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-    conn.close(1u32.into(), b"refused");
+    conn.close(close_code::REFUSED.into(), b"refused");
     Ok(())
 }
 
+/// Upload slots: at most `per_node` running uploads per node and `total`
+/// over all; a slot is given back when its [`UploadSlot`] drops.
+#[derive(Clone)]
+struct UploadSlots {
+    per_node: usize,
+    total: usize,
+    taken: Arc<Mutex<SlotsTaken>>,
+}
+
+#[derive(Default)]
+struct SlotsTaken {
+    by_node: HashMap<NodeId, usize>,
+    total: usize,
+}
+
+impl UploadSlots {
+    fn new(per_node: usize, total: usize) -> UploadSlots {
+        UploadSlots {
+            per_node,
+            total,
+            taken: Arc::default(),
+        }
+    }
+
+    /// A slot for `node`, or the reason there is none.
+    fn take(&self, node: NodeId) -> Result<UploadSlot, String> {
+        let mut t = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = t.by_node.get(&node).copied().unwrap_or(0);
+        if mine >= self.per_node {
+            return Err(format!(
+                "this node already has {mine} uploads running (the limit is {})",
+                self.per_node
+            ));
+        }
+        if t.total >= self.total {
+            return Err(format!(
+                "the coordinator already has {} uploads running (the limit is {})",
+                t.total, self.total
+            ));
+        }
+        *t.by_node.entry(node).or_default() += 1;
+        t.total += 1;
+        Ok(UploadSlot {
+            slots: self.taken.clone(),
+            node,
+        })
+    }
+}
+
+/// One taken upload slot.
+struct UploadSlot {
+    slots: Arc<Mutex<SlotsTaken>>,
+    node: NodeId,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut t = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        t.total -= 1;
+        if let Some(n) = t.by_node.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                t.by_node.remove(&self.node);
+            }
+        }
+    }
+}
+
+/// One upload stream (see the module doc for the order of the checks).
 async fn upload(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     store: ArtifactStore,
     scheduler: Addr<Scheduler>,
+    slots: UploadSlots,
     node: NodeId,
 ) -> anyhow::Result<()> {
     // Kind and header must arrive promptly; the body may take as long as
-    // its size needs (the connection's idle timeout still applies).
+    // its size needs, as long as bytes keep coming.
     let header: UploadHeader =
         tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), async {
             let kind = recv.read_u8().await?;
             if StreamKind::from_byte(kind) != Some(StreamKind::Upload) {
                 anyhow::bail!("stream of kind {kind} where an upload was expected");
             }
-            codec::read_msg(&mut recv, MAX_UPLOAD_HEADER_BYTES)
+            codec::read_msg(&mut recv, MAX_UPLOAD_FRAME_BYTES)
                 .await?
                 .context("upload stream closed before its header")
         })
         .await
         .context("no upload header within the timeout")??;
     let c = header.chunk;
-    let admitted = scheduler
+    let (admission, admitted) = admit(&header, &store, &scheduler, &slots, node).await?;
+    if let UploadAdmission::NotNeeded { reason }
+    | UploadAdmission::Later { reason }
+    | UploadAdmission::Rejected { reason } = &admission
+    {
+        info!(
+            job = c.job,
+            chunk = c.index,
+            epoch = c.epoch,
+            "upload not taken now: {reason}"
+        );
+    }
+    codec::write_msg(&mut send, &admission).await?;
+    let Some(admitted) = admitted else {
+        send.finish()?;
+        return Ok(());
+    };
+    let stored = match admitted.begin {
+        Begin::Complete(path) => Ok(path),
+        Begin::Receive(up) => up.receive(&mut recv).await,
+    };
+    let outcome = match stored {
+        Ok(dest) => {
+            // Durable in the journal before the node hears "stored" and
+            // deletes its copy; its `Done` (sent after this answer) then
+            // always finds the segment recorded.
+            let committed = scheduler
+                .send(CommitSegment {
+                    node,
+                    chunk: c,
+                    start: header.start,
+                    end: header.end,
+                    segment: dest.display().to_string(),
+                    hash: hex::encode(header.hash),
+                })
+                .await?;
+            match committed {
+                Ok(()) => UploadOutcome::Stored,
+                // The file stays under its final name: the next offer is
+                // answered without sending the bytes again.
+                Err(reason) => UploadOutcome::Later {
+                    reason: clip_reason(format!("the segment could not be recorded: {reason}")),
+                },
+            }
+        }
+        // The stream is gone: nobody to answer, the partial file waits for
+        // the node's next offer.
+        Err(e @ (StoreError::Short { .. } | StoreError::Stalled { .. })) => {
+            drop(admitted.slot);
+            return Err(
+                anyhow::Error::from(e).context(format!("segment of chunk {}/{}", c.job, c.index))
+            );
+        }
+        // Bytes kept from an earlier upload may be what is wrong: they are
+        // gone now, so the node sends the whole segment once more.
+        Err(e @ StoreError::HashMismatch { resumed_from, .. }) if resumed_from > 0 => {
+            warn!(job = c.job, chunk = c.index, "segment refused: {e}");
+            UploadOutcome::Later {
+                reason: clip_reason(format!("{e}; the kept bytes are dropped, send it whole")),
+            }
+        }
+        Err(e @ StoreError::HashMismatch { .. }) => {
+            warn!(job = c.job, chunk = c.index, "segment refused: {e}");
+            UploadOutcome::Rejected {
+                reason: clip_reason(e.to_string()),
+            }
+        }
+        // The coordinator's own trouble (a disk error): the node keeps its
+        // copy.
+        Err(e) => {
+            error!(
+                job = c.job,
+                chunk = c.index,
+                "storing a segment failed: {e}"
+            );
+            UploadOutcome::Later {
+                reason: clip_reason(e.to_string()),
+            }
+        }
+    };
+    drop(admitted.slot);
+    codec::write_msg(&mut send, &outcome).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// An upload let in: its slot and where the store starts.
+struct Admitted {
+    slot: UploadSlot,
+    begin: Begin,
+}
+
+/// The answer to an upload's header, and what an accepted upload holds.
+async fn admit(
+    header: &UploadHeader,
+    store: &ArtifactStore,
+    scheduler: &Addr<Scheduler>,
+    slots: &UploadSlots,
+    node: NodeId,
+) -> anyhow::Result<(UploadAdmission, Option<Admitted>)> {
+    let c = header.chunk;
+    let verdict = scheduler
         .send(MayUpload {
             node,
             chunk: c,
@@ -309,44 +532,57 @@ async fn upload(
             end: header.end,
         })
         .await?;
-    if let UploadVerdict::NotNeeded(reason) | UploadVerdict::Later(reason) = admitted {
-        warn!(job = c.job, chunk = c.index, "upload refused: {reason}");
-        codec::write_msg(&mut send, &UploadReply::Rejected { reason }).await?;
-        send.finish()?;
-        return Ok(());
+    match verdict {
+        UploadVerdict::Accept => {}
+        UploadVerdict::NotNeeded(reason) => {
+            let reason = clip_reason(reason);
+            return Ok((UploadAdmission::NotNeeded { reason }, None));
+        }
+        UploadVerdict::Later(reason) => {
+            let reason = clip_reason(reason);
+            return Ok((UploadAdmission::Later { reason }, None));
+        }
     }
-    let dest = store.segment_path(c.job, c.index, c.epoch);
-    let reply = match store
-        .receive(&mut recv, &dest, header.bytes, header.hash)
-        .await
-    {
-        Ok(hash) => {
-            // The core learns of the segment before the node hears
-            // "stored", so its `Done` (sent after the reply) always finds
-            // the segment recorded.
-            match scheduler
-                .send(CommitSegment {
-                    node,
-                    chunk: c,
-                    start: header.start,
-                    end: header.end,
-                    segment: dest.display().to_string(),
-                    hash,
-                })
-                .await?
-            {
-                Ok(()) => UploadReply::Stored,
-                Err(reason) => UploadReply::Rejected { reason },
-            }
+    let slot = match slots.take(node) {
+        Ok(slot) => slot,
+        Err(reason) => return Ok((UploadAdmission::Later { reason }, None)),
+    };
+    let key = SegmentKey {
+        job: c.job,
+        index: c.index,
+        epoch: c.epoch,
+        start: header.start,
+        end: header.end,
+        hash: header.hash,
+    };
+    let begin = match store.begin(key, header.size_bytes).await {
+        Ok(begin) => begin,
+        Err(e @ (StoreError::TooLarge { .. } | StoreError::BadRange { .. })) => {
+            let reason = clip_reason(e.to_string());
+            return Ok((UploadAdmission::Rejected { reason }, None));
         }
         Err(e) => {
-            warn!(job = c.job, chunk = c.index, "segment refused: {e}");
-            UploadReply::Rejected {
-                reason: e.to_string(),
-            }
+            let reason = clip_reason(e.to_string());
+            return Ok((UploadAdmission::Later { reason }, None));
         }
     };
-    codec::write_msg(&mut send, &reply).await?;
-    send.finish()?;
-    Ok(())
+    let offset_bytes = match &begin {
+        Begin::Complete(_) => header.size_bytes,
+        Begin::Receive(up) => {
+            if let Err(reason) = store.check_room(up.remaining_bytes()).await {
+                warn!(job = c.job, chunk = c.index, "{reason}");
+                return Ok((
+                    UploadAdmission::Later {
+                        reason: clip_reason(reason),
+                    },
+                    None,
+                ));
+            }
+            up.offset_bytes()
+        }
+    };
+    Ok((
+        UploadAdmission::Accept { offset_bytes },
+        Some(Admitted { slot, begin }),
+    ))
 }

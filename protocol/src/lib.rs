@@ -17,13 +17,27 @@
 //! A node opens one bidirectional *control* stream right after the QUIC
 //! handshake, writes its [`preamble`], reads the coordinator's preamble
 //! (either side closes, naming both versions, when they differ; from protocol
-//! 2 on), then sends
-//! [`messages::Hello`]; the coordinator answers
-//! [`messages::CoordToNode::Welcome`] or [`messages::CoordToNode::Refused`]. Every
-//! later control message flows on that stream. Each finished segment travels
-//! on a bidirectional stream of its own: [`messages::UploadHeader`], the raw
-//! bytes, then the coordinator's [`messages::UploadReply`]. The first byte of
-//! every stream is its [`StreamKind`].
+//! 2 on), then sends [`messages::Hello`], which lists the chunks the node
+//! still holds and the finished segments in its spool from earlier sessions
+//! (protocol 3); the coordinator answers [`messages::CoordToNode::Welcome`]
+//! or [`messages::CoordToNode::Refused`]. Every later control message flows
+//! on that stream; a node that is shutting down says
+//! [`messages::NodeToCoord::Leaving`] and closes with
+//! [`messages::close_code::NODE_LEAVING`] once drained.
+//!
+//! Each finished segment travels on a bidirectional stream of its own, and
+//! an interrupted upload resumes where the coordinator's copy ends:
+//!
+//! ```text
+//! node                                   coordinator
+//!  UploadHeader (chunk, range, size, hash) ->
+//!                          <- UploadAdmission: Accept { offset_bytes }
+//!                             | NotNeeded | Later | Rejected
+//!  bytes offset_bytes..size, finish       ->
+//!                          <- UploadOutcome: Stored | Later | Rejected
+//! ```
+//!
+//! The first byte of every stream is its [`StreamKind`].
 #![warn(missing_docs)]
 
 pub mod codec;

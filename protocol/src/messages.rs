@@ -4,7 +4,42 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this wire format. A peer with another version is refused in
 /// the handshake with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Chunks a hello may list in [`Hello::running`]. A node holds a handful
+/// (its slots plus what the coordinator queued); a longer list is a broken
+/// or hostile peer, and the coordinator reads no further.
+pub const MAX_HELLO_RUNNING: usize = 16;
+
+/// Segments a hello may list in [`Hello::spooled`]. A spool kept through a
+/// long coordinator outage can hold many; 4,096 entries of about 90 bytes
+/// keep the hello well inside [`crate::MAX_CONTROL_FRAME_BYTES`]. Segments
+/// past this are still offered for upload after the welcome.
+pub const MAX_HELLO_SPOOLED: usize = 4096;
+
+/// Largest frame on an upload stream (the header and each answer): they hold
+/// a few numbers and one reason.
+pub const MAX_UPLOAD_FRAME_BYTES: usize = 4 * 1024;
+
+/// Longest reason an upload answer carries, in bytes; the coordinator cuts
+/// longer ones, so an answer always fits [`MAX_UPLOAD_FRAME_BYTES`].
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// QUIC application close codes. Either side closes a connection with one,
+/// so the other can tell a refusal from a shutdown.
+pub mod close_code {
+    /// An ordinary end: the control stream ended or failed.
+    pub const BYE: u32 = 0;
+    /// The coordinator refused the node's hello.
+    pub const REFUSED: u32 = 1;
+    /// The preambles named different protocol versions.
+    pub const VERSION_MISMATCH: u32 = 2;
+    /// The node drained its work after a SIGTERM and leaves.
+    pub const NODE_LEAVING: u32 = 3;
+    /// The coordinator is shutting down; nodes keep their work and spool
+    /// and reconnect with backoff until it is back.
+    pub const COORDINATOR_SHUTTING_DOWN: u32 = 4;
+}
 
 /// Identifies one attempt at one chunk. `epoch` grows with every assignment
 /// of the chunk, so a late message from an earlier attempt is recognised and
@@ -74,11 +109,9 @@ pub struct WireCapabilities {
     pub test_override: Option<String>,
 }
 
-/// First message of a node.
+/// First message of a node. (Its protocol version is in the preamble.)
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Hello {
-    /// The node's [`PROTOCOL_VERSION`].
-    pub protocol_version: u32,
     /// Agent build version (crate version), for logs.
     pub agent_version: String,
     /// Node id: random, made on the node's first start and kept in its data
@@ -89,6 +122,43 @@ pub struct Hello {
     pub name: String,
     /// What it has.
     pub capabilities: WireCapabilities,
+    /// Chunks the node still holds from an earlier session (running or
+    /// queued), at most [`MAX_HELLO_RUNNING`]. The coordinator keeps the
+    /// ones it re-adopts and cancels the others.
+    pub running: Vec<RunningChunk>,
+    /// Finished segments in its spool that no coordinator has confirmed
+    /// stored, at most [`MAX_HELLO_SPOOLED`]. The node offers each for
+    /// upload after the welcome.
+    pub spooled: Vec<SpooledSegment>,
+}
+
+/// A chunk a node holds, as its hello reports it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct RunningChunk {
+    /// Which attempt.
+    pub chunk: ChunkRef,
+    /// First frame, inclusive.
+    pub start: u64,
+    /// Last frame it will render, inclusive: the assignment's end or the end
+    /// of its last shrink answer.
+    pub end: u64,
+    /// Frames rendered so far; 0 while it is queued.
+    pub frames_done: u64,
+}
+
+/// A finished segment in a node's spool, as its hello reports it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct SpooledSegment {
+    /// The attempt whose segment this is.
+    pub chunk: ChunkRef,
+    /// First frame in the segment, inclusive.
+    pub start: u64,
+    /// Last frame in the segment, inclusive.
+    pub end: u64,
+    /// Size of the segment file.
+    pub size_bytes: u64,
+    /// BLAKE3 of the segment file.
+    pub hash: [u8; 32],
 }
 
 /// Progress of one running chunk.
@@ -167,6 +237,10 @@ pub enum NodeToCoord {
     Failed(ChunkFailed),
     /// Answer to a shrink proposal.
     ShrinkAck(ShrinkAck),
+    /// The node is shutting down (SIGTERM): it takes no new work, finishes
+    /// its running chunk, uploads what its spool holds, then closes the
+    /// connection with [`close_code::NODE_LEAVING`].
+    Leaving,
 }
 
 /// Work for a node: render frames `start..=end` and encode them into one
@@ -198,17 +272,16 @@ pub struct Assign {
 pub enum CoordToNode {
     /// Handshake accepted.
     Welcome {
-        /// The coordinator's [`PROTOCOL_VERSION`].
-        protocol_version: u32,
         /// How often to send heartbeats.
         heartbeat_interval_ms: u64,
     },
-    /// Handshake refused; the coordinator closes the connection after this.
+    /// Handshake refused (a name in use, say); the coordinator closes the
+    /// connection after this with [`close_code::REFUSED`]. The node retries
+    /// with backoff, as the cause may clear. (Different protocol versions
+    /// are told apart in the preamble, before any message.)
     Refused {
         /// Why, in words.
         reason: String,
-        /// The coordinator's [`PROTOCOL_VERSION`].
-        protocol_version: u32,
     },
     /// Run a chunk.
     Assign(Assign),
@@ -225,7 +298,11 @@ pub enum CoordToNode {
     },
 }
 
-/// First message of an upload stream, followed by exactly `bytes` raw bytes.
+/// First message of an upload stream. An upload is resumable: the
+/// coordinator answers with an [`UploadAdmission`]; on
+/// [`UploadAdmission::Accept`] the node sends the segment's bytes from
+/// `offset_bytes` to its end and finishes its side of the stream; the
+/// coordinator answers with an [`UploadOutcome`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct UploadHeader {
     /// The attempt whose segment this is.
@@ -235,20 +312,233 @@ pub struct UploadHeader {
     /// Last frame in the segment, inclusive (the chunk's end after any
     /// shrink).
     pub end: u64,
-    /// Size of the segment.
-    pub bytes: u64,
-    /// BLAKE3 of the segment.
+    /// Size of the whole segment.
+    pub size_bytes: u64,
+    /// BLAKE3 of the whole segment.
     pub hash: [u8; 32],
 }
 
-/// The coordinator's answer on an upload stream.
+/// The coordinator's first answer on an upload stream, to the header.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub enum UploadReply {
-    /// Stored and its hash verified.
-    Stored,
-    /// Refused; the node keeps the file and reports the chunk failed.
+pub enum UploadAdmission {
+    /// Send the bytes from `offset_bytes` on: the coordinator already holds
+    /// that many of exactly this segment (same attempt, range and hash)
+    /// from an interrupted upload. `offset_bytes == size_bytes` when it has
+    /// them all (the node then sends nothing).
+    Accept {
+        /// Bytes to skip.
+        offset_bytes: u64,
+    },
+    /// The coordinator does not want this segment (its frames are done,
+    /// cancelled or another attempt's): the node deletes its copy.
+    NotNeeded {
+        /// Why.
+        reason: String,
+    },
+    /// Not now (too many uploads at once, the artifact disk nearly full, the
+    /// job joining): the node keeps its copy and offers it again later.
+    Later {
+        /// Why.
+        reason: String,
+    },
+    /// The header itself is unacceptable (a segment over the size limit, a
+    /// range that ends before it starts): the node deletes its copy and
+    /// reports the chunk failed. It renders nothing again by itself.
     Rejected {
         /// Why.
         reason: String,
     },
+}
+
+/// The coordinator's last answer on an upload stream, once the bytes came.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum UploadOutcome {
+    /// Stored, its size and hash verified, and the fact durable in the
+    /// coordinator's journal: the node deletes its copy and sends `Done`.
+    Stored,
+    /// Received but not recorded (the journal could not take it, say): the
+    /// node keeps its copy and offers it again later; the coordinator keeps
+    /// what it received, so the next offer is answered at once.
+    Later {
+        /// Why.
+        reason: String,
+    },
+    /// The bytes do not make the announced segment (hash or size mismatch):
+    /// the node's copy is corrupt, so it deletes it and reports the chunk
+    /// failed. It renders nothing again by itself.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `reason` cut to at most [`MAX_REASON_BYTES`] on a character boundary.
+pub fn clip_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_body, encode_frame, Decode, Encode};
+    use crate::MAX_CONTROL_FRAME_BYTES;
+    use rkyv::api::high::{HighDeserializer, HighValidator};
+    use rkyv::bytecheck::CheckBytes;
+    use rkyv::rancor;
+
+    const C: ChunkRef = ChunkRef {
+        job: u64::MAX,
+        index: u32::MAX,
+        epoch: u32::MAX,
+    };
+
+    /// Encodes `msg`, checks the frame against `limit`, decodes it back.
+    fn check<T>(msg: T, limit: usize)
+    where
+        T: Encode + Decode + PartialEq + std::fmt::Debug,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        let frame = encode_frame(&msg).unwrap();
+        assert!(
+            frame.len() - 4 <= limit,
+            "{msg:?} takes {} bytes, over {limit}",
+            frame.len() - 4
+        );
+        assert_eq!(decode_body::<T>(&frame[4..]).unwrap(), msg);
+    }
+
+    fn running(n: usize) -> Vec<RunningChunk> {
+        vec![
+            RunningChunk {
+                chunk: C,
+                start: u64::MAX - 1,
+                end: u64::MAX,
+                frames_done: u64::MAX,
+            };
+            n
+        ]
+    }
+
+    fn spooled(n: usize) -> Vec<SpooledSegment> {
+        vec![
+            SpooledSegment {
+                chunk: C,
+                start: u64::MAX - 1,
+                end: u64::MAX,
+                size_bytes: u64::MAX,
+                hash: [0xab; 32],
+            };
+            n
+        ]
+    }
+
+    fn hello(running: Vec<RunningChunk>, spooled: Vec<SpooledSegment>) -> NodeToCoord {
+        let adapter = WireAdapter {
+            name: "a".repeat(256),
+            backend: "Vulkan".into(),
+            device_type: "DiscreteGpu".into(),
+            vendor: "nvidia".into(),
+            vram_bytes: 80 << 30,
+        };
+        NodeToCoord::Hello(Box::new(Hello {
+            agent_version: "0.1.0".into(),
+            node_id: "0".repeat(32),
+            name: "n".repeat(64),
+            capabilities: WireCapabilities {
+                hostname: "h".repeat(255),
+                os: "Debian 12".into(),
+                cpu_brand: "c".repeat(128),
+                cpu_cores: 256,
+                memory_bytes: 1 << 40,
+                adapters: vec![adapter.clone(); 16],
+                render_adapter: Some(adapter),
+                encoders: vec!["libx264".into(); 16],
+                tags: vec!["t".repeat(64); 32],
+                pool: "p".repeat(64),
+                calibration: Some(WireCalibration {
+                    frames_per_s: 100.0,
+                    width: 640,
+                    height: 360,
+                }),
+                test_override: Some("x".repeat(256)),
+            },
+            running,
+            spooled,
+        }))
+    }
+
+    #[test]
+    fn node_messages_round_trip() {
+        let l = MAX_CONTROL_FRAME_BYTES;
+        check(hello(vec![], vec![]), l);
+        check(hello(running(2), spooled(3)), l);
+        // The largest hello a node may send fits a control frame.
+        check(hello(running(MAX_HELLO_RUNNING), spooled(MAX_HELLO_SPOOLED)), l);
+        check(NodeToCoord::Leaving, l);
+        check(
+            NodeToCoord::ShrinkAck(ShrinkAck {
+                chunk: C,
+                end: None,
+            }),
+            l,
+        );
+    }
+
+    #[test]
+    fn coordinator_messages_round_trip() {
+        let l = MAX_CONTROL_FRAME_BYTES;
+        check(
+            CoordToNode::Welcome {
+                heartbeat_interval_ms: 1000,
+            },
+            l,
+        );
+        check(
+            CoordToNode::Refused {
+                reason: "name n1 is in use".into(),
+            },
+            l,
+        );
+        check(CoordToNode::Cancel(C), l);
+    }
+
+    #[test]
+    fn upload_frames_fit_their_limit_even_with_the_longest_reason() {
+        let l = MAX_UPLOAD_FRAME_BYTES;
+        // Multi-byte characters: the cut must land on a char boundary.
+        let long = || clip_reason("é".repeat(10 * MAX_REASON_BYTES));
+        assert!(long().len() <= MAX_REASON_BYTES);
+        assert!(long().len() > MAX_REASON_BYTES - 2);
+        assert_eq!(clip_reason("short".into()), "short");
+        check(
+            UploadHeader {
+                chunk: C,
+                start: 0,
+                end: u64::MAX,
+                size_bytes: u64::MAX,
+                hash: [1; 32],
+            },
+            l,
+        );
+        check(
+            UploadAdmission::Accept {
+                offset_bytes: u64::MAX,
+            },
+            l,
+        );
+        check(UploadAdmission::NotNeeded { reason: long() }, l);
+        check(UploadAdmission::Later { reason: long() }, l);
+        check(UploadAdmission::Rejected { reason: long() }, l);
+        check(UploadOutcome::Stored, l);
+        check(UploadOutcome::Later { reason: long() }, l);
+        check(UploadOutcome::Rejected { reason: long() }, l);
+    }
 }
