@@ -1,36 +1,73 @@
-//! The node agent's connection to the coordinator: connect, preamble and
-//! hello, heartbeats, assignments, shrinks, uploads, and reconnection with
-//! backoff and jitter.
+//! The node agent: connect, preamble and hello, heartbeats, assignments,
+//! shrinks, uploads, reconnection with backoff and jitter, and the drain on
+//! SIGTERM.
 //!
-//! One executor thread runs chunks one at a time (rendering and encoding
-//! overlap inside a chunk); the async side only moves messages and files.
-//! A `Shrink` is answered at once on the control loop, through the chunk's
-//! [`FrameWindow`], which the executor consults before starting each frame.
+//! # The work outlives sessions
+//! The executor, the table of chunks the node holds and the spool belong to
+//! the agent ([`Agent`]), not to a connection. When the connection drops the
+//! node keeps rendering its current chunk and keeps the queued ones, spools
+//! what finishes, and reconnects; its next [`Hello`] lists the chunks it
+//! still holds (`running`) and the segments its spool holds (`spooled`).
+//! The coordinator re-adopts what it still wants (nothing special is sent:
+//! progress and heartbeats simply resume) and cancels the rest.
+//!
+//! # Tasks
+//! - the control loop of the current session ([`session`]): assignments,
+//!   cancels and shrinks (answered at once through the chunk's
+//!   [`FrameWindow`], which the executor consults before each frame);
+//! - the session's writer and heartbeat;
+//! - the executor's events ([`events_loop`], agent-wide): progress, and each
+//!   finished segment made durable in the spool;
+//! - the uploader ([`upload_loop`], agent-wide): offers spooled segments, at
+//!   most [`MAX_UPLOADS_IN_FLIGHT`] at a time, each on its own task beside
+//!   rendering; `Stored` or `NotNeeded` delete the copy (then `Done` is
+//!   sent for a stored one), `Later` keeps it for another offer, `Rejected`
+//!   deletes it and reports the chunk failed. An upload cut off by a lost
+//!   connection resumes after the reconnect from the coordinator's offset.
+//!
+//! # Spool full
+//! When the spool's finished segments reach the limit
+//! ([`AgentLimits::spool_limit_bytes`]), new assignments are held, queued
+//! and reported, but not started, until uploads free room. Failing them
+//! instead would, when the coordinator's disk is what is full, fail and
+//! quarantine every node of the farm at once.
+//!
+//! # Leaving
+//! On SIGTERM (or SIGINT) the node sends `Leaving`, drops the chunks it has
+//! not started (the coordinator hands them to others), finishes the ones it
+//! renders, and waits until its spool holds nothing more to upload, at most
+//! [`AgentLimits::drain_timeout_ms`]; a second signal ends the wait at
+//! once. It then closes the connection with
+//! [`close_code::NODE_LEAVING`] and returns. Whatever is still in the spool
+//! stays on disk and is offered after the next start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use drover_protocol::preamble::{self, PreambleError};
 use drover_protocol::{
-    codec, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, CoordToNode, Heartbeat, Hello,
-    NodeToCoord, ShrinkAck, StreamKind, UploadHeader, UploadReply, MAX_CONTROL_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    close_code, codec, Assign, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, CoordToNode,
+    Heartbeat, Hello, NodeToCoord, RunningChunk, ShrinkAck, SpooledSegment, StreamKind,
+    MAX_CONTROL_FRAME_BYTES, MAX_HELLO_RUNNING, MAX_HELLO_SPOOLED, PROTOCOL_VERSION,
 };
 use drover_shared::caps::Capabilities;
 use drover_shared::config::CERT_SERVER_NAME;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::exec::{Executor, FrameWindow, TestAids, WorkItem, WorkerEvent};
 use crate::render::Gpu;
+use crate::spool::{self, SegmentMeta, Spool, SpoolKey, Spooled};
 use crate::tls::Trust;
+use crate::upload::{self, Offered, UploadError};
 
 /// First reconnection delay; doubles up to [`RECONNECT_MAX_MS`].
 pub const RECONNECT_MIN_MS: u64 = 200;
@@ -51,6 +88,29 @@ const IDLE_TIMEOUT_MS: u64 = 10_000;
 /// connection open even when the coordinator never answers on the stream,
 /// so the idle timeout alone would not end such a session.
 const PREAMBLE_TIMEOUT_MS: u64 = 10_000;
+/// Uploads a node runs at once: two keep the link busy while one waits for
+/// the coordinator's fsync and journal; the coordinator allows as many.
+pub const MAX_UPLOADS_IN_FLIGHT: usize = 2;
+/// First wait before a segment answered "later" (or cut off) is offered
+/// again; doubles up to [`UPLOAD_RETRY_MAX_MS`].
+const UPLOAD_RETRY_MIN_MS: u64 = 1_000;
+/// Longest wait before a segment is offered again.
+const UPLOAD_RETRY_MAX_MS: u64 = 30_000;
+/// `Done` and `Failed` messages kept while no coordinator is connected, to
+/// send after the next welcome. A node holds a handful of chunks; past this
+/// the oldest go (the coordinator times those chunks out instead).
+const MAX_OUTBOX: usize = 256;
+/// How often the drain looks whether the node is done.
+const DRAIN_POLL_MS: u64 = 200;
+/// Longest wait, when leaving, for the last messages and the close to
+/// reach the coordinator.
+const CLOSE_LINGER_MS: u64 = 2_000;
+/// Longest wait at exit for the endpoint to send the connection's close.
+const CLOSE_FLUSH_MS: u64 = 500;
+/// Default bound on the drain after SIGTERM: the chunk being rendered
+/// finishes and its segment uploads within this, or the node leaves anyway
+/// (its spool stays on disk for the next start).
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10 * 60 * 1_000;
 
 /// Settings of one node agent.
 #[derive(Debug, Clone)]
@@ -77,11 +137,32 @@ pub struct AgentConfig {
     pub fail_frames: Vec<u64>,
 }
 
-/// One chunk this session holds, shared with the executor (which writes
+/// Bounds of the agent that have defaults (the `--spool-limit-mb`-style
+/// settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Finished segments the spool may hold, in bytes, before new chunks
+    /// wait for room ([`spool::DEFAULT_SPOOL_LIMIT_BYTES`]).
+    pub spool_limit_bytes: u64,
+    /// Longest drain after SIGTERM ([`DEFAULT_DRAIN_TIMEOUT_MS`]).
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        AgentLimits {
+            spool_limit_bytes: spool::DEFAULT_SPOOL_LIMIT_BYTES,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    }
+}
+
+/// One chunk the node holds, shared with the executor (which writes
 /// progress and starts frames), the heartbeat (reads progress) and the
 /// control loop (cancels and shrinks).
 struct HeldChunk {
-    /// Set when the coordinator cancels the chunk or the session ends.
+    /// Set when the coordinator cancels the chunk or the node leaves
+    /// before starting it.
     cancel: Arc<AtomicBool>,
     /// Frames read back so far, [`NOT_STARTED`] before the executor starts.
     frames_done: Arc<AtomicU64>,
@@ -99,10 +180,283 @@ impl HeldChunk {
         }
         self.window.shrink(proposed_end)
     }
+
+    fn started(&self) -> bool {
+        self.frames_done.load(Ordering::Relaxed) != NOT_STARTED
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
 }
 
-/// Chunks this session holds.
-type Held = Arc<Mutex<HashMap<ChunkRef, HeldChunk>>>;
+/// What the node holds, under one lock so that a hello sees every chunk
+/// exactly once: held (running or queued) or spooled.
+struct Work {
+    /// Chunks assigned and not yet finished or failed.
+    held: HashMap<ChunkRef, HeldChunk>,
+    /// Held chunks waiting for spool room before they go to the executor.
+    waiting: VecDeque<WorkItem>,
+    /// Finished segments not yet taken by the coordinator.
+    spool: Spool,
+}
+
+/// The current session's connection and the queue of its writer.
+#[derive(Clone)]
+struct Link {
+    conn: quinn::Connection,
+    out: mpsc::UnboundedSender<NodeToCoord>,
+}
+
+/// The agent's state, shared by its tasks (see the module doc).
+struct Agent {
+    work: Mutex<Work>,
+    executor: Mutex<Executor>,
+    /// Where the executor reports, for every chunk of every session.
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    /// The session connected now, if any.
+    link: watch::Sender<Option<Link>>,
+    /// Wakes the uploader: a segment was spooled.
+    spooled: Notify,
+    /// `Done` and `Failed` messages waiting for a session.
+    outbox: Mutex<VecDeque<NodeToCoord>>,
+    /// SIGTERM came: no new work.
+    leaving: AtomicBool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the agent down with it; the data
+    // (maps and queues) stays consistent between statements.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Agent {
+    fn new(spool: Spool, executor: Executor, events: mpsc::UnboundedSender<WorkerEvent>) -> Agent {
+        Agent {
+            work: Mutex::new(Work {
+                held: HashMap::new(),
+                waiting: VecDeque::new(),
+                spool,
+            }),
+            executor: Mutex::new(executor),
+            events,
+            link: watch::Sender::new(None),
+            spooled: Notify::new(),
+            outbox: Mutex::new(VecDeque::new()),
+            leaving: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends to the current session; dropped when there is none (progress,
+    /// heartbeats and shrink answers only matter to a live session).
+    fn send(&self, msg: NodeToCoord) {
+        if let Some(link) = self.link.borrow().as_ref() {
+            let _ = link.out.send(msg);
+        }
+    }
+
+    /// Sends to the current session, or keeps the message for the next one
+    /// (chunk outcomes).
+    fn send_or_keep(&self, msg: NodeToCoord) {
+        let msg = match self.link.borrow().as_ref() {
+            Some(link) => match link.out.send(msg) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(msg)) => msg,
+            },
+            None => msg,
+        };
+        let mut outbox = locked(&self.outbox);
+        if outbox.len() >= MAX_OUTBOX {
+            warn!("no coordinator for a while: an old chunk report is dropped");
+            outbox.pop_front();
+        }
+        outbox.push_back(msg);
+    }
+
+    /// The hello's lists: every chunk held and every segment spooled.
+    fn hello_lists(&self) -> (Vec<RunningChunk>, Vec<SpooledSegment>) {
+        let work = locked(&self.work);
+        let mut running: Vec<RunningChunk> = work
+            .held
+            .iter()
+            .filter(|(_, h)| !h.cancelled())
+            .map(|(c, h)| RunningChunk {
+                chunk: *c,
+                start: h.window.start(),
+                end: h.window.end(),
+                frames_done: match h.frames_done.load(Ordering::Relaxed) {
+                    NOT_STARTED => 0,
+                    n => n,
+                },
+            })
+            .collect();
+        running.sort_by_key(|r| (r.chunk.job, r.chunk.index, r.chunk.epoch));
+        running.truncate(MAX_HELLO_RUNNING);
+        let spooled = work
+            .spool
+            .entries()
+            .filter_map(|s| s.meta.wire())
+            .take(MAX_HELLO_SPOOLED)
+            .collect();
+        (running, spooled)
+    }
+
+    /// A new assignment: held at once, started when the spool has room.
+    fn assign(&self, a: Assign) {
+        if self.leaving.load(Ordering::Relaxed) {
+            warn!(
+                job = a.chunk.job,
+                chunk = a.chunk.index,
+                "assignment after leaving ignored"
+            );
+            return;
+        }
+        info!(job = a.chunk.job, chunk = a.chunk.index, epoch = a.chunk.epoch,
+            frames = %format!("{}-{}", a.start, a.end), "assigned");
+        let window = match FrameWindow::new(a.start, a.end) {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                warn!(
+                    job = a.chunk.job,
+                    chunk = a.chunk.index,
+                    "refusing assignment: {e}"
+                );
+                self.send_or_keep(NodeToCoord::Failed(ChunkFailed {
+                    chunk: a.chunk,
+                    reason: e.to_string(),
+                    log_tail: String::new(),
+                    failed_frame: None,
+                }));
+                return;
+            }
+        };
+        let mut work = locked(&self.work);
+        if work.held.contains_key(&a.chunk) {
+            warn!(
+                job = a.chunk.job,
+                chunk = a.chunk.index,
+                epoch = a.chunk.epoch,
+                "assignment of a chunk already held ignored"
+            );
+            return;
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let frames_done = Arc::new(AtomicU64::new(NOT_STARTED));
+        work.held.insert(
+            a.chunk,
+            HeldChunk {
+                cancel: cancel.clone(),
+                frames_done: frames_done.clone(),
+                window: window.clone(),
+            },
+        );
+        work.waiting.push_back(WorkItem {
+            assign: a,
+            cancel,
+            frames_done,
+            window,
+            events: self.events.clone(),
+        });
+        self.start_waiting(&mut work);
+    }
+
+    /// Hands waiting chunks to the executor while the spool has room.
+    fn start_waiting(&self, work: &mut Work) {
+        while work.spool.has_room() {
+            let Some(item) = work.waiting.pop_front() else {
+                return;
+            };
+            locked(&self.executor).submit(item);
+        }
+        if let Some(item) = work.waiting.front() {
+            info!(
+                job = item.assign.chunk.job,
+                chunk = item.assign.chunk.index,
+                used_bytes = work.spool.used_bytes(),
+                limit_bytes = work.spool.limit_bytes(),
+                waiting = work.waiting.len(),
+                "spool full: new chunks wait for uploads to free room"
+            );
+        }
+    }
+
+    /// The coordinator cancels a chunk.
+    fn cancel(&self, c: ChunkRef) {
+        info!(
+            job = c.job,
+            chunk = c.index,
+            epoch = c.epoch,
+            "cancelled by coordinator"
+        );
+        let mut work = locked(&self.work);
+        if let Some(h) = work.held.get(&c) {
+            h.cancel.store(true, Ordering::Relaxed);
+        }
+        // Not given to the executor yet: nobody else will report it gone.
+        if let Some(i) = work.waiting.iter().position(|w| w.assign.chunk == c) {
+            work.waiting.remove(i);
+            work.held.remove(&c);
+        }
+    }
+
+    /// The answer to a shrink proposal.
+    fn shrink(&self, c: ChunkRef, proposed_end: u64) -> Option<u64> {
+        locked(&self.work)
+            .held
+            .get(&c)
+            .and_then(|h| h.shrink(proposed_end))
+    }
+
+    /// SIGTERM: no new work, and the chunks not started yet go back.
+    fn start_leaving(&self) {
+        if self.leaving.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        {
+            let mut guard = locked(&self.work);
+            let work = &mut *guard;
+            for w in work.waiting.drain(..) {
+                work.held.remove(&w.assign.chunk);
+            }
+            for (c, h) in &work.held {
+                if !h.started() {
+                    info!(
+                        job = c.job,
+                        chunk = c.index,
+                        "leaving: a queued chunk goes back"
+                    );
+                    h.cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        self.send(NodeToCoord::Leaving);
+    }
+
+    /// Whether a leaving node may go: nothing renders, and the spool holds
+    /// nothing to upload, or there is no coordinator to take it.
+    fn drained(&self) -> bool {
+        let connected = self.link.borrow().is_some();
+        let work = locked(&self.work);
+        work.held.is_empty() && work.waiting.is_empty() && (work.spool.is_empty() || !connected)
+    }
+
+    /// Forgets a spooled segment and deletes its files (off the runtime).
+    async fn unspool(&self, key: SpoolKey) -> Option<Spooled> {
+        let s = {
+            let mut work = locked(&self.work);
+            let s = work.spool.remove(&key)?;
+            self.start_waiting(&mut work);
+            s
+        };
+        let path = s.path.clone();
+        match tokio::task::spawn_blocking(move || spool::discard(&path)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(path = %s.path.display(), "deleting a spooled segment: {e}"),
+            Err(e) => warn!("deleting a spooled segment: {e}"),
+        }
+        Some(s)
+    }
+}
 
 /// How a session ended.
 #[derive(Debug, PartialEq)]
@@ -113,24 +467,48 @@ enum SessionEnd {
     Refused { reason: String, permanent: bool },
     /// The connection went away.
     Lost(String),
+    /// The node is leaving: the session closed on purpose.
+    Left,
 }
 
-/// Runs the agent until the coordinator refuses it (an error) or the process
-/// is stopped.
+/// Runs the agent with the default [`AgentLimits`] until the coordinator
+/// refuses it for good (an error) or a signal ends it (after the drain).
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    run_with(cfg, AgentLimits::default()).await
+}
+
+/// [`run`] with the given limits.
+pub async fn run_with(cfg: AgentConfig, limits: AgentLimits) -> anyhow::Result<()> {
     let aids = TestAids {
         slowdown_factor: cfg.slowdown_factor,
         fail_frames: cfg.fail_frames.clone(),
     };
     aids.check()
         .map_err(|e| anyhow::anyhow!("--slowdown: {e}"))?;
-    let spool = cfg.data_dir.join("spool");
-    // Segments left by an earlier run belong to chunks the coordinator has
-    // requeued since (it re-adopts nothing yet), so they are dropped.
-    if spool.exists() {
-        std::fs::remove_dir_all(&spool).with_context(|| format!("clearing {}", spool.display()))?;
+    // Signals are caught from the start: a SIGTERM during the probe must
+    // not kill the node without its drain.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("catching SIGTERM")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("catching SIGINT")?;
+    let spool_dir = cfg.data_dir.join("spool");
+    // What an earlier run spooled is kept and offered again; what it could
+    // not finish is dropped.
+    let (spool, loaded) = {
+        let dir = spool_dir.clone();
+        let limit = limits.spool_limit_bytes;
+        tokio::task::spawn_blocking(move || Spool::open(&dir, limit))
+            .await?
+            .with_context(|| format!("opening the spool {}", spool_dir.display()))?
+    };
+    if loaded.kept > 0 || !loaded.dropped.is_empty() {
+        info!(
+            segments = loaded.kept,
+            bytes = spool.used_bytes(),
+            dropped = loaded.dropped.len(),
+            "spool from an earlier run loaded"
+        );
     }
-    std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
     let node_id = load_or_create_node_id(&cfg.data_dir)?;
     // Probing opens the GPU and test-encodes, and the calibration renders:
     // blocking work.
@@ -188,7 +566,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     info!(name = %cfg.name, %node_id, adapter = %gpu.adapter().name, device = %gpu.adapter().device_type,
         encoders = ?caps.encoders, tags = ?caps.tags, pool = %caps.pool, "node ready");
-    let executor = Executor::start(gpu, spool, aids);
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel::<WorkerEvent>();
+    let executor = Executor::start(gpu, spool_dir, aids);
+    let agent = Arc::new(Agent::new(spool, executor, ev_tx));
+    tokio::spawn(events_loop(agent.clone(), ev_rx));
+    tokio::spawn(upload_loop(agent.clone()));
+
     let client = crate::tls::client_config(&cfg.trust)?;
     let bind: SocketAddr = if cfg.coordinator.is_ipv6() {
         "[::]:0"
@@ -199,10 +582,82 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(client);
 
+    let (quit_tx, quit_rx) = watch::channel(false);
+    let mut sessions = tokio::spawn(reconnect_loop(
+        endpoint.clone(),
+        node_id,
+        cfg.clone(),
+        caps,
+        agent.clone(),
+        quit_rx,
+    ));
+    tokio::select! {
+        ended = &mut sessions => return ended.context("the connection task")?,
+        _ = term.recv() => info!("SIGTERM: leaving once the running chunk is done and uploaded"),
+        _ = int.recv() => info!("SIGINT: leaving once the running chunk is done and uploaded"),
+    }
+    agent.start_leaving();
+    let deadline = tokio::time::sleep(Duration::from_millis(limits.drain_timeout_ms));
+    tokio::pin!(deadline);
+    let mut refused = None;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                warn!(timeout_ms = limits.drain_timeout_ms, "drain timed out; leaving, the spool stays on disk");
+                break;
+            }
+            _ = term.recv() => { warn!("second signal: leaving now, the spool stays on disk"); break }
+            _ = int.recv() => { warn!("second signal: leaving now, the spool stays on disk"); break }
+            ended = &mut sessions => {
+                refused = Some(ended);
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)) => {
+                if agent.drained() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = quit_tx.send(true);
+    if refused.is_none() {
+        // The session says goodbye itself (its last messages, then the
+        // close with NODE_LEAVING).
+        if tokio::time::timeout(Duration::from_millis(CLOSE_LINGER_MS), &mut sessions)
+            .await
+            .is_err()
+        {
+            sessions.abort();
+        }
+    }
+    // The close frame goes out on the next datagram; a short wait lets the
+    // endpoint send it.
+    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_FLUSH_MS), endpoint.wait_idle()).await;
+    let left = locked(&agent.work).spool.len();
+    info!(spooled = left, "node stopped");
+    match refused {
+        Some(ended) => ended.context("the connection task")?,
+        None => Ok(()),
+    }
+}
+
+/// Connects, runs a session, and reconnects with backoff and jitter, until
+/// the coordinator refuses the node for good (an error) or `quit` is set.
+async fn reconnect_loop(
+    endpoint: quinn::Endpoint,
+    node_id: String,
+    cfg: AgentConfig,
+    caps: Capabilities,
+    agent: Arc<Agent>,
+    mut quit: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut backoff_ms = RECONNECT_MIN_MS;
     loop {
+        if *quit.borrow() {
+            return Ok(());
+        }
         let started = Instant::now();
-        match session(&endpoint, &node_id, &cfg, &caps, &executor).await {
+        match session(&endpoint, &node_id, &cfg, &caps, &agent, quit.clone()).await {
             Ok(SessionEnd::Refused {
                 reason,
                 permanent: true,
@@ -217,6 +672,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 backoff_ms = RECONNECT_MAX_MS;
             }
             Ok(SessionEnd::Lost(why)) => warn!("connection to coordinator lost: {why}"),
+            Ok(SessionEnd::Left) => return Ok(()),
             Err(e) => warn!("cannot reach coordinator at {}: {e:#}", cfg.coordinator),
         }
         if started.elapsed() > Duration::from_secs(10) {
@@ -224,273 +680,465 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         // Full jitter: a farm of nodes must not reconnect in lockstep.
         let delay = rand::rng().random_range(backoff_ms / 2..=backoff_ms);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+            _ = quit.wait_for(|q| *q) => return Ok(()),
+        }
         backoff_ms = (backoff_ms * 2).min(RECONNECT_MAX_MS);
     }
 }
 
+/// One connection to the coordinator, from the handshake to its end. The
+/// work it leaves behind stays with the agent.
 async fn session(
     endpoint: &quinn::Endpoint,
     node_id: &str,
     cfg: &AgentConfig,
     caps: &Capabilities,
-    executor: &Executor,
+    agent: &Arc<Agent>,
+    mut quit: watch::Receiver<bool>,
 ) -> anyhow::Result<SessionEnd> {
     let connecting = endpoint.connect(cfg.coordinator, CERT_SERVER_NAME)?;
     let conn = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
         .await
         .map_err(|_| anyhow::anyhow!("no QUIC handshake within {CONNECT_TIMEOUT_MS} ms"))??;
     let (mut send, mut recv) = conn.open_bi().await?;
+    let (running, spooled) = agent.hello_lists();
+    let (n_running, n_spooled) = (running.len(), spooled.len());
     let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         node_id: node_id.to_string(),
         name: cfg.name.clone(),
         capabilities: caps.into(),
+        running,
+        spooled,
     };
     let heartbeat_ms = match open_control(&mut send, &mut recv, hello).await? {
         Opened::Welcome {
             heartbeat_interval_ms,
         } => heartbeat_interval_ms,
         Opened::Ended(end) => {
-            conn.close(0u32.into(), b"bye");
+            conn.close(close_code::BYE.into(), b"bye");
             return Ok(end);
         }
     };
-    info!(coordinator = %cfg.coordinator, "connected");
+    info!(coordinator = %cfg.coordinator, running = n_running, spooled = n_spooled, "connected");
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<NodeToCoord>();
     let writer = tokio::spawn(async move {
         while let Some(msg) = out_rx.recv().await {
             if codec::write_msg(&mut send, &msg).await.is_err() {
-                break;
+                return;
+            }
+        }
+        // Every sender is gone: the session is over, said in full.
+        let _ = send.finish();
+    });
+    // A leaving node says so before anything else, so that the
+    // coordinator sends it no new work.
+    if agent.leaving.load(Ordering::Relaxed) {
+        let _ = out_tx.send(NodeToCoord::Leaving);
+    }
+    for msg in locked(&agent.outbox).drain(..) {
+        let _ = out_tx.send(msg);
+    }
+    agent.link.send_replace(Some(Link {
+        conn: conn.clone(),
+        out: out_tx.clone(),
+    }));
+    let heartbeat = tokio::spawn(heartbeats(agent.clone(), out_tx.clone(), heartbeat_ms));
+    drop(out_tx);
+    // Frames are read on a task of their own: reading is not cancel-safe,
+    // and the loop below also waits for the node to leave.
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let msg = codec::read_msg::<_, CoordToNode>(&mut recv, MAX_CONTROL_FRAME_BYTES).await;
+            let last = !matches!(msg, Ok(Some(_)));
+            if in_tx.send(msg).is_err() || last {
+                return;
             }
         }
     });
-    let held: Held = Arc::default();
-    let heartbeat = {
-        let out = out_tx.clone();
-        let held = held.clone();
-        tokio::spawn(async move {
-            let mut sys = sysinfo::System::new().ok();
-            let mut tick =
-                tokio::time::interval(Duration::from_millis(heartbeat_ms.clamp(100, 60_000)));
-            loop {
-                tick.tick().await;
-                let cpu_load_pct = match sys.as_mut() {
-                    Some(sys) => {
-                        sys.refresh_cpu_usage();
-                        sys.global_cpu_usage()
-                    }
-                    None => 0.0,
-                };
-                let chunks = held
-                    .lock()
-                    .expect("held map")
-                    .iter()
-                    // Queued chunks are not reported: only the executor's
-                    // first progress (0 frames) marks a chunk started.
-                    .filter(|(_, h)| h.frames_done.load(Ordering::Relaxed) != NOT_STARTED)
-                    .map(|(c, h)| ChunkProgress {
-                        chunk: *c,
-                        frames_done: h.frames_done.load(Ordering::Relaxed),
-                    })
-                    .collect();
-                let hb = Heartbeat {
-                    cpu_load_pct,
-                    chunks,
-                };
-                if out.send(NodeToCoord::Heartbeat(hb)).is_err() {
-                    break;
+
+    let end = loop {
+        let msg = tokio::select! {
+            msg = in_rx.recv() => msg,
+            _ = quit.wait_for(|q| *q) => break SessionEnd::Left,
+        };
+        match msg {
+            Some(Ok(Some(CoordToNode::Assign(a)))) => agent.assign(a),
+            Some(Ok(Some(CoordToNode::Cancel(c)))) => agent.cancel(c),
+            Some(Ok(Some(CoordToNode::Shrink {
+                chunk,
+                proposed_end,
+            }))) => {
+                // Answered here, on the control loop, without waiting for
+                // the executor: the window's lock makes the answer exact
+                // whatever the executor is doing.
+                let end = agent.shrink(chunk, proposed_end);
+                info!(job = chunk.job, chunk = chunk.index, epoch = chunk.epoch, proposed_end,
+                    answer = ?end, "shrink");
+                agent.send(NodeToCoord::ShrinkAck(ShrinkAck { chunk, end }));
+            }
+            // After the welcome a refusal is the coordinator's to give,
+            // never a version matter (the preambles settled that).
+            Some(Ok(Some(CoordToNode::Refused { reason }))) => {
+                break SessionEnd::Refused {
+                    reason,
+                    permanent: false,
                 }
             }
-        })
+            Some(Ok(Some(CoordToNode::Welcome { .. }))) => warn!("unexpected second welcome"),
+            Some(Ok(None)) | None => {
+                break SessionEnd::Lost(lost_why(&conn, "coordinator closed the control stream"))
+            }
+            Some(Err(e)) => break SessionEnd::Lost(lost_why(&conn, &e.to_string())),
+        }
     };
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<WorkerEvent>();
-    let events = {
-        let out = out_tx.clone();
-        let held = held.clone();
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            let mut last_progress: HashMap<ChunkRef, Instant> = HashMap::new();
-            while let Some(ev) = ev_rx.recv().await {
-                match ev {
-                    WorkerEvent::Progress {
-                        chunk,
-                        frames_done,
-                        total,
-                    } => {
-                        let now = Instant::now();
-                        let due = last_progress.get(&chunk).is_none_or(|t| {
-                            now.duration_since(*t) >= Duration::from_millis(PROGRESS_INTERVAL_MS)
-                        });
-                        if due || frames_done == 0 || frames_done == total {
-                            last_progress.insert(chunk, now);
-                            let _ = out
-                                .send(NodeToCoord::Progress(ChunkProgress { chunk, frames_done }));
-                        }
-                    }
-                    WorkerEvent::Finished {
-                        assign,
-                        start,
-                        end,
-                        path,
-                        hash,
-                        adapter,
-                        elapsed_ms,
-                    } => {
-                        last_progress.remove(&assign.chunk);
-                        let segment = Segment {
-                            chunk: assign.chunk,
-                            start,
-                            end,
-                            path: &path,
-                            hash,
-                        };
-                        let msg = match upload(&conn, &segment).await {
-                            Ok(()) => {
-                                // The coordinator has it: the spool copy can go.
-                                let _ = tokio::fs::remove_file(&path).await;
-                                NodeToCoord::Done(ChunkDone {
-                                    chunk: assign.chunk,
-                                    start,
-                                    end,
-                                    output_hash: hash,
-                                    adapter,
-                                    elapsed_ms,
-                                })
-                            }
-                            Err(e) => {
-                                // The chunk will be rendered again; a stale
-                                // segment must not fill the spool.
-                                let _ = tokio::fs::remove_file(&path).await;
-                                NodeToCoord::Failed(ChunkFailed {
-                                    chunk: assign.chunk,
-                                    reason: format!("upload failed: {e:#}"),
-                                    log_tail: String::new(),
-                                    failed_frame: None,
-                                })
-                            }
-                        };
-                        held.lock().expect("held map").remove(&assign.chunk);
-                        let _ = out.send(msg);
-                    }
-                    WorkerEvent::Failed {
+    // The work stays; only this connection goes.
+    agent.link.send_replace(None);
+    heartbeat.abort();
+    reader.abort();
+    if end == SessionEnd::Left {
+        // The last outcomes and the goodbye reach the coordinator before
+        // the close.
+        let _ = tokio::time::timeout(Duration::from_millis(CLOSE_LINGER_MS), writer).await;
+        conn.close(close_code::NODE_LEAVING.into(), b"node leaving");
+    } else {
+        writer.abort();
+        conn.close(close_code::BYE.into(), b"bye");
+    }
+    Ok(end)
+}
+
+/// Why a session was lost, in words; a coordinator shutting down says so
+/// in its close, and the node then waits for it like for any lost one.
+fn lost_why(conn: &quinn::Connection, fallback: &str) -> String {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == close_code::COORDINATOR_SHUTTING_DOWN.into() =>
+        {
+            "the coordinator is shutting down; reconnecting until it is back".into()
+        }
+        Some(e) => format!("{fallback}: {e}"),
+        None => fallback.to_string(),
+    }
+}
+
+/// Sends a heartbeat every `interval_ms` on one session.
+async fn heartbeats(agent: Arc<Agent>, out: mpsc::UnboundedSender<NodeToCoord>, interval_ms: u64) {
+    let mut sys = sysinfo::System::new().ok();
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.clamp(100, 60_000)));
+    loop {
+        tick.tick().await;
+        let cpu_load_pct = match sys.as_mut() {
+            Some(sys) => {
+                sys.refresh_cpu_usage();
+                sys.global_cpu_usage()
+            }
+            None => 0.0,
+        };
+        let chunks = locked(&agent.work)
+            .held
+            .iter()
+            // Queued chunks are not reported: only the executor's first
+            // progress (0 frames) marks a chunk started.
+            .filter(|(_, h)| h.started())
+            .map(|(c, h)| ChunkProgress {
+                chunk: *c,
+                frames_done: h.frames_done.load(Ordering::Relaxed),
+            })
+            .collect();
+        let hb = Heartbeat {
+            cpu_load_pct,
+            chunks,
+        };
+        if out.send(NodeToCoord::Heartbeat(hb)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The executor's reports, for the agent's whole life.
+async fn events_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<WorkerEvent>) {
+    let mut last_progress: HashMap<ChunkRef, Instant> = HashMap::new();
+    while let Some(ev) = events.recv().await {
+        match ev {
+            WorkerEvent::Progress {
+                chunk,
+                frames_done,
+                total,
+            } => {
+                let now = Instant::now();
+                let due = last_progress.get(&chunk).is_none_or(|t| {
+                    now.duration_since(*t) >= Duration::from_millis(PROGRESS_INTERVAL_MS)
+                });
+                if due || frames_done == 0 || frames_done == total {
+                    last_progress.insert(chunk, now);
+                    agent.send(NodeToCoord::Progress(ChunkProgress { chunk, frames_done }));
+                }
+            }
+            WorkerEvent::Finished {
+                assign,
+                start,
+                end,
+                path,
+                hash,
+                adapter,
+                elapsed_ms,
+            } => {
+                last_progress.remove(&assign.chunk);
+                let meta = SegmentMeta {
+                    job: assign.chunk.job,
+                    index: assign.chunk.index,
+                    epoch: assign.chunk.epoch,
+                    start,
+                    end,
+                    size_bytes: 0,
+                    hash: hex::encode(hash),
+                    encoder: assign.encoder.clone(),
+                    adapter,
+                    elapsed_ms,
+                };
+                finished(&agent, meta, path).await;
+            }
+            WorkerEvent::Failed {
+                chunk,
+                reason,
+                log_tail,
+                failed_frame,
+            } => {
+                last_progress.remove(&chunk);
+                let cancelled = locked(&agent.work)
+                    .held
+                    .remove(&chunk)
+                    .is_none_or(|h| h.cancelled());
+                if !cancelled {
+                    error!(
+                        job = chunk.job,
+                        chunk = chunk.index,
+                        "chunk failed: {reason}"
+                    );
+                    agent.send_or_keep(NodeToCoord::Failed(ChunkFailed {
                         chunk,
                         reason,
                         log_tail,
                         failed_frame,
-                    } => {
-                        last_progress.remove(&chunk);
-                        let cancelled = held
-                            .lock()
-                            .expect("held map")
-                            .remove(&chunk)
-                            .is_none_or(|h| h.cancel.load(Ordering::Relaxed));
-                        if !cancelled {
-                            error!(
-                                job = chunk.job,
-                                chunk = chunk.index,
-                                "chunk failed: {reason}"
-                            );
-                            let _ = out.send(NodeToCoord::Failed(ChunkFailed {
-                                chunk,
-                                reason,
-                                log_tail,
-                                failed_frame,
-                            }));
-                        }
-                    }
+                    }));
                 }
             }
-        })
-    };
+        }
+    }
+}
 
-    let end = loop {
-        match codec::read_msg::<_, CoordToNode>(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
-            Ok(Some(CoordToNode::Assign(a))) => {
-                info!(job = a.chunk.job, chunk = a.chunk.index, epoch = a.chunk.epoch,
-                    frames = %format!("{}-{}", a.start, a.end), "assigned");
-                let window = match FrameWindow::new(a.start, a.end) {
-                    Ok(w) => Arc::new(w),
+/// A segment is finished: made durable in the spool (or dropped, when its
+/// chunk was cancelled meanwhile), then offered for upload.
+async fn finished(agent: &Agent, mut meta: SegmentMeta, path: PathBuf) {
+    let chunk = meta.chunk();
+    let cancelled = locked(&agent.work)
+        .held
+        .get(&chunk)
+        .is_some_and(|h| h.cancelled());
+    let kept = if cancelled {
+        Err(anyhow::anyhow!("cancelled"))
+    } else {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Spooled> {
+            meta.size_bytes = std::fs::metadata(&path)?.len();
+            Ok(spool::keep(&path, &meta)?)
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
+    };
+    // Held until now, spooled from now: a hello in between sees it once.
+    let failed = {
+        let mut work = locked(&agent.work);
+        work.held.remove(&chunk);
+        match kept {
+            Ok(s) => {
+                info!(job = chunk.job, chunk = chunk.index,
+                    frames = %format!("{}-{}", s.meta.start, s.meta.end),
+                    bytes = s.meta.size_bytes, "segment spooled");
+                work.spool.insert(s);
+                None
+            }
+            Err(e) => Some(e),
+        }
+    };
+    let Some(e) = failed else {
+        agent.spooled.notify_one();
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || spool::discard(&path)).await;
+    if !cancelled {
+        error!(
+            job = chunk.job,
+            chunk = chunk.index,
+            "spooling the segment failed: {e:#}"
+        );
+        agent.send_or_keep(NodeToCoord::Failed(ChunkFailed {
+            chunk,
+            reason: format!("spooling the segment failed: {e:#}"),
+            log_tail: String::new(),
+            failed_frame: None,
+        }));
+    }
+}
+
+/// When a segment may be offered again.
+struct Retry {
+    attempts: u32,
+    at: Instant,
+}
+
+/// Offers spooled segments to the coordinator of the moment, for the
+/// agent's whole life (see the module doc).
+async fn upload_loop(agent: Arc<Agent>) {
+    let mut link_rx = agent.link.subscribe();
+    let mut in_flight: JoinSet<(SpoolKey, Result<Offered, UploadError>)> = JoinSet::new();
+    let mut by_task: HashMap<tokio::task::Id, SpoolKey> = HashMap::new();
+    let mut retry: HashMap<SpoolKey, Retry> = HashMap::new();
+    loop {
+        let link = link_rx.borrow_and_update().clone();
+        if let Some(link) = link {
+            let now = Instant::now();
+            let busy: HashSet<SpoolKey> = by_task.values().copied().collect();
+            let free = MAX_UPLOADS_IN_FLIGHT.saturating_sub(busy.len());
+            let next: Vec<Spooled> = locked(&agent.work)
+                .spool
+                .entries()
+                .filter(|s| {
+                    let k = spool::key(&s.meta.chunk());
+                    !busy.contains(&k) && retry.get(&k).is_none_or(|r| r.at <= now)
+                })
+                .take(free)
+                .cloned()
+                .collect();
+            for s in next {
+                let k = spool::key(&s.meta.chunk());
+                let conn = link.conn.clone();
+                let handle =
+                    in_flight.spawn(async move { (k, upload::offer_quic(&conn, &s).await) });
+                by_task.insert(handle.id(), k);
+            }
+        }
+        let next_retry = retry.values().map(|r| r.at).min();
+        let wait = next_retry
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600))
+            .max(Duration::from_millis(50));
+        tokio::select! {
+            _ = agent.spooled.notified() => {}
+            changed = link_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // A new session: every segment is offered at once.
+                if link_rx.borrow().is_some() {
+                    retry.clear();
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                let (id, key, result) = match done {
+                    Ok((id, (key, result))) => (id, key, result),
                     Err(e) => {
-                        warn!(
-                            job = a.chunk.job,
-                            chunk = a.chunk.index,
-                            "refusing assignment: {e}"
-                        );
-                        let _ = out_tx.send(NodeToCoord::Failed(ChunkFailed {
-                            chunk: a.chunk,
-                            reason: e.to_string(),
-                            log_tail: String::new(),
-                            failed_frame: None,
-                        }));
+                        error!("an upload task failed: {e}");
+                        by_task.remove(&e.id());
                         continue;
                     }
                 };
-                let cancel = Arc::new(AtomicBool::new(false));
-                let done = Arc::new(AtomicU64::new(NOT_STARTED));
-                held.lock().expect("held map").insert(
-                    a.chunk,
-                    HeldChunk {
-                        cancel: cancel.clone(),
-                        frames_done: done.clone(),
-                        window: window.clone(),
-                    },
-                );
-                executor.submit(WorkItem {
-                    assign: a,
-                    cancel,
-                    frames_done: done,
-                    window,
-                    events: ev_tx.clone(),
-                });
+                by_task.remove(&id);
+                uploaded(&agent, key, result, &mut retry).await;
             }
-            Ok(Some(CoordToNode::Cancel(c))) => {
-                info!(job = c.job, chunk = c.index, "cancelled by coordinator");
-                if let Some(h) = held.lock().expect("held map").get(&c) {
-                    h.cancel.store(true, Ordering::Relaxed);
-                }
-            }
-            Ok(Some(CoordToNode::Shrink {
-                chunk,
-                proposed_end,
-            })) => {
-                // Answered here, on the control loop, without waiting for the
-                // executor: the window's lock makes the answer exact whatever
-                // the executor is doing.
-                let end = held
-                    .lock()
-                    .expect("held map")
-                    .get(&chunk)
-                    .and_then(|h| h.shrink(proposed_end));
-                info!(job = chunk.job, chunk = chunk.index, epoch = chunk.epoch, proposed_end,
-                    answer = ?end, "shrink");
-                let _ = out_tx.send(NodeToCoord::ShrinkAck(ShrinkAck { chunk, end }));
-            }
-            Ok(Some(CoordToNode::Refused {
-                reason,
-                protocol_version,
-            })) => {
-                break SessionEnd::Refused {
-                    reason,
-                    permanent: protocol_version != PROTOCOL_VERSION,
-                }
-            }
-            Ok(Some(CoordToNode::Welcome { .. })) => warn!("unexpected second welcome"),
-            Ok(None) => break SessionEnd::Lost("coordinator closed the control stream".into()),
-            Err(e) => break SessionEnd::Lost(e.to_string()),
         }
-    };
-    // The coordinator requeues whatever this session held; stop working on it.
-    for h in held.lock().expect("held map").values() {
-        h.cancel.store(true, Ordering::Relaxed);
     }
-    heartbeat.abort();
-    writer.abort();
-    events.abort();
-    conn.close(0u32.into(), b"bye");
-    Ok(end)
+}
+
+/// Acts on the end of one offer.
+async fn uploaded(
+    agent: &Agent,
+    key: SpoolKey,
+    result: Result<Offered, UploadError>,
+    retry: &mut HashMap<SpoolKey, Retry>,
+) {
+    let (job, index, _) = key;
+    let mut later = |why: &str| {
+        let r = retry.entry(key).or_insert(Retry {
+            attempts: 0,
+            at: Instant::now(),
+        });
+        r.attempts += 1;
+        let ms = UPLOAD_RETRY_MIN_MS
+            .saturating_mul(1 << r.attempts.min(16).saturating_sub(1))
+            .min(UPLOAD_RETRY_MAX_MS);
+        let ms = rand::rng().random_range(ms / 2..=ms);
+        r.at = Instant::now() + Duration::from_millis(ms);
+        info!(job, chunk = index, retry_ms = ms, "upload deferred: {why}");
+    };
+    match result {
+        Ok(Offered::Stored { offset_bytes }) => {
+            retry.remove(&key);
+            let Some(s) = agent.unspool(key).await else {
+                return;
+            };
+            info!(
+                job,
+                chunk = index,
+                bytes = s.meta.size_bytes,
+                resumed_at = offset_bytes,
+                "segment stored"
+            );
+            let Some(output_hash) = s.meta.hash_bytes() else {
+                return;
+            };
+            agent.send_or_keep(NodeToCoord::Done(ChunkDone {
+                chunk: s.meta.chunk(),
+                start: s.meta.start,
+                end: s.meta.end,
+                output_hash,
+                adapter: s.meta.adapter,
+                elapsed_ms: s.meta.elapsed_ms,
+            }));
+        }
+        Ok(Offered::NotNeeded(why)) => {
+            retry.remove(&key);
+            info!(job, chunk = index, "segment not needed, deleted: {why}");
+            agent.unspool(key).await;
+        }
+        Ok(Offered::Later(why)) => later(&why),
+        Ok(Offered::Rejected(why)) => {
+            retry.remove(&key);
+            warn!(job, chunk = index, "segment rejected, deleted: {why}");
+            bad_copy(
+                agent,
+                key,
+                format!("the coordinator rejected the segment: {why}"),
+            )
+            .await;
+        }
+        Err(e @ UploadError::Spool { .. }) => {
+            retry.remove(&key);
+            warn!(job, chunk = index, "spooled segment unusable, deleted: {e}");
+            bad_copy(agent, key, e.to_string()).await;
+        }
+        Err(e @ UploadError::Transport(_)) => later(&e.to_string()),
+    }
+}
+
+/// Deletes a bad spooled copy and reports its chunk failed (the node
+/// renders nothing again by itself: the coordinator decides).
+async fn bad_copy(agent: &Agent, key: SpoolKey, reason: String) {
+    if let Some(s) = agent.unspool(key).await {
+        agent.send_or_keep(NodeToCoord::Failed(ChunkFailed {
+            chunk: s.meta.chunk(),
+            reason,
+            log_tail: String::new(),
+            failed_frame: None,
+        }));
+    }
 }
 
 /// How opening the control stream ended.
@@ -565,16 +1213,14 @@ where
     match answer? {
         Some(CoordToNode::Welcome {
             heartbeat_interval_ms,
-            ..
         }) => Ok(Opened::Welcome {
             heartbeat_interval_ms,
         }),
-        Some(CoordToNode::Refused {
+        // A refusal after equal preambles (a name in use, say) may clear:
+        // the node retries.
+        Some(CoordToNode::Refused { reason }) => Ok(Opened::Ended(SessionEnd::Refused {
             reason,
-            protocol_version,
-        }) => Ok(Opened::Ended(SessionEnd::Refused {
-            reason,
-            permanent: protocol_version != PROTOCOL_VERSION,
+            permanent: false,
         })),
         Some(other) => anyhow::bail!("expected welcome, got {other:?}"),
         None => Ok(Opened::Ended(SessionEnd::Lost(
@@ -609,67 +1255,6 @@ pub fn load_or_create_node_id(data_dir: &Path) -> anyhow::Result<String> {
     let id = hex::encode(rand::random::<[u8; 16]>());
     std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
-}
-
-/// A finished segment in the spool.
-struct Segment<'a> {
-    chunk: ChunkRef,
-    /// First frame it holds, inclusive.
-    start: u64,
-    /// Last frame it holds, inclusive (after any shrink).
-    end: u64,
-    path: &'a Path,
-    hash: [u8; 32],
-}
-
-/// Sends a finished segment on its own stream and waits for the
-/// coordinator's verdict.
-async fn upload(conn: &quinn::Connection, seg: &Segment<'_>) -> anyhow::Result<()> {
-    let mut file = tokio::fs::File::open(seg.path)
-        .await
-        .with_context(|| format!("opening {}", seg.path.display()))?;
-    let bytes = file.metadata().await?.len();
-    let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_u8(StreamKind::Upload as u8).await?;
-    codec::write_msg(
-        &mut send,
-        &UploadHeader {
-            chunk: seg.chunk,
-            start: seg.start,
-            end: seg.end,
-            bytes,
-            hash: seg.hash,
-        },
-    )
-    .await?;
-    // The coordinator may refuse before reading the body (not assigned,
-    // too large): the copy then fails, but its verdict is still on the way.
-    let sent = match tokio::io::copy(&mut file, &mut send).await {
-        Ok(_) => send.finish().map_err(anyhow::Error::from),
-        Err(e) => Err(e.into()),
-    };
-    let verdict = tokio::time::timeout(
-        Duration::from_millis(CONNECT_TIMEOUT_MS),
-        codec::read_msg::<_, UploadReply>(&mut recv, 64 * 1024),
-    )
-    .await;
-    let verdict = match (sent, verdict) {
-        (_, Ok(Ok(Some(v)))) => Some(v),
-        (Err(e), _) => return Err(e.context("sending the segment")),
-        (Ok(()), Ok(Err(e))) => return Err(e.into()),
-        (Ok(()), Ok(Ok(None))) => None,
-        (Ok(()), Err(_)) => {
-            // Sent in full; a large segment may take long to verify.
-            codec::read_msg::<_, UploadReply>(&mut recv, 64 * 1024).await?
-        }
-    };
-    match verdict {
-        Some(UploadReply::Stored) => Ok(()),
-        Some(UploadReply::Rejected { reason }) => {
-            anyhow::bail!("coordinator rejected the segment: {reason}")
-        }
-        None => anyhow::bail!("coordinator closed the upload stream without a verdict"),
-    }
 }
 
 /// Keeps quinn's keep-alive in one place.
@@ -725,11 +1310,12 @@ mod tests {
         });
         let (mut recv, mut send) = tokio::io::split(node);
         let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
             agent_version: "test".into(),
             node_id: "0".repeat(32),
             name: "n1".into(),
             capabilities: (&Capabilities::default()).into(),
+            running: vec![],
+            spooled: vec![],
         };
         let opened = open_control(&mut send, &mut recv, hello).await.unwrap();
         (opened, peer.await.unwrap())
@@ -774,7 +1360,6 @@ mod tests {
     #[tokio::test]
     async fn same_version_goes_on_to_hello_and_welcome() {
         let welcome = CoordToNode::Welcome {
-            protocol_version: PROTOCOL_VERSION,
             heartbeat_interval_ms: 750,
         };
         let (opened, hello) = open_against(Coordinator::Preamble(
@@ -793,7 +1378,6 @@ mod tests {
         // A refusal of the same version (a name in use) is retried.
         let refusal = CoordToNode::Refused {
             reason: "name n1 is in use".into(),
-            protocol_version: PROTOCOL_VERSION,
         };
         let (opened, _) = open_against(Coordinator::Preamble(
             preamble::encode(PROTOCOL_VERSION),

@@ -2,7 +2,11 @@
 //!
 //! # Layout
 //! - [`agent`]: connection, preamble and hello, heartbeats, assignments,
-//!   shrinks, uploads, reconnect.
+//!   shrinks, reconnect; the work and the spool outlive connections; the
+//!   drain on SIGTERM.
+//! - [`spool`]: finished segments kept on disk, with a sidecar each, until
+//!   the coordinator has them, across restarts.
+//! - [`upload`]: one resumable upload exchange.
 //! - [`tls`]: pinning the coordinator's certificate.
 //! - [`probe`]: capabilities (sysinfo, wgpu adapters with vendor and VRAM,
 //!   encoders that open) and the test aids that override them.
@@ -18,4 +22,6 @@ pub mod encode;
 pub mod exec;
 pub mod probe;
 pub mod render;
+pub mod spool;
 pub mod tls;
+pub mod upload;

@@ -159,6 +159,7 @@ mod tests {
             shader_source: "@fragment fn fs_main() {}".into(),
             encoder: "libx264".into(),
             crf: 18,
+            frame_timeout_s: 0,
         })
     }
 

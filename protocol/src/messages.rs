@@ -265,6 +265,9 @@ pub struct Assign {
     pub encoder: String,
     /// Constant rate factor.
     pub crf: u8,
+    /// Longest one frame may take, seconds (the job's `frame_timeout_s`);
+    /// 0: the node's default.
+    pub frame_timeout_s: u32,
 }
 
 /// Messages the coordinator sends on a node's control stream.
