@@ -11,6 +11,7 @@
 //! the journal; only then does the node hear `Stored`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -331,10 +332,29 @@ async fn refuse(
     Ok(())
 }
 
+/// What an upload asks of the scheduler: the actor in production, a script
+/// in tests.
+pub trait UploadGate: Clone + 'static {
+    /// The core's verdict on an offered segment.
+    fn may_upload(&self, m: MayUpload) -> impl Future<Output = anyhow::Result<UploadVerdict>>;
+    /// Records a stored segment; resolves once the fact is durable.
+    fn commit(&self, m: CommitSegment) -> impl Future<Output = anyhow::Result<Result<(), String>>>;
+}
+
+impl UploadGate for Addr<Scheduler> {
+    async fn may_upload(&self, m: MayUpload) -> anyhow::Result<UploadVerdict> {
+        Ok(self.send(m).await?)
+    }
+
+    async fn commit(&self, m: CommitSegment) -> anyhow::Result<Result<(), String>> {
+        Ok(self.send(m).await?)
+    }
+}
+
 /// Upload slots: at most `per_node` running uploads per node and `total`
 /// over all; a slot is given back when its [`UploadSlot`] drops.
 #[derive(Clone)]
-struct UploadSlots {
+pub struct UploadSlots {
     per_node: usize,
     total: usize,
     taken: Arc<Mutex<SlotsTaken>>,
@@ -347,7 +367,8 @@ struct SlotsTaken {
 }
 
 impl UploadSlots {
-    fn new(per_node: usize, total: usize) -> UploadSlots {
+    /// At most `per_node` uploads per node and `total` over all.
+    pub fn new(per_node: usize, total: usize) -> UploadSlots {
         UploadSlots {
             per_node,
             total,
@@ -356,7 +377,7 @@ impl UploadSlots {
     }
 
     /// A slot for `node`, or the reason there is none.
-    fn take(&self, node: NodeId) -> Result<UploadSlot, String> {
+    pub fn take(&self, node: NodeId) -> Result<UploadSlot, String> {
         let mut t = self.taken.lock().unwrap_or_else(|e| e.into_inner());
         let mine = t.by_node.get(&node).copied().unwrap_or(0);
         if mine >= self.per_node {
@@ -381,7 +402,7 @@ impl UploadSlots {
 }
 
 /// One taken upload slot.
-struct UploadSlot {
+pub struct UploadSlot {
     slots: Arc<Mutex<SlotsTaken>>,
     node: NodeId,
 }
@@ -399,12 +420,13 @@ impl Drop for UploadSlot {
     }
 }
 
-/// One upload stream (see the module doc for the order of the checks).
-async fn upload(
+/// Serves one upload stream of `node` (see the module doc for the order of
+/// the checks).
+pub async fn upload<G: UploadGate>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     store: ArtifactStore,
-    scheduler: Addr<Scheduler>,
+    scheduler: G,
     slots: UploadSlots,
     node: NodeId,
 ) -> anyhow::Result<()> {
@@ -450,7 +472,7 @@ async fn upload(
             // deletes its copy; its `Done` (sent after this answer) then
             // always finds the segment recorded.
             let committed = scheduler
-                .send(CommitSegment {
+                .commit(CommitSegment {
                     node,
                     chunk: c,
                     start: header.start,
@@ -516,16 +538,16 @@ struct Admitted {
 }
 
 /// The answer to an upload's header, and what an accepted upload holds.
-async fn admit(
+async fn admit<G: UploadGate>(
     header: &UploadHeader,
     store: &ArtifactStore,
-    scheduler: &Addr<Scheduler>,
+    scheduler: &G,
     slots: &UploadSlots,
     node: NodeId,
 ) -> anyhow::Result<(UploadAdmission, Option<Admitted>)> {
     let c = header.chunk;
     let verdict = scheduler
-        .send(MayUpload {
+        .may_upload(MayUpload {
             node,
             chunk: c,
             start: header.start,
