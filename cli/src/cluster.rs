@@ -3,6 +3,7 @@
 //! the benchmarks and the end-to-end tests, so all three exercise exactly
 //! the binaries users run.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,12 +32,28 @@ pub struct Addrs {
     pub cert_path: PathBuf,
 }
 
+/// A node process of the farm and how to start it again.
+struct NodeProc {
+    name: String,
+    /// Arguments beyond the coordinator, certificate, data dir and name.
+    extra: Vec<String>,
+    /// `None` after [`Cluster::kill_node`] until [`Cluster::start_node`].
+    child: Option<Child>,
+    /// Stopped with SIGSTOP and not yet continued.
+    frozen: bool,
+}
+
 /// A running local farm. Dropping it kills every process.
+///
+/// Each process logs to `root/NAME.log` (`coordinator.log` for the
+/// coordinator); when a process is started again, the previous log is kept
+/// as `root/NAME.K.log` (K = 1, 2, ...), so every incarnation's log survives
+/// ([`Cluster::log_files`]).
 pub struct Cluster {
     bin: PathBuf,
     root: PathBuf,
     coordinator: Option<Child>,
-    nodes: Vec<(String, Child)>,
+    nodes: Vec<NodeProc>,
     /// Where the coordinator listens.
     pub addrs: Addrs,
     extra_env: Vec<(String, String)>,
@@ -53,11 +70,31 @@ fn spawn_logged(
     let err = out.try_clone()?;
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    // Its own process group, so that a kill or a freeze reaches whatever it
+    // started too (a node's executor process), as a machine's crash would.
+    cmd.process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.spawn()
         .with_context(|| format!("starting {} {}", bin.display(), args.join(" ")))
+}
+
+/// Sends `signal` to the process group `child` leads (see [`spawn_logged`]).
+fn signal_group(child: &Child, signal: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: kill(2) on the group of a child we spawned as its leader and
+    // have not reaped, so the group id is still ours.
+    if unsafe { libc::kill(-(child.id() as libc::pid_t), signal) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SIGKILLs `child`'s whole process group and reaps `child`.
+fn kill_group(mut child: Child) -> std::io::Result<()> {
+    signal_group(&child, libc::SIGKILL)?;
+    child.wait()?;
+    Ok(())
 }
 
 /// Waits until `cond` returns `Some`, checking every 20 ms, or fails after
@@ -125,14 +162,17 @@ impl Cluster {
         ];
         args.extend(self.coordinator_args.iter().cloned());
         let log = self.root.join("coordinator.log");
-        // Keep earlier logs of a restarted coordinator.
+        // Keep earlier logs of a restarted coordinator: the last one under a
+        // fixed name, and every one under its incarnation's number.
         if log.exists() {
-            let old = std::fs::read(&log)?;
-            std::fs::write(self.root.join("coordinator.previous.log"), old)?;
+            std::fs::copy(&log, self.root.join("coordinator.previous.log"))?;
+            self.keep_log("coordinator")?;
         }
-        let mut child = spawn_logged(&self.bin, &args, &log, &self.extra_env)?;
+        // Removed before the start, so that the file read below can only be
+        // the new process's.
         let addrs_file = data.join(ADDRS_FILE);
         let _ = std::fs::remove_file(&addrs_file);
+        let mut child = spawn_logged(&self.bin, &args, &log, &self.extra_env)?;
         let addrs = wait_for(
             COORDINATOR_START_TIMEOUT,
             "the coordinator to start",
@@ -152,6 +192,56 @@ impl Cluster {
         self.coordinator = Some(child);
         self.addrs = addrs;
         Ok(())
+    }
+
+    /// Renames `root/NAME.log` to the first free `root/NAME.K.log`.
+    fn keep_log(&self, name: &str) -> anyhow::Result<()> {
+        let current = self.root.join(format!("{name}.log"));
+        let kept = (1..)
+            .map(|k| self.root.join(format!("{name}.{k}.log")))
+            .find(|p| !p.exists())
+            .expect("some incarnation number is free");
+        std::fs::rename(&current, &kept)
+            .with_context(|| format!("keeping {} as {}", current.display(), kept.display()))
+    }
+
+    /// Every log of process `name` (`coordinator` or a node name), one per
+    /// incarnation, oldest first; the last is the running one's.
+    pub fn log_files(&self, name: &str) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = (1..)
+            .map(|k| self.root.join(format!("{name}.{k}.log")))
+            .take_while(|p| p.exists())
+            .collect();
+        let current = self.root.join(format!("{name}.log"));
+        if current.exists() {
+            files.push(current);
+        }
+        files
+    }
+
+    /// The farm's directory: data dirs and logs.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// SIGKILLs the coordinator (fault injection: no graceful shutdown, no
+    /// journal flush) and reaps it. Start it again with
+    /// [`Cluster::start_coordinator`].
+    pub fn kill_coordinator(&mut self) -> anyhow::Result<()> {
+        let c = self
+            .coordinator
+            .take()
+            .context("the coordinator is not running")?;
+        kill_group(c).context("SIGKILL to the coordinator")
+    }
+
+    /// Starts the coordinator again after [`Cluster::kill_coordinator`], on
+    /// the same data dir, ports and arguments, and waits until it listens.
+    pub fn start_coordinator(&mut self) -> anyhow::Result<()> {
+        if self.coordinator.is_some() {
+            bail!("the coordinator is already running");
+        }
+        self.spawn_coordinator()
     }
 
     /// Stops the coordinator (SIGTERM, so it shuts down cleanly) and starts
@@ -188,6 +278,21 @@ impl Cluster {
 
     /// Starts a node with extra arguments (`--slowdown 5`, `--tags a`).
     pub fn add_node_with(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        if self.nodes.iter().any(|n| n.name == name) {
+            bail!("there is already a node {name}");
+        }
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = self.spawn_node(name, &extra)?;
+        self.nodes.push(NodeProc {
+            name: name.to_string(),
+            extra,
+            child: Some(child),
+            frozen: false,
+        });
+        Ok(())
+    }
+
+    fn spawn_node(&self, name: &str, extra: &[String]) -> anyhow::Result<Child> {
         let mut args: Vec<String> = vec![
             "node".into(),
             "--coordinator".into(),
@@ -199,15 +304,81 @@ impl Cluster {
             "--name".into(),
             name.into(),
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let child = spawn_logged(
+        args.extend(extra.iter().cloned());
+        spawn_logged(
             &self.bin,
             &args,
             &self.root.join(format!("{name}.log")),
             &self.extra_env,
-        )?;
-        self.nodes.push((name.to_string(), child));
+        )
+    }
+
+    fn node_mut(&mut self, name: &str) -> anyhow::Result<&mut NodeProc> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node {name}"))
+    }
+
+    /// Starts node `name` again after [`Cluster::kill_node`], with the same
+    /// name, data dir (so its node id and spool) and arguments. Its previous
+    /// log is kept (see [`Cluster::log_files`]).
+    pub fn start_node(&mut self, name: &str) -> anyhow::Result<()> {
+        let node = self.node_mut(name)?;
+        if node.child.is_some() {
+            bail!("node {name} is already running");
+        }
+        let extra = node.extra.clone();
+        self.keep_log(name)?;
+        let child = self.spawn_node(name, &extra)?;
+        let node = self.node_mut(name)?;
+        node.child = Some(child);
+        node.frozen = false;
         Ok(())
+    }
+
+    /// Sends `signal` to node `name`'s processes.
+    fn signal_node(&mut self, name: &str, signal: libc::c_int) -> anyhow::Result<()> {
+        let node = self.node_mut(name)?;
+        let child = node
+            .child
+            .as_ref()
+            .with_context(|| format!("node {name} is not running"))?;
+        signal_group(child, signal).with_context(|| format!("signal {signal} to node {name}"))
+    }
+
+    /// Freezes node `name` with SIGSTOP (fault injection), its executor
+    /// process too: it neither renders, nor sends heartbeats, nor closes its
+    /// connection.
+    pub fn freeze_node(&mut self, name: &str) -> anyhow::Result<()> {
+        self.signal_node(name, libc::SIGSTOP)?;
+        self.node_mut(name)?.frozen = true;
+        Ok(())
+    }
+
+    /// Resumes a node frozen by [`Cluster::freeze_node`] with SIGCONT.
+    pub fn thaw_node(&mut self, name: &str) -> anyhow::Result<()> {
+        self.signal_node(name, libc::SIGCONT)?;
+        self.node_mut(name)?.frozen = false;
+        Ok(())
+    }
+
+    /// Waits until the running incarnation of node `name` has logged that
+    /// it is connected (the API cannot tell a restarted node's new session
+    /// from its old one until the old one times out).
+    pub fn wait_node_connected(&self, name: &str) -> anyhow::Result<()> {
+        let log = self.root.join(format!("{name}.log"));
+        wait_for(
+            NODES_START_TIMEOUT,
+            &format!("node {name} to connect"),
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                Ok(text
+                    .lines()
+                    .any(|l| l.contains("drover_node::agent") && l.contains(" connected"))
+                    .then_some(()))
+            },
+        )
     }
 
     /// Waits until `count` nodes are connected.
@@ -216,7 +387,11 @@ impl Cluster {
         let root = self.root.clone();
         let nodes = &mut self.nodes;
         wait_for(NODES_START_TIMEOUT, "the nodes to connect", || {
-            for (name, child) in nodes.iter_mut() {
+            for node in nodes.iter_mut() {
+                let name = &node.name;
+                let Some(child) = node.child.as_mut() else {
+                    continue;
+                };
                 if let Some(status) = child.try_wait()? {
                     bail!(
                         "node {name} exited with {status}; log:\n{}",
@@ -230,16 +405,16 @@ impl Cluster {
         })
     }
 
-    /// SIGKILLs node `name` (fault injection).
+    /// SIGKILLs node `name` (fault injection), its executor process too,
+    /// and reaps it; its data dir stays, for [`Cluster::start_node`].
     pub fn kill_node(&mut self, name: &str) -> anyhow::Result<()> {
-        let (_, child) = self
-            .nodes
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .with_context(|| format!("no node {name}"))?;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
+        let node = self.node_mut(name)?;
+        let child = node
+            .child
+            .take()
+            .with_context(|| format!("node {name} is not running"))?;
+        node.frozen = false;
+        kill_group(child).with_context(|| format!("SIGKILL to node {name}"))
     }
 
     /// The log of a process (`coordinator` or a node name).
@@ -250,13 +425,24 @@ impl Cluster {
     /// Stops every process: SIGTERM first so the coordinator flushes its
     /// journal, SIGKILL for whatever is still running after two seconds.
     pub fn stop(&mut self) {
-        let mut all: Vec<Child> = self.nodes.drain(..).map(|(_, c)| c).collect();
+        // A frozen process would sit on its SIGTERM until the SIGKILL.
+        let frozen: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.frozen)
+            .map(|n| n.name.clone())
+            .collect();
+        for name in frozen {
+            let _ = self.thaw_node(&name);
+        }
+        let mut all: Vec<Child> = self.nodes.drain(..).filter_map(|n| n.child).collect();
         all.extend(self.coordinator.take());
         terminate(all);
     }
 }
 
-/// SIGTERM, then SIGKILL after two seconds.
+/// SIGTERM, then SIGKILL to the whole process group after two seconds (so
+/// nothing a child started outlives it).
 fn terminate(children: Vec<Child>) {
     for c in &children {
         // SAFETY: kill(2) on a child we spawned and have not reaped.
@@ -272,6 +458,7 @@ fn terminate(children: Vec<Child>) {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = signal_group(&c, libc::SIGKILL);
         let _ = c.kill();
         let _ = c.wait();
     }
