@@ -477,20 +477,43 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     run_with(cfg, AgentLimits::default()).await
 }
 
-/// [`run`] with the given limits.
+/// [`run`] with the given limits. SIGTERM and SIGINT stop the node: the
+/// first drains it, a second ends the drain at once.
 pub async fn run_with(cfg: AgentConfig, limits: AgentLimits) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Caught from the start: a SIGTERM during the probe must not kill the
+    // node without its drain.
+    let mut term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+    let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if stop_tx.send(name).is_err() {
+                return;
+            }
+        }
+    });
+    run_until(cfg, limits, stop_rx).await
+}
+
+/// [`run_with`], stopped by what `stop` brings (named in the logs, such as
+/// "SIGTERM") instead of signals: the first stop drains the node (see the
+/// module doc), a second ends the drain at once.
+pub async fn run_until(
+    cfg: AgentConfig,
+    limits: AgentLimits,
+    mut stop: mpsc::UnboundedReceiver<&'static str>,
+) -> anyhow::Result<()> {
     let aids = TestAids {
         slowdown_factor: cfg.slowdown_factor,
         fail_frames: cfg.fail_frames.clone(),
     };
     aids.check()
         .map_err(|e| anyhow::anyhow!("--slowdown: {e}"))?;
-    // Signals are caught from the start: a SIGTERM during the probe must
-    // not kill the node without its drain.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("catching SIGTERM")?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("catching SIGINT")?;
     let spool_dir = cfg.data_dir.join("spool");
     // What an earlier run spooled is kept and offered again; what it could
     // not finish is dropped.
@@ -591,10 +614,14 @@ pub async fn run_with(cfg: AgentConfig, limits: AgentLimits) -> anyhow::Result<(
         agent.clone(),
         quit_rx,
     ));
+    // A closed stop channel never stops the node.
+    let mut stopped = async || match stop.recv().await {
+        Some(name) => name,
+        None => std::future::pending().await,
+    };
     tokio::select! {
         ended = &mut sessions => return ended.context("the connection task")?,
-        _ = term.recv() => info!("SIGTERM: leaving once the running chunk is done and uploaded"),
-        _ = int.recv() => info!("SIGINT: leaving once the running chunk is done and uploaded"),
+        name = stopped() => info!("{name}: leaving once the running chunk is done and uploaded"),
     }
     agent.start_leaving();
     let deadline = tokio::time::sleep(Duration::from_millis(limits.drain_timeout_ms));
@@ -606,8 +633,10 @@ pub async fn run_with(cfg: AgentConfig, limits: AgentLimits) -> anyhow::Result<(
                 warn!(timeout_ms = limits.drain_timeout_ms, "drain timed out; leaving, the spool stays on disk");
                 break;
             }
-            _ = term.recv() => { warn!("second signal: leaving now, the spool stays on disk"); break }
-            _ = int.recv() => { warn!("second signal: leaving now, the spool stays on disk"); break }
+            name = stopped() => {
+                warn!("second stop ({name}): leaving now, the spool stays on disk");
+                break;
+            }
             ended = &mut sessions => {
                 refused = Some(ended);
                 break;
