@@ -184,6 +184,10 @@ enum Cmd {
     /// Start a coordinator and local nodes, render a sample job, report.
     #[command(after_help = "Example:\n  drover demo --frames 240 --nodes 2 --out demo.mp4 --json")]
     Demo(demo::DemoArgs),
+    /// The node's executor process, started by `drover node` itself (it
+    /// speaks JSON lines on stdin and stdout): not for people, so hidden.
+    #[command(name = drover_node::exec::WORKER_SUBCOMMAND, hide = true)]
+    ExecWorker,
 }
 
 fn parse_target_s(text: &str) -> Result<f64, String> {
@@ -509,6 +513,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo(args) => {
             init_logs("warn");
             demo::run(args)
+        }
+        Cmd::ExecWorker => {
+            // Its log goes to stderr, which the agent relays into its own.
+            init_logs("info");
+            drover_node::exec::worker::run()
         }
     }
 }

@@ -1,30 +1,152 @@
-//! The executor thread: runs assigned chunks one at a time. Inside a chunk the
-//! renderer and the encoder run on two threads joined by a short bounded
-//! queue, so rendering frame k+1 overlaps encoding frame k.
+//! The executor: runs assigned chunks one at a time, in a child process of
+//! the agent, so that a runaway or hung render (a shader that takes minutes
+//! per frame or never ends, a crashed driver) is killed without taking the
+//! agent down. Inside a chunk the renderer and the encoder run on two threads
+//! joined by a short bounded queue, so rendering frame k+1 overlaps encoding
+//! frame k.
 //!
 //! # Layout
-//! - [`Executor`]: the thread and its queue of [`WorkItem`]s.
+//! - [`Executor`]: the agent's handle. Its thread is the *supervisor*
+//!   (`supervise`: a sans-IO state machine, and the driver in this file
+//!   that spawns, feeds, reads and kills the worker process).
+//! - [`worker`]: the child side, `drover exec-worker` ([`worker::run`]):
+//!   opens its own render device, renders and encodes chunks exactly as
+//!   below, writes segments in the spool. `wire`: the JSON lines between
+//!   them.
 //! - [`FrameWindow`]: the frames a chunk may still start, shared with the
 //!   agent so that a `Shrink` from the coordinator is answered exactly.
 //! - [`start_segment_in`] and [`render_and_encode_in`]: render a window of
-//!   frames into one segment (the chunk's work, the benchmark's baseline and
-//!   the calibration alike).
-//! - [`calibrate`]: the node's speed at start.
-//! - [`TestAids`]: `--slowdown` and `--fail-frame`, for tests of the farm.
+//!   frames into one segment (the chunk's work in the worker, the
+//!   benchmark's baseline and the calibration alike).
+//! - [`calibrate`]: the node's speed at start (in the agent's process).
+//! - [`TestAids`]: `--slowdown` and `--fail-frame`, for tests of the farm;
+//!   the worker applies them.
+//!
+//! # The executor process
+//! The supervisor starts the worker as soon as the executor starts
+//! (`current_exe() exec-worker`, or [`EXEC_PROGRAM_ENV`], or
+//! [`ExecOptions::worker`]), sends it the spool and the test aids, and keeps
+//! one alive. Chunks go to it one at a time over its stdin; its stdout
+//! carries only messages (the worker points its own fd 1 at stderr, so a
+//! library's stray print cannot corrupt them); its stderr is relayed line by
+//! line to the agent's, and the last [`STDERR_TAIL_LINES`] lines go into the
+//! report of a chunk whose worker died.
+//!
+//! - **Exact shrink.** Before each frame the worker asks the supervisor,
+//!   which answers with the chunk's [`FrameWindow::try_start`] under the
+//!   window's lock: the same decision, in the same process as the agent's
+//!   shrink, as when rendering ran on a thread of the agent. One round trip
+//!   per frame over a pipe (about a hundred microseconds) is hidden behind
+//!   the frames in flight.
+//! - **Frame limit.** A chunk's frames run under the job's
+//!   `frame_timeout_s`, else [`DEFAULT_FRAME_TIMEOUT_S`] (or
+//!   [`ExecOptions::frame_timeout`]). The clock of a frame runs from the
+//!   moment the worker waits for it: the chunk was sent, or the frame before
+//!   it was done (frames in flight overlap, and the GPU draws them in
+//!   order). A frame past the limit: the worker is killed (SIGKILL; a hung
+//!   shader cannot look at a flag), the chunk fails with that frame named
+//!   ("frame N exceeded the frame time limit of X s"), and a new worker
+//!   starts at once for the next chunk. After its last frame a segment has
+//!   the frame limit, at least [`FLUSH_TIMEOUT_MIN_S`], to be complete.
+//! - **Cancel.** The cancel flag is passed on to the worker, which stops at
+//!   its next frame; one that has not given the chunk up within
+//!   [`CANCEL_GRACE_MS`] is killed and the chunk reported cancelled.
+//! - **Crash.** A worker that exits, is killed by a signal or closes its
+//!   output fails the chunk it held, naming the frame it was on, and the
+//!   chunk whose encoder was still flushing; a new one starts after
+//!   [`RESTART_BACKOFF_BASE_MS`], doubling with each death before a
+//!   segment is finished, up to [`RESTART_BACKOFF_MAX_MS`]. A worker that
+//!   cannot start (no device, a missing program, no answer within
+//!   [`WORKER_STARTUP_TIMEOUT_S`]) fails the chunk waiting first and backs
+//!   off the same way, so a node whose worker never starts does not hold
+//!   work. The agent never goes down with its worker; half-written segments
+//!   of a dead worker are removed.
+//! - **Overlap.** A chunk is sent to the worker when the previous one has
+//!   rendered its last frame; its encoder flushes meanwhile (at most two
+//!   encoders are alive, as before).
+//! - The worker exits when its stdin closes: the agent dropped the executor
+//!   or died.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use drover_protocol::{Assign, ChunkRef};
 use drover_shared::caps::Calibration;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::encode::{EncodeSettings, SegmentEncoder, DEFAULT_CODEC, DEFAULT_PRESET};
+use crate::encode::{EncodeSettings, SegmentEncoder, DEFAULT_CODEC};
 use crate::render::{Gpu, RenderError, Renderer, FRAMES_IN_FLIGHT};
+
+mod supervise;
+mod wire;
+pub mod worker;
+
+use supervise::{Action, Supervisor};
+use wire::{FromWorker, ToWorker};
+
+/// Frame time limit, in seconds, of a chunk whose job sets no
+/// `frame_timeout_s`: five minutes is far beyond any frame a shader job
+/// renders on a working node (lavapipe draws a 720p frame in milliseconds),
+/// and still lets a hung render go within minutes.
+pub const DEFAULT_FRAME_TIMEOUT_S: u64 = 300;
+
+/// How long a cancelled chunk's worker has to give it up, in milliseconds,
+/// before it is killed: it stops at its next frame, so only a frame that
+/// never ends (which cannot look at a flag) outlasts this.
+pub const CANCEL_GRACE_MS: u64 = 2_000;
+
+/// Least time, in seconds, a segment has after its last frame to be
+/// complete (x264 drains its lookahead: about 100 ms at 720p, seconds at
+/// 8K on a slow preset); the frame limit when that is longer.
+pub const FLUSH_TIMEOUT_MIN_S: u64 = 60;
+
+/// How long a new worker has to open its render device and say so, in
+/// seconds; a GPU driver can take several seconds, lavapipe a fraction of
+/// one.
+pub const WORKER_STARTUP_TIMEOUT_S: u64 = 60;
+
+/// First wait before restarting a worker that died on its own, in
+/// milliseconds; doubled with each further death.
+pub const RESTART_BACKOFF_BASE_MS: u64 = 250;
+
+/// Longest wait before restarting a worker, in milliseconds: a node whose
+/// worker keeps dying tries again twice a minute.
+pub const RESTART_BACKOFF_MAX_MS: u64 = 30_000;
+
+/// A worker that lived this long, in seconds, before it died starts the
+/// backoff anew: its death is not one of a series.
+pub const STABLE_UPTIME_S: u64 = 60;
+
+/// How often the supervisor looks at the agent's cancel flags, in
+/// milliseconds, while it holds chunks.
+pub const CANCEL_POLL_MS: u64 = 50;
+
+/// Lines of the worker's stderr kept for the report of a chunk whose worker
+/// died (a panic message, a driver's complaint).
+pub const STDERR_TAIL_LINES: usize = 20;
+
+/// Longest stderr line relayed, in bytes; the rest of a longer one is
+/// dropped.
+const STDERR_LINE_BYTES: usize = 4 * 1024;
+
+/// How long the supervisor waits for a worker whose output closed to exit,
+/// before it kills it.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Environment variable naming the program run as the executor process
+/// (with the argument [`WORKER_SUBCOMMAND`]); the agent's own binary when
+/// unset.
+pub const EXEC_PROGRAM_ENV: &str = "DROVER_EXEC_PROGRAM";
+
+/// The hidden subcommand of `drover` that runs [`worker::run`].
+pub const WORKER_SUBCOMMAND: &str = "exec-worker";
 
 /// Frames waiting between renderer and encoder: enough to absorb jitter, few
 /// enough that a 4K chunk does not hold much memory (4 x 33 MB).
@@ -193,6 +315,32 @@ impl FrameWindow {
     }
 }
 
+/// Decides, frame by frame, whether the next frame of a segment may start:
+/// a [`FrameWindow`] in the agent's process, the supervisor's answers in
+/// the worker.
+pub(crate) trait FrameGate {
+    /// First frame, inclusive.
+    fn first_frame(&self) -> u64;
+    /// Asked right before `frame` is submitted, once per frame, in order.
+    fn try_start(&self, frame: u64) -> bool;
+    /// The segment will deliver nothing.
+    fn stop(&self);
+}
+
+impl FrameGate for FrameWindow {
+    fn first_frame(&self) -> u64 {
+        self.start
+    }
+
+    fn try_start(&self, frame: u64) -> bool {
+        FrameWindow::try_start(self, frame)
+    }
+
+    fn stop(&self) {
+        FrameWindow::stop(self)
+    }
+}
+
 /// Largest `--slowdown` factor: a bigger one makes a chunk outlast any
 /// stall timeout, which tests nothing useful.
 pub const MAX_SLOWDOWN_FACTOR: f64 = 1000.0;
@@ -255,7 +403,7 @@ impl TestAids {
             .mul_f64(factor - 1.0)
     }
 
-    fn fails(&self, frame: u64) -> bool {
+    pub(crate) fn fails(&self, frame: u64) -> bool {
         self.fail_frames.contains(&frame)
     }
 }
@@ -359,72 +507,122 @@ pub fn calibration_encoder(encoders: &[String]) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Handle to the executor thread.
+/// The program run as the executor process, and its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerCommand {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+}
+
+impl WorkerCommand {
+    /// `program exec-worker`: the `drover` binary, or any program that
+    /// runs [`worker::run`] when given [`WORKER_SUBCOMMAND`].
+    pub fn subcommand_of(program: impl Into<PathBuf>) -> WorkerCommand {
+        WorkerCommand {
+            program: program.into(),
+            args: vec![WORKER_SUBCOMMAND.into()],
+        }
+    }
+
+    /// The program in [`EXEC_PROGRAM_ENV`], else this process's own binary
+    /// (the agent is `drover`, whose hidden `exec-worker` runs the worker).
+    pub fn from_env() -> WorkerCommand {
+        let program = std::env::var_os(EXEC_PROGRAM_ENV)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::current_exe().ok())
+            // Left for the spawn to fail on, with this name in the report.
+            .unwrap_or_else(|| PathBuf::from("drover"));
+        WorkerCommand::subcommand_of(program)
+    }
+}
+
+/// How an [`Executor`] runs its worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecOptions {
+    /// The executor process.
+    pub worker: WorkerCommand,
+    /// Frame time limit of a chunk whose job sets none.
+    pub frame_timeout: Duration,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            worker: WorkerCommand::from_env(),
+            frame_timeout: Duration::from_secs(DEFAULT_FRAME_TIMEOUT_S),
+        }
+    }
+}
+
+/// The frame time limit of an assignment: the job's `frame_timeout_s` when
+/// it sets one (the wire carries 0 when it does not), else `default`.
+pub(crate) fn frame_limit(assign: &Assign, default: Duration) -> Duration {
+    match assign.frame_timeout_s {
+        0 => default,
+        s => Duration::from_secs(u64::from(s)),
+    }
+}
+
+/// Where the segment of `chunk` is written in `spool`.
+pub(crate) fn segment_path(spool: &Path, chunk: ChunkRef) -> PathBuf {
+    spool.join(format!(
+        "job-{}-chunk-{:05}-e{}.mp4",
+        chunk.job, chunk.index, chunk.epoch
+    ))
+}
+
+/// Handle to the executor: its supervisor thread and, through it, the
+/// executor process.
 pub struct Executor {
-    queue: std::sync::mpsc::Sender<WorkItem>,
+    inputs: mpsc::Sender<Input>,
 }
 
 impl Executor {
-    /// Starts the executor thread; segments are written under `spool`, and
-    /// every chunk runs under `aids` (the default for real work).
+    /// Starts the executor; segments are written under `spool`, and every
+    /// chunk runs under `aids` (the default for real work). The worker is
+    /// `current_exe() exec-worker` unless [`EXEC_PROGRAM_ENV`] names another
+    /// program, and frames are limited to [`DEFAULT_FRAME_TIMEOUT_S`] unless
+    /// their job says otherwise.
     pub fn start(gpu: Gpu, spool: PathBuf, aids: TestAids) -> Executor {
-        let (tx, rx) = std::sync::mpsc::channel::<WorkItem>();
+        Executor::start_with(gpu, spool, aids, ExecOptions::default())
+    }
+
+    /// [`Executor::start`] with the worker program and the default frame
+    /// limit given.
+    pub fn start_with(gpu: Gpu, spool: PathBuf, aids: TestAids, opts: ExecOptions) -> Executor {
+        // The worker opens its own device; the agent's (from probing and
+        // calibrating) is only named in reports until a worker is ready.
+        let adapter = gpu.adapter().clone();
+        drop(gpu);
+        let (tx, rx) = mpsc::channel();
+        let driver = Driver {
+            core: Supervisor::new(Instant::now(), spool.clone(), opts.frame_timeout, adapter),
+            inputs: rx,
+            feed: tx.clone(),
+            worker: opts.worker,
+            init: ToWorker::Init {
+                version: wire::WORKER_PROTOCOL_VERSION,
+                spool,
+                slowdown_factor: aids.slowdown_factor,
+                fail_frames: aids.fail_frames,
+            },
+            process: None,
+        };
         std::thread::Builder::new()
             .name("drover-executor".into())
-            .spawn(move || {
-                let mut cache = RendererCache::default();
-                // The previous chunk's encoder, possibly still flushing while
-                // this thread renders the next chunk. Joined before a third
-                // starts, so at most two encoders are alive.
-                let mut finishing: Option<PendingSegment> = None;
-                for item in rx {
-                    if item.cancel.load(Ordering::Relaxed) {
-                        item.window.stop();
-                        let _ = item.events.send(WorkerEvent::Failed {
-                            chunk: item.assign.chunk,
-                            reason: "cancelled before it started".into(),
-                            log_tail: String::new(),
-                            failed_frame: None,
-                        });
-                        continue;
-                    }
-                    let events = item.events.clone();
-                    let assign = item.assign.clone();
-                    let window = item.window.clone();
-                    // A panic in the renderer must fail this chunk, not kill
-                    // the thread and strand every chunk queued behind it.
-                    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        start_chunk(&gpu, &mut cache, &spool, &aids, item, Instant::now())
-                    }))
-                    .unwrap_or_else(|_| {
-                        cache = RendererCache::default();
-                        Err(ChunkError::Io(std::io::Error::other("renderer panicked")))
-                    });
-                    match started {
-                        Ok(pending) => {
-                            if let Some(prev) = finishing.replace(pending) {
-                                prev.wait();
-                            }
-                        }
-                        Err(e) => {
-                            window.stop();
-                            let _ = events.send(failed(&assign, &window, gpu.adapter(), &e));
-                        }
-                    }
-                }
-                if let Some(prev) = finishing {
-                    prev.wait();
-                }
-            })
+            .spawn(move || driver.run())
             .expect("spawning the executor thread");
-        Executor { queue: tx }
+        Executor { inputs: tx }
     }
 
     /// Queues a chunk; the executor runs chunks one at a time, in order.
     pub fn submit(&self, item: WorkItem) {
-        // The executor thread only ends if it panicked; report the chunk
+        // The supervisor thread only ends if it panicked; report the chunk
         // failed rather than take the agent down with it.
-        if let Err(std::sync::mpsc::SendError(item)) = self.queue.send(item) {
+        if let Err(mpsc::SendError(Input::Submit(item))) = self.inputs.send(Input::Submit(item)) {
             item.window.stop();
             let _ = item.events.send(WorkerEvent::Failed {
                 chunk: item.assign.chunk,
@@ -433,6 +631,291 @@ impl Executor {
                 failed_frame: None,
             });
         }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // The supervisor runs what it holds, then stops its worker.
+        let _ = self.inputs.send(Input::Close);
+    }
+}
+
+/// What the supervisor thread waits for.
+enum Input {
+    Submit(WorkItem),
+    /// A message from worker `generation`.
+    Message(u64, FromWorker),
+    /// Worker `generation` wrote something that is not a message.
+    Garbled(u64, String),
+    /// Worker `generation` closed its output.
+    Closed(u64),
+    /// The executor was dropped.
+    Close,
+}
+
+/// The worker process as the driver holds it.
+struct Process {
+    generation: u64,
+    child: Child,
+    /// Lines for its stdin, written by a thread of their own so that a
+    /// worker that stops reading cannot block the supervisor.
+    stdin: mpsc::Sender<Vec<u8>>,
+    /// Its last stderr lines.
+    tail: Arc<Mutex<VecDeque<String>>>,
+    /// Ends when its stderr closes.
+    stderr_done: mpsc::Receiver<()>,
+}
+
+/// The supervisor thread: performs the core's actions and feeds it what
+/// happens.
+struct Driver {
+    core: Supervisor,
+    inputs: mpsc::Receiver<Input>,
+    /// Handed to each worker's reader thread.
+    feed: mpsc::Sender<Input>,
+    worker: WorkerCommand,
+    init: ToWorker,
+    process: Option<Process>,
+}
+
+impl Driver {
+    fn run(mut self) {
+        loop {
+            while let Some(action) = self.core.poll_action() {
+                self.perform(action);
+            }
+            if self.core.is_done() {
+                break;
+            }
+            let now = Instant::now();
+            let mut wake = self.core.poll_timeout();
+            if self.core.holds_chunks() {
+                let poll = now + Duration::from_millis(CANCEL_POLL_MS);
+                wake = Some(wake.map_or(poll, |w| w.min(poll)));
+            }
+            let input = match wake {
+                Some(at) => match self.inputs.recv_timeout(at.saturating_duration_since(now)) {
+                    Ok(input) => Some(input),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    // `feed` keeps the channel open; this cannot happen.
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Some(Input::Close),
+                },
+                None => Some(self.inputs.recv().unwrap_or(Input::Close)),
+            };
+            let now = Instant::now();
+            match input {
+                None => {}
+                Some(Input::Submit(item)) => self.core.submit(now, item),
+                Some(Input::Message(g, msg)) => self.core.message(now, g, msg),
+                Some(Input::Garbled(g, e)) => self.core.garbled(now, g, e),
+                Some(Input::Closed(g)) => {
+                    let (status, tail) = self.wait_exit(g);
+                    self.core.exited(Instant::now(), g, &status, &tail);
+                }
+                Some(Input::Close) => self.core.close(now),
+            }
+            // Every time, not only on timeouts: a stream of progress must
+            // not keep the deadlines and cancel flags from being looked at.
+            self.core.tick(Instant::now());
+        }
+        if let Some(p) = self.process.take() {
+            // Closing its stdin ends the worker; it holds nothing now.
+            drop(p.stdin);
+            reap(p.child, EXIT_WAIT);
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Spawn { generation } => {
+                if let Some(p) = self.process.take() {
+                    kill(p.child);
+                }
+                match self.spawn(generation) {
+                    Ok(p) => self.process = Some(p),
+                    Err(e) => {
+                        let what = format!("{}: {e}", self.worker.program.display());
+                        self.core.spawn_failed(Instant::now(), generation, what);
+                    }
+                }
+            }
+            Action::Send(msg) => {
+                if let Some(p) = &self.process {
+                    // A worker that is gone is noticed by its reader.
+                    let _ = p.stdin.send(wire::to_line(&msg));
+                }
+            }
+            Action::Kill => {
+                if let Some(p) = self.process.take() {
+                    kill(p.child);
+                }
+            }
+            Action::Discard(path) => match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed a dead worker's segment"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), "could not remove: {e}"),
+            },
+        }
+    }
+
+    fn spawn(&self, generation: u64) -> std::io::Result<Process> {
+        let mut child = Command::new(&self.worker.program)
+            .args(&self.worker.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let pid = child.id();
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            kill(child);
+            return Err(std::io::Error::other("the worker's pipes were not opened"));
+        };
+        tracing::info!(pid, generation, "executor process started");
+        let (line_tx, line_rx) = mpsc::channel::<Vec<u8>>();
+        line_tx
+            .send(wire::to_line(&self.init))
+            .expect("the receiver is alive");
+        std::thread::Builder::new()
+            .name("drover-exec-stdin".into())
+            .spawn(move || {
+                let mut stdin = stdin;
+                for line in line_rx {
+                    if stdin.write_all(&line).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        let feed = self.feed.clone();
+        std::thread::Builder::new()
+            .name("drover-exec-stdout".into())
+            .spawn(move || {
+                let mut r = std::io::BufReader::new(stdout);
+                let mut buf = Vec::new();
+                loop {
+                    let input = match wire::read_msg::<FromWorker>(&mut r, &mut buf) {
+                        Ok(Some(msg)) => Input::Message(generation, msg),
+                        Ok(None) => Input::Closed(generation),
+                        Err(e) => Input::Garbled(generation, e.to_string()),
+                    };
+                    let last = !matches!(input, Input::Message(..));
+                    if feed.send(input).is_err() || last {
+                        break;
+                    }
+                }
+            })?;
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
+        let (done_tx, stderr_done) = mpsc::channel();
+        let keep = Arc::clone(&tail);
+        std::thread::Builder::new()
+            .name("drover-exec-stderr".into())
+            .spawn(move || {
+                relay_stderr(stderr, &keep);
+                drop(done_tx);
+            })?;
+        Ok(Process {
+            generation,
+            child,
+            stdin: line_tx,
+            tail,
+            stderr_done,
+        })
+    }
+
+    /// Worker `generation` closed its output: waits for it to exit (killing
+    /// it if it lingers) and for the rest of its stderr; its exit status
+    /// and last stderr lines.
+    fn wait_exit(&mut self, generation: u64) -> (String, String) {
+        let Some(p) = self.process.as_mut().filter(|p| p.generation == generation) else {
+            return (String::new(), String::new());
+        };
+        let deadline = Instant::now() + EXIT_WAIT;
+        let status = loop {
+            match p.child.try_wait() {
+                Ok(Some(status)) => break status.to_string(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = p.child.kill();
+                    let _ = p.child.wait();
+                    break "it closed its output and was killed".to_string();
+                }
+                Err(e) => break format!("its status is unknown: {e}"),
+            }
+        };
+        let _ = p.stderr_done.recv_timeout(Duration::from_secs(1));
+        let tail = p
+            .tail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n");
+        (status, tail)
+    }
+}
+
+/// Copies the worker's stderr to the agent's, line by line, keeping the
+/// last [`STDERR_TAIL_LINES`].
+fn relay_stderr(stderr: std::process::ChildStderr, tail: &Mutex<VecDeque<String>>) {
+    let mut r = std::io::BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match Read::take(&mut r, STDERR_LINE_BYTES as u64).read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if buf.last() != Some(&b'\n') {
+            // Cut: drop the rest of the line.
+            if r.skip_until(b'\n').is_err() {
+                return;
+            }
+            buf.push(b'\n');
+        }
+        let _ = std::io::stderr().write_all(&buf);
+        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+        let mut t = tail.lock().unwrap_or_else(PoisonError::into_inner);
+        if t.len() == STDERR_TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+}
+
+/// SIGKILLs a worker and reaps it on a thread of its own: a process stuck
+/// in a driver call can take a while to die, and the supervisor must not
+/// wait for it.
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    reap(child, Duration::ZERO);
+}
+
+/// Reaps a worker on a thread of its own, killing it if it has not exited
+/// after `grace`.
+fn reap(mut child: Child, grace: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("drover-exec-reaper".into())
+        .spawn(move || {
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            match child.wait() {
+                Ok(status) => tracing::debug!(pid = child.id(), "executor process ended: {status}"),
+                Err(e) => tracing::warn!(pid = child.id(), "reaping the executor process: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no thread to reap the executor process: {e}");
     }
 }
 
@@ -579,6 +1062,24 @@ pub fn start_segment_in(
     aids: &TestAids,
     path: &Path,
     cancel: &AtomicBool,
+    progress: impl FnMut(u64),
+    on_done: impl FnOnce(Result<u64, ChunkError>) + Send + 'static,
+) -> Result<PendingSegment, ChunkError> {
+    start_segment_gated(
+        renderer, settings, window, aids, path, cancel, progress, on_done,
+    )
+}
+
+/// [`start_segment_in`] over any [`FrameGate`]: the worker's gate asks the
+/// supervisor, which holds the chunk's window.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_segment_gated(
+    renderer: &mut Renderer,
+    settings: &EncodeSettings,
+    window: &(impl FrameGate + ?Sized),
+    aids: &TestAids,
+    path: &Path,
+    cancel: &AtomicBool,
     mut progress: impl FnMut(u64),
     on_done: impl FnOnce(Result<u64, ChunkError>) + Send + 'static,
 ) -> Result<PendingSegment, ChunkError> {
@@ -639,7 +1140,7 @@ pub fn start_segment_in(
             }
             on_done(result);
         })?;
-    let start = window.start();
+    let start = window.first_frame();
     // A slowed node renders one frame at a time: with frames in flight the
     // GPU would keep drawing through the pauses and hide them, and a
     // frame's own render time could not be measured.
@@ -657,7 +1158,9 @@ pub fn start_segment_in(
         start,
         frames_in_flight,
         |frame| {
-            if !window.try_start(frame) {
+            // A cancelled chunk starts no more frames (the window would
+            // grant them: only the worker knows of the cancel).
+            if cancel.load(Ordering::Relaxed) || !window.try_start(frame) {
                 return false;
             }
             if aids.fails(frame) {
@@ -754,113 +1257,6 @@ pub fn render_and_encode_in(
     )?;
     pending.wait();
     rx.recv().expect("on_done always runs")
-}
-
-/// Starts one chunk: renders it on this thread and leaves its encoder
-/// finishing; the encoder thread hashes the segment and reports the result.
-fn start_chunk(
-    gpu: &Gpu,
-    cache: &mut RendererCache,
-    spool: &Path,
-    aids: &TestAids,
-    item: WorkItem,
-    started: Instant,
-) -> Result<PendingSegment, ChunkError> {
-    let a = item.assign.clone();
-    let chunk = a.chunk;
-    let window = item.window.clone();
-    let report = |frames_done: u64| {
-        item.frames_done.store(frames_done, Ordering::Relaxed);
-        let _ = item.events.send(WorkerEvent::Progress {
-            chunk,
-            frames_done,
-            // Read anew: a shrink changes the total while the chunk runs.
-            total: window.frames(),
-        });
-    };
-    report(0);
-    let renderer = cache.get(gpu, &a.shader_source, a.width, a.height, a.fps)?;
-    let settings = EncodeSettings {
-        width: a.width,
-        height: a.height,
-        fps: a.fps,
-        crf: a.crf,
-        codec: a.encoder.clone(),
-        preset: DEFAULT_PRESET.to_string(),
-    };
-    let path = spool.join(format!(
-        "job-{}-chunk-{:05}-e{}.mp4",
-        a.chunk.job, a.chunk.index, a.chunk.epoch
-    ));
-    let adapter = gpu.adapter().clone();
-    let events = item.events.clone();
-    let seg = path.clone();
-    let done_window = window.clone();
-    let on_done = move |result: Result<u64, ChunkError>| {
-        // Rendering has ended before the encoder finishes, so the window's
-        // end is final here: every frame up to it was started.
-        let (start, end) = (done_window.start(), done_window.end());
-        let total = done_window.frames();
-        let finished = result.and_then(|frames| {
-            if frames != total {
-                let _ = std::fs::remove_file(&seg);
-                return Err(ChunkError::Io(std::io::Error::other(format!(
-                    "encoder wrote {frames} frames, expected {total} (frames {start}-{end})"
-                ))));
-            }
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_reader(std::fs::File::open(&seg)?)?;
-            Ok(*hasher.finalize().as_bytes())
-        });
-        let ev = match finished {
-            Ok(hash) => WorkerEvent::Finished {
-                assign: a,
-                start,
-                end,
-                path: seg,
-                hash,
-                adapter: adapter.name.clone(),
-                elapsed_ms: started.elapsed().as_millis() as u64,
-            },
-            Err(e) => {
-                done_window.stop();
-                failed(&a, &done_window, &adapter, &e)
-            }
-        };
-        let _ = events.send(ev);
-    };
-    start_segment_in(
-        renderer,
-        &settings,
-        &window,
-        aids,
-        &path,
-        &item.cancel,
-        report,
-        on_done,
-    )
-}
-
-fn failed(
-    a: &Assign,
-    window: &FrameWindow,
-    adapter: &crate::render::AdapterReport,
-    e: &ChunkError,
-) -> WorkerEvent {
-    WorkerEvent::Failed {
-        chunk: a.chunk,
-        reason: e.to_string(),
-        log_tail: format!(
-            "job {} chunk {} frames {}-{} on {} ({}): {e}",
-            a.chunk.job,
-            a.chunk.index,
-            window.start(),
-            window.end(),
-            adapter.name,
-            adapter.device_type
-        ),
-        failed_frame: e.failed_frame(),
-    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,19 @@
-//! The executor as the agent drives it: real chunks on the real executor
-//! thread (wgpu on whatever adapter is here, lavapipe on CI, and libx264),
-//! shrunk through the shared frame window while they run, failed on purpose
-//! by a test aid, and the start-up calibration.
+//! The executor as the agent drives it: real chunks in the real executor
+//! process (the `drover-exec-worker` binary, the same code as
+//! `drover exec-worker`; wgpu on whatever adapter is here, lavapipe on CI,
+//! and libx264), shrunk through the shared frame window while they run,
+//! failed on purpose by a test aid, killed when a frame runs past its limit
+//! or the worker dies, and the start-up calibration.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use drover_node::exec::{
-    calibrate, Executor, FrameWindow, TestAids, WorkItem, WorkerEvent, CALIBRATION_HEIGHT_PX,
-    CALIBRATION_WIDTH_PX,
+    calibrate, ExecOptions, Executor, FrameWindow, TestAids, WorkItem, WorkerCommand, WorkerEvent,
+    CALIBRATION_HEIGHT_PX, CALIBRATION_WIDTH_PX, DEFAULT_FRAME_TIMEOUT_S,
 };
 use drover_node::render::Gpu;
 use drover_protocol::{Assign, ChunkRef};
@@ -18,6 +21,29 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// Frames are tiny so that a test costs milliseconds per frame.
 const SIZE_PX: u32 = 64;
+
+/// Longest a test waits for any one event: far beyond a healthy chunk, so
+/// that a broken executor fails the test instead of hanging it.
+const EVENT_WAIT: Duration = Duration::from_secs(120);
+
+/// A fragment shader whose every pixel iterates a hash until it is
+/// negative, which it never is: a frame that never ends. (The hash keeps
+/// the loop from being folded away: a loop that only adds a constant is
+/// computed in closed form by lavapipe's compiler, wgpu's loop bound making
+/// it finite.)
+const HUNG: &str =
+    "@fragment fn fs_main(@builtin(position) p: vec4<f32>) -> @location(0) vec4<f32> {
+    var x = p.x / drover.resolution.x + drover.time;
+    loop {
+        x = fract(sin(x * 12.9898) * 43758.5453);
+        if (x < -1.0) { break; }
+    }
+    return vec4<f32>(x, 0.0, 0.0, 1.0);
+}";
+
+fn plasma() -> &'static str {
+    drover_shaders::get("plasma").unwrap().source
+}
 
 /// One chunk handed to the executor, with the handles the agent keeps.
 struct Chunk {
@@ -32,6 +58,20 @@ fn submit(
     index: u32,
     start: u64,
     end: u64,
+) -> Chunk {
+    submit_shader(executor, events, index, start, end, plasma(), 0)
+}
+
+/// A chunk of `shader`, under the job's frame limit `frame_timeout_s` (0:
+/// the node's).
+fn submit_shader(
+    executor: &Executor,
+    events: &UnboundedSender<WorkerEvent>,
+    index: u32,
+    start: u64,
+    end: u64,
+    shader: &str,
+    frame_timeout_s: u32,
 ) -> Chunk {
     let chunk = ChunkRef {
         job: 1,
@@ -48,9 +88,10 @@ fn submit(
             fps: 24,
             width: SIZE_PX,
             height: SIZE_PX,
-            shader_source: drover_shaders::get("plasma").unwrap().source.to_string(),
+            shader_source: shader.to_string(),
             encoder: "libx264".into(),
             crf: 23,
+            frame_timeout_s,
         },
         cancel: cancel.clone(),
         frames_done: Arc::new(AtomicU64::new(u64::MAX)),
@@ -64,6 +105,11 @@ fn submit(
     }
 }
 
+/// This crate's executor process.
+fn worker() -> WorkerCommand {
+    WorkerCommand::subcommand_of(env!("CARGO_BIN_EXE_drover-exec-worker"))
+}
+
 /// An executor writing into `spool`, and its event stream.
 fn executor(
     spool: &Path,
@@ -73,15 +119,51 @@ fn executor(
     UnboundedSender<WorkerEvent>,
     UnboundedReceiver<WorkerEvent>,
 ) {
+    executor_with(spool, aids, worker(), DEFAULT_FRAME_TIMEOUT_S)
+}
+
+/// [`executor`] with its worker program and default frame limit.
+fn executor_with(
+    spool: &Path,
+    aids: TestAids,
+    worker: WorkerCommand,
+    frame_timeout_s: u64,
+) -> (
+    Executor,
+    UnboundedSender<WorkerEvent>,
+    UnboundedReceiver<WorkerEvent>,
+) {
     let gpu = Gpu::new().expect("render adapter");
     let (tx, rx) = unbounded_channel();
-    (Executor::start(gpu, spool.to_path_buf(), aids), tx, rx)
+    let opts = ExecOptions {
+        worker,
+        frame_timeout: Duration::from_secs(frame_timeout_s),
+    };
+    (
+        Executor::start_with(gpu, spool.to_path_buf(), aids, opts),
+        tx,
+        rx,
+    )
+}
+
+/// The next event, or a panic after [`EVENT_WAIT`].
+fn next_event(rx: &mut UnboundedReceiver<WorkerEvent>) -> WorkerEvent {
+    let deadline = Instant::now() + EVENT_WAIT;
+    loop {
+        match rx.try_recv() {
+            Ok(ev) => return ev,
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("no event from the executor: {e:?}"),
+        }
+    }
 }
 
 /// Waits for the first progress of `chunk` with at least `frames` frames.
 fn wait_for_progress(rx: &mut UnboundedReceiver<WorkerEvent>, chunk: ChunkRef, frames: u64) -> u64 {
     loop {
-        match rx.blocking_recv().expect("executor alive") {
+        match next_event(rx) {
             WorkerEvent::Progress {
                 chunk: c,
                 frames_done,
@@ -108,7 +190,7 @@ fn wait_for_ends(rx: &mut UnboundedReceiver<WorkerEvent>, chunks: &[ChunkRef]) -
     let mut last_progress = vec![None; chunks.len()];
     let mut ends: Vec<Option<End>> = vec![None; chunks.len()];
     while ends.iter().any(Option::is_none) {
-        let ev = rx.blocking_recv().expect("executor alive");
+        let ev = next_event(rx);
         let (c, end) = match ev {
             WorkerEvent::Progress {
                 chunk,
@@ -288,4 +370,172 @@ fn calibration_measures_a_speed() {
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
+}
+
+/// The files left in `spool`.
+fn spool_files(spool: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A frame that never ends: its worker is killed once the frame has run
+/// for the job's `frame_timeout_s` (2 s here, over the node's default of
+/// 300 s), the chunk fails naming the frame and the limit, nothing is left
+/// in the spool, and the chunk queued behind it renders in a new worker.
+#[test]
+fn a_hung_frame_is_killed_at_the_limit_and_the_next_chunk_renders() {
+    let spool = tempfile::tempdir().unwrap();
+    let (executor, tx, mut rx) = executor(spool.path(), TestAids::default());
+    let started = Instant::now();
+    let hung = submit_shader(&executor, &tx, 0, 10, 19, HUNG, 2);
+    let next = submit(&executor, &tx, 1, 20, 22);
+    let mut ends = wait_for_ends(&mut rx, &[hung.chunk, next.chunk]).into_iter();
+    let (reason, failed_frame) = ends.next().unwrap().unwrap_err();
+    assert_eq!(reason, "frame 10 exceeded the frame time limit of 2 s");
+    assert_eq!(failed_frame, Some(10));
+    assert_eq!(hung.window.shrink(15), None, "a failed chunk is not held");
+    let (start, end, path) = ends.next().unwrap().expect("the next chunk renders");
+    println!("both ended after {:?}", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!((start, end), (20, 22));
+    assert_eq!(ffprobe_frames(&path), 3);
+    assert_eq!(
+        spool_files(spool.path()),
+        vec![path.file_name().unwrap().to_os_string()]
+    );
+}
+
+/// Without a limit from the job, the node's default applies.
+#[test]
+fn the_nodes_frame_limit_applies_when_the_job_sets_none() {
+    let spool = tempfile::tempdir().unwrap();
+    let (_executor, tx, mut rx) = executor_with(spool.path(), TestAids::default(), worker(), 1);
+    let hung = submit_shader(&_executor, &tx, 0, 0, 4, HUNG, 0);
+    let (reason, failed_frame) = wait_for_end(&mut rx, hung.chunk).unwrap_err();
+    assert_eq!(reason, "frame 0 exceeded the frame time limit of 1 s");
+    assert_eq!(failed_frame, Some(0));
+}
+
+/// A cancelled chunk whose frame never ends cannot give itself up: its
+/// worker is killed after the grace, the chunk is reported cancelled, and
+/// the next chunk renders.
+#[test]
+fn a_cancelled_hung_chunk_is_killed_after_the_grace() {
+    let spool = tempfile::tempdir().unwrap();
+    let (executor, tx, mut rx) = executor(spool.path(), TestAids::default());
+    let hung = submit_shader(&executor, &tx, 0, 0, 9, HUNG, 0);
+    wait_for_progress(&mut rx, hung.chunk, 0);
+    // Time to compile the shader and start the frame that never ends.
+    std::thread::sleep(Duration::from_millis(500));
+    let cancelled_at = Instant::now();
+    hung.cancel.store(true, Ordering::Relaxed);
+    let next = submit(&executor, &tx, 1, 10, 11);
+    let mut ends = wait_for_ends(&mut rx, &[hung.chunk, next.chunk]).into_iter();
+    let (reason, failed_frame) = ends.next().unwrap().unwrap_err();
+    assert_eq!((reason.as_str(), failed_frame), ("cancelled", None));
+    let (start, end, _) = ends.next().unwrap().expect("the next chunk renders");
+    assert_eq!((start, end), (10, 11));
+    let took = cancelled_at.elapsed();
+    println!("cancel to the next chunk's end: {took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+/// A worker killed from outside (as a crashing driver would end it) fails
+/// the chunk it held, naming the frame it was on, and a new worker renders
+/// the next chunk.
+#[test]
+fn a_worker_that_dies_fails_its_chunk_naming_the_frame_and_is_replaced() {
+    let spool = tempfile::tempdir().unwrap();
+    let pids = tempfile::tempdir().unwrap();
+    let pid_file = pids.path().join("worker.pid");
+    // The wrapper writes its pid, then becomes the worker (same pid).
+    let wrapper = WorkerCommand {
+        program: "sh".into(),
+        args: vec![
+            "-c".into(),
+            "echo $$ > \"$1\"; exec \"$2\" exec-worker".into(),
+            "sh".into(),
+            pid_file.clone().into(),
+            env!("CARGO_BIN_EXE_drover-exec-worker").into(),
+        ],
+    };
+    let aids = TestAids {
+        slowdown_factor: 10.0,
+        fail_frames: Vec::new(),
+    };
+    let (executor, tx, mut rx) =
+        executor_with(spool.path(), aids, wrapper, DEFAULT_FRAME_TIMEOUT_S);
+    let doomed = submit(&executor, &tx, 0, 0, 9_999);
+    let done = wait_for_progress(&mut rx, doomed.chunk, 3);
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let killed = Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let next = submit(&executor, &tx, 1, 10_000, 10_002);
+    let mut ends = wait_for_ends(&mut rx, &[doomed.chunk, next.chunk]).into_iter();
+    let (reason, failed_frame) = ends.next().unwrap().unwrap_err();
+    println!("{reason}");
+    let frame = failed_frame.expect("the frame it was on is named");
+    assert!(frame >= done, "frame {frame}, {done} were done");
+    assert_eq!(
+        reason,
+        format!("the executor process died on frame {frame} (signal: 9 (SIGKILL))")
+    );
+    let (start, end, path) = ends.next().unwrap().expect("the next chunk renders");
+    assert_eq!((start, end), (10_000, 10_002));
+    assert_eq!(ffprobe_frames(&path), 3);
+    assert_eq!(
+        spool_files(spool.path()),
+        vec![path.file_name().unwrap().to_os_string()],
+        "the dead worker's segment is removed"
+    );
+}
+
+/// A worker that cannot start fails the chunk waiting first, with its
+/// reason and last log line, on every attempt: nothing waits for a worker
+/// that never comes.
+#[test]
+fn a_worker_that_cannot_start_fails_the_waiting_chunks() {
+    let spool = tempfile::tempdir().unwrap();
+    let broken = WorkerCommand {
+        program: "sh".into(),
+        args: vec!["-c".into(), "echo no device here >&2; exit 3".into()],
+    };
+    let (executor, tx, mut rx) = executor_with(
+        spool.path(),
+        TestAids::default(),
+        broken,
+        DEFAULT_FRAME_TIMEOUT_S,
+    );
+    let a = submit(&executor, &tx, 0, 0, 2);
+    let b = submit(&executor, &tx, 1, 3, 5);
+    for end in wait_for_ends(&mut rx, &[a.chunk, b.chunk]) {
+        let (reason, failed_frame) = end.unwrap_err();
+        assert_eq!(failed_frame, None);
+        assert!(
+            reason.starts_with("the executor process did not start: exit status: 3")
+                && reason.ends_with("no device here"),
+            "{reason}"
+        );
+    }
+
+    let missing = WorkerCommand::subcommand_of("/nonexistent/drover");
+    let (executor, tx, mut rx) = executor_with(
+        spool.path(),
+        TestAids::default(),
+        missing,
+        DEFAULT_FRAME_TIMEOUT_S,
+    );
+    let c = submit(&executor, &tx, 0, 0, 2);
+    let (reason, _) = wait_for_end(&mut rx, c.chunk).unwrap_err();
+    assert!(
+        reason.starts_with("the executor process did not start: /nonexistent/drover: "),
+        "{reason}"
+    );
 }
