@@ -16,13 +16,17 @@
 //!
 //! # What a node must log for the ledger to be exact
 //! The ledger reads three `drover_node` lines, each with the attempt's
-//! `job`, `chunk` and `epoch`:
+//! `job`, `chunk` and (best) `epoch`:
 //! - `assigned ... frames=A-B` when an assignment arrives (logged today);
 //! - `segment finished ... frames=A-B rendered=N` when a chunk's segment is
-//!   complete in the spool (`A-B` is what the segment holds);
+//!   complete in the spool (`A-B` is what the segment holds); the node's
+//!   `segment spooled ... frames=A-B` line says the same and is read too;
 //! - `chunk abandoned ... frames=A-B rendered=N` when a chunk stops without
 //!   a segment (cancelled, session lost, failed), `N` being the frames it
 //!   rendered from `A` on.
+//!
+//! An end line without `epoch` closes the latest open attempt of that chunk
+//! in the same process that starts at `A`.
 //!
 //! An attempt with neither end line is *open*: its process was SIGKILLed,
 //! or the node does not log the end lines yet. Open attempts of a killed
@@ -352,8 +356,17 @@ pub struct Attempt {
     pub job: u64,
     /// Chunk id.
     pub chunk: u64,
-    /// The coordinator's epoch for it.
-    pub epoch: u64,
+    /// The coordinator's epoch for it, when the line says.
+    pub epoch: Option<u64>,
+}
+
+impl Attempt {
+    /// Whether a line about `other` may be about this attempt.
+    fn matches(&self, other: &Attempt) -> bool {
+        self.job == other.job
+            && self.chunk == other.chunk
+            && (self.epoch.is_none() || other.epoch.is_none() || self.epoch == other.epoch)
+    }
 }
 
 /// A node log line the ledger reads.
@@ -478,7 +491,7 @@ pub fn parse_node_line(line: &str) -> Option<(u64, NodeEvent)> {
     let attempt = Attempt {
         job: get("job")?,
         chunk: get("chunk")?,
-        epoch: get("epoch")?,
+        epoch: get("epoch"),
     };
     let range = || fields.get("frames").and_then(|f| parse_range(f));
     let event = match message.join(" ").as_str() {
@@ -498,7 +511,7 @@ pub fn parse_node_line(line: &str) -> Option<(u64, NodeEvent)> {
             };
             NodeEvent::Shrunk { attempt, end }
         }
-        "segment finished" => {
+        "segment finished" | "segment spooled" => {
             let (start, end) = range()?;
             NodeEvent::SegmentFinished {
                 attempt,
@@ -549,8 +562,19 @@ impl RenderLedger {
     pub fn from_logs<'a>(logs: impl IntoIterator<Item = (&'a str, &'a str)>) -> RenderLedger {
         let mut attempts: Vec<AttemptRecord> = Vec::new();
         for (node, text) in logs {
-            // Within one process an attempt is the latest with its key.
-            let mut open: HashMap<Attempt, usize> = HashMap::new();
+            // Attempts of this process without an end line yet.
+            let mut open: Vec<usize> = Vec::new();
+            // The latest open attempt a line is about (see the module doc).
+            let find = |open: &[usize],
+                        attempts: &[AttemptRecord],
+                        about: &Attempt,
+                        start: Option<u64>|
+             -> Option<usize> {
+                open.iter().rposition(|&i| {
+                    let a = &attempts[i];
+                    a.attempt.matches(about) && start.is_none_or(|s| s == a.start)
+                })
+            };
             for line in text.lines() {
                 let Some((at, event)) = parse_node_line(line) else {
                     continue;
@@ -561,7 +585,7 @@ impl RenderLedger {
                         start,
                         end,
                     } => {
-                        open.insert(attempt, attempts.len());
+                        open.push(attempts.len());
                         attempts.push(AttemptRecord {
                             node: node.to_string(),
                             attempt,
@@ -572,8 +596,9 @@ impl RenderLedger {
                         });
                     }
                     NodeEvent::Shrunk { attempt, end } => {
-                        if let (Some(&i), Some(end)) = (open.get(&attempt), end) {
-                            attempts[i].end = end;
+                        if let (Some(k), Some(end)) = (find(&open, &attempts, &attempt, None), end)
+                        {
+                            attempts[open[k]].end = end;
                         }
                     }
                     NodeEvent::SegmentFinished {
@@ -581,15 +606,17 @@ impl RenderLedger {
                         start,
                         end,
                     } => {
-                        if let Some(i) = open.remove(&attempt) {
-                            attempts[i].outcome = Outcome::Finished { start, end };
+                        if let Some(k) = find(&open, &attempts, &attempt, Some(start)) {
+                            attempts[open.remove(k)].outcome = Outcome::Finished { start, end };
                         }
                     }
                     NodeEvent::Abandoned {
-                        attempt, rendered, ..
+                        attempt,
+                        start,
+                        rendered,
                     } => {
-                        if let Some(i) = open.remove(&attempt) {
-                            attempts[i].outcome = Outcome::Abandoned { rendered };
+                        if let Some(k) = find(&open, &attempts, &attempt, Some(start)) {
+                            attempts[open.remove(k)].outcome = Outcome::Abandoned { rendered };
                         }
                     }
                 }
@@ -647,7 +674,7 @@ impl RenderLedger {
                         }
                         None => {
                             r.unknown.push(format!(
-                                "{} job {} chunk {} epoch {} frames {}-{}",
+                                "{} job {} chunk {} epoch {:?} frames {}-{}",
                                 a.node, job, a.attempt.chunk, a.attempt.epoch, a.start, a.end
                             ));
                             None
@@ -816,7 +843,7 @@ mod tests {
         let a = Attempt {
             job: 2,
             chunk: 7,
-            epoch: 3,
+            epoch: Some(3),
         };
         check(
             "2026-11-24T06:52:24.714101Z  INFO drover_node::agent: assigned job=2 chunk=7 epoch=3 frames=25-48",
@@ -841,6 +868,15 @@ mod tests {
         check(
             "2026-11-24T06:52:26Z  INFO drover_node::exec: chunk abandoned job=2 chunk=7 epoch=3 frames=25-48 rendered=4 reason=\"session lost\"",
             Some(NodeEvent::Abandoned { attempt: a, start: 25, rendered: 4 }),
+        );
+        // The node's own line for a finished segment, without the epoch.
+        check(
+            "2026-11-24T06:52:26Z  INFO drover_node::agent: segment spooled job=2 chunk=7 frames=25-33 bytes=123",
+            Some(NodeEvent::SegmentFinished {
+                attempt: Attempt { epoch: None, ..a },
+                start: 25,
+                end: 33,
+            }),
         );
         // Other lines, and the coordinator's own `assign`, are not events.
         check(
@@ -997,6 +1033,25 @@ mod tests {
         assert!(!r.is_exact());
         assert_eq!(r.unknown.len(), 1);
         assert!(require_exact(&r).is_err());
+    }
+
+    #[test]
+    fn end_lines_without_an_epoch_close_the_attempt_with_that_start() {
+        // A chunk kept across a coordinator restart (epoch 1) and a new
+        // attempt reusing its id (epoch 2), both open in one process.
+        let log = [
+            line(1, "assigned job=1 chunk=5 epoch=1 frames=1-10"),
+            line(2, "assigned job=1 chunk=5 epoch=2 frames=21-30"),
+            line(3, "segment spooled job=1 chunk=5 frames=1-10 bytes=9"),
+            line(4, "segment spooled job=1 chunk=5 frames=21-30 bytes=9"),
+        ]
+        .join("\n");
+        let r = RenderLedger::from_logs([("n", log.as_str())]).report(1, &[]);
+        assert!(r.is_exact(), "{r}");
+        assert_eq!(
+            (r.segments_finished, r.renders, r.extra_renders),
+            (2, 20, 0)
+        );
     }
 
     #[test]
