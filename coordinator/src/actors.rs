@@ -10,8 +10,9 @@
 //!   events and core commands into wire messages. It decides nothing: upload
 //!   admission, node admission and the encoder are the core's decisions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -20,14 +21,17 @@ use drover_shared::api::{JobView, NodeView};
 use drover_shared::caps::Capabilities;
 use drover_shared::spec::JobSpec;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::journal::Journal;
+use crate::sched::Fact;
 use crate::sched::{
     ChunkKey, ChunkReport, Command, Core, Event, NodeId, RunningReport, SpooledReport,
     UploadVerdict,
 };
 use crate::store::ArtifactStore;
+use crate::wal::Seq;
 
 /// Chunk entries read from one heartbeat: a node holds a handful of chunks,
 /// so a longer list is a broken or hostile peer and the rest is ignored.
@@ -48,6 +52,29 @@ pub fn now_ms() -> u64 {
     wall0 + t0.elapsed().as_millis() as u64
 }
 
+/// Where the journal's writer thread reports durability: the scheduler
+/// sets it when it starts.
+pub type DurableCell = Arc<OnceLock<Recipient<Durable>>>;
+
+/// The callback [`crate::journal::open`] takes: forwards each durable
+/// watermark (or the journal's failure) to the scheduler.
+pub fn durable_callback(cell: DurableCell) -> crate::wal::OnDurable {
+    Box::new(move |r| {
+        if let Some(rc) = cell.get() {
+            rc.do_send(Durable(r.map_err(|e| e.to_string())));
+        }
+    })
+}
+
+/// Effects held back until the facts before them are durable.
+struct Held {
+    /// The journal position they wait for.
+    seq: Seq,
+    commands: Vec<Command>,
+    /// Answers (to a client, an upload) released with them.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
 /// The scheduler actor.
 pub struct Scheduler {
     core: Core,
@@ -62,12 +89,27 @@ pub struct Scheduler {
     pending_commands: Vec<Command>,
     /// The deadline the armed timer wakes the core for.
     armed: Option<(u64, SpawnHandle)>,
+    /// Effects waiting for the journal, in order.
+    outbox: VecDeque<Held>,
+    /// The last journal position appended, and the last known durable.
+    appended: Seq,
+    durable: Seq,
+    durable_cell: DurableCell,
+    /// False once shutdown began: no new jobs.
+    accepting: bool,
 }
 
 impl Scheduler {
     /// A scheduler over a restored core; `startup` are the commands
     /// [`Core::restore`] returned (muxes to redo).
-    pub fn new(core: Core, journal: Journal, store: ArtifactStore, startup: Vec<Command>) -> Self {
+    pub fn new(
+        core: Core,
+        journal: Journal,
+        store: ArtifactStore,
+        startup: Vec<Command>,
+        durable_cell: DurableCell,
+    ) -> Self {
+        let durable = journal.durable();
         Scheduler {
             core,
             journal,
@@ -77,12 +119,61 @@ impl Scheduler {
             hello_answers: HashMap::new(),
             pending_commands: startup,
             armed: None,
+            outbox: VecDeque::new(),
+            appended: durable,
+            durable,
+            durable_cell,
+            accepting: true,
         }
     }
 
     fn apply(&mut self, event: Event, ctx: &mut Context<Self>) {
         let cmds = self.core.handle(now_ms(), event);
-        self.execute(cmds, ctx);
+        self.commit(cmds, None, ctx);
+    }
+
+    /// The write-ahead rule: the facts of an event go to the journal, and
+    /// every effect of it a node, a client or the disk would act on waits
+    /// until they are durable (and behind any effect still waiting, so
+    /// nodes see commands in the core's order). Welcomes and refusals are
+    /// answers to a hello and change nothing durable: they go at once.
+    fn commit(
+        &mut self,
+        cmds: Vec<Command>,
+        waiter: Option<oneshot::Sender<()>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let facts = self.core.take_facts();
+        let (now, later): (Vec<Command>, Vec<Command>) = cmds
+            .into_iter()
+            .partition(|c| matches!(c, Command::Welcome { .. } | Command::Refuse { .. }));
+        self.execute(now, ctx);
+        if !facts.is_empty() {
+            match self.journal.append(facts) {
+                Ok(seq) => self.appended = seq,
+                Err(e) => journal_failed(&e.to_string()),
+            }
+        }
+        if self.outbox.is_empty() && self.appended <= self.durable {
+            self.execute(later, ctx);
+            if let Some(w) = waiter {
+                let _ = w.send(());
+            }
+            return;
+        }
+        self.outbox.push_back(Held {
+            seq: self.appended,
+            commands: later,
+            waiters: waiter.into_iter().collect(),
+        });
+        self.rearm(ctx);
+    }
+
+    /// A receiver that fires once everything committed so far is durable.
+    fn after_durable(&mut self, ctx: &mut Context<Self>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commit(Vec::new(), Some(tx), ctx);
+        rx
     }
 
     /// Wakes the core at its next deadline, and only then.
@@ -147,6 +238,7 @@ impl Scheduler {
                         shader_source: spec.shader_source().to_string(),
                         encoder: assignment.encoder.to_string(),
                         crf: spec.output.quality,
+                        frame_timeout_s: spec.frame_timeout_s.unwrap_or(0),
                     });
                     self.deliver(node, msg);
                 }
@@ -175,43 +267,37 @@ impl Scheduler {
                     );
                 }
                 Command::Discard { job } => {
-                    // The job's final state must be durable before its
-                    // segments go: a crash in between would otherwise restore
-                    // a job that needs segments which no longer exist.
-                    if let Err(e) = self.journal.flush() {
-                        error!(job, "journal flush failed; keeping the segments: {e}");
-                        continue;
-                    }
+                    // Carried out only once the job's end is durable (the
+                    // write-ahead rule), so no restored job can need a
+                    // deleted segment. The journal hears `Discarded` after
+                    // the files are gone.
                     let dir = self.store.job_dir(job);
+                    let addr = ctx.address();
                     actix::spawn(async move {
                         if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
                             while let Ok(Some(e)) = entries.next_entry().await {
                                 let name = e.file_name().to_string_lossy().into_owned();
-                                // Finished segments only: a partial file
-                                // belongs to an upload still running.
-                                if name.starts_with("chunk-") && name.ends_with(".mp4") {
+                                // Segments and partial uploads of the job;
+                                // its output stays.
+                                if name.starts_with("chunk-") {
                                     let _ = tokio::fs::remove_file(e.path()).await;
                                 }
                             }
                         }
+                        addr.do_send(Discarded(job));
                     });
-                }
-                Command::Persist { job } => {
-                    if let Some(r) = self.core.record(job) {
-                        if let Err(e) = self.journal.put(&r) {
-                            error!(job, "journal write failed: {e}");
-                        }
-                    }
                 }
                 Command::Mux { job, segments } => {
                     let out = self.store.output_path(job);
                     let addr = ctx.address();
+                    let (frames, fps) = self.core.job_frames(job);
+                    let frames = crate::mux::Expected { frames, fps };
                     info!(job, segments = segments.len(), "joining segments");
                     actix::spawn(async move {
                         let segs: Vec<PathBuf> = segments.iter().map(PathBuf::from).collect();
                         let out2 = out.clone();
                         let res = tokio::task::spawn_blocking(move || {
-                            crate::mux::concat_segments(&segs, &out2)
+                            crate::mux::join_and_verify(&segs, &out2, frames)
                         })
                         .await;
                         let event = match res {
@@ -220,7 +306,7 @@ impl Scheduler {
                                     job,
                                     frames = report.frames,
                                     bytes = report.bytes,
-                                    "output written"
+                                    "output written, synced and verified"
                                 );
                                 Event::MuxDone {
                                     job,
@@ -245,6 +331,50 @@ impl Scheduler {
     }
 }
 
+/// The journal cannot write: nothing more may be acknowledged, so the
+/// coordinator stops; a restart replays what is durable.
+fn journal_failed(why: &str) -> ! {
+    error!("the journal failed ({why}); stopping so that nothing unrecorded is acknowledged. Check the data dir's disk, then start again: what was durable is replayed");
+    std::process::exit(70)
+}
+
+/// The journal's writer made facts durable up to a position, or failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Durable(pub Result<Seq, String>);
+
+impl Handler<Durable> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, msg: Durable, ctx: &mut Context<Self>) {
+        let seq = match msg.0 {
+            Ok(seq) => seq,
+            Err(e) => journal_failed(&e),
+        };
+        self.durable = self.durable.max(seq);
+        while self.outbox.front().is_some_and(|h| h.seq <= self.durable) {
+            let held = self.outbox.pop_front().expect("checked");
+            self.execute(held.commands, ctx);
+            for w in held.waiters {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+/// A job's segments are deleted.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Discarded(u64);
+
+impl Handler<Discarded> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, msg: Discarded, _: &mut Context<Self>) {
+        if let Err(e) = self.journal.append(vec![Fact::Discarded { job: msg.0 }]) {
+            journal_failed(&e.to_string());
+        }
+    }
+}
+
 fn chunk_ref(chunk: ChunkKey, epoch: u32) -> ChunkRef {
     ChunkRef {
         job: chunk.0,
@@ -257,54 +387,40 @@ impl Actor for Scheduler {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // The journal's writer reports here from now on; nothing was
+        // appended before.
+        let _ = self.durable_cell.set(ctx.address().recipient());
         let startup = std::mem::take(&mut self.pending_commands);
-        self.execute(startup, ctx);
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Err(e) = self.journal.flush() {
-            error!("journal flush at shutdown failed: {e}");
-        }
+        self.commit(startup, None, ctx);
     }
 }
 
-/// Submit a validated spec. Answers once the record is durable.
+/// Submit a validated spec. Answers once its acceptance is durable.
 #[derive(Message)]
 #[rtype(result = "Result<u64, String>")]
 pub struct Submit(pub JobSpec);
 
 impl Handler<Submit> for Scheduler {
-    type Result = Result<u64, String>;
+    type Result = ResponseFuture<Result<u64, String>>;
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
-        let (id, cmds) = self.core.submit(now_ms(), msg.0);
-        // Durable first, then visible to nodes: if the journal cannot keep
-        // the job, it is withdrawn before any node hears of it, and the
-        // client's error is the whole truth.
-        let durable = self
-            .core
-            .record(id)
-            .ok_or_else(|| "job vanished".to_string())
-            .and_then(|j| self.journal.put(&j).map_err(|e| e.to_string()))
-            .and_then(|()| self.journal.flush().map_err(|e| e.to_string()));
-        if let Err(e) = durable {
-            error!(job = id, "journal write failed, job withdrawn: {e}");
-            self.core.withdraw(id);
-            if let Err(e) = self.journal.remove(id) {
-                error!(job = id, "removing the withdrawn record failed too: {e}");
-            }
-            // What `submit` did for other jobs (preemption) still happens.
-            let others = cmds.into_iter().filter(|c| c.job() != Some(id)).collect();
-            self.execute(others, ctx);
-            return Err(e);
+        if !self.accepting {
+            return Box::pin(async { Err(SHUTTING_DOWN.to_string()) });
         }
-        info!(job = id, "job accepted");
-        // The record just written is the one a Persist would write again.
-        let mut cmds = cmds;
-        cmds.retain(|c| !matches!(c, Command::Persist { job } if *job == id));
-        self.execute(cmds, ctx);
-        Ok(id)
+        let (id, cmds) = self.core.submit(now_ms(), msg.0);
+        // Durable first, then visible to nodes and to the client: the
+        // assignments and the 201 wait behind the acceptance fact.
+        let (tx, rx) = oneshot::channel();
+        self.commit(cmds, Some(tx), ctx);
+        Box::pin(async move {
+            rx.await.map_err(|_| "the scheduler stopped".to_string())?;
+            info!(job = id, "job accepted");
+            Ok(id)
+        })
     }
 }
+
+/// Why a submission is refused during shutdown.
+pub const SHUTTING_DOWN: &str = "the coordinator is shutting down; submit again once it is back";
 
 /// Outcome of a cancel request.
 #[derive(Debug, PartialEq)]
@@ -315,28 +431,136 @@ pub enum CancelOutcome {
     NotFound,
     /// Already in a terminal state (given).
     AlreadyFinished(drover_shared::api::JobState),
+    /// Its segments are being joined into the output: a cancel now would
+    /// delete files under the join.
+    Joining,
 }
 
-/// Cancel a job.
+/// Cancel a job. Answers once the cancel is durable.
 #[derive(Message)]
 #[rtype(result = "CancelOutcome")]
 pub struct CancelJob(pub u64);
 
 impl Handler<CancelJob> for Scheduler {
-    type Result = MessageResult<CancelJob>;
+    type Result = ResponseFuture<CancelOutcome>;
     fn handle(&mut self, msg: CancelJob, ctx: &mut Context<Self>) -> Self::Result {
-        let Some(state) = self.core.job_state(msg.0) else {
-            return MessageResult(CancelOutcome::NotFound);
+        let outcome = match self.core.job_state(msg.0) {
+            None => CancelOutcome::NotFound,
+            Some(s) if s.is_terminal() => CancelOutcome::AlreadyFinished(s),
+            Some(drover_shared::api::JobState::Muxing) => CancelOutcome::Joining,
+            Some(_) => CancelOutcome::Cancelled,
         };
-        if state.is_terminal() {
-            return MessageResult(CancelOutcome::AlreadyFinished(state));
+        if outcome != CancelOutcome::Cancelled {
+            return Box::pin(async move { outcome });
         }
         info!(job = msg.0, "cancel requested");
         self.apply(Event::CancelJob { job: msg.0 }, ctx);
-        if let Err(e) = self.journal.flush() {
-            error!(job = msg.0, "journal flush failed: {e}");
+        let rx = self.after_durable(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+            CancelOutcome::Cancelled
+        })
+    }
+}
+
+/// Re-run what a failed or cancelled job is missing. Answers once that is
+/// durable, with the job, or why not (`Err((status, why))`: 404 or 409).
+#[derive(Message)]
+#[rtype(result = "Result<JobView, (u16, String)>")]
+pub struct RetryJob(pub u64);
+
+impl Handler<RetryJob> for Scheduler {
+    type Result = ResponseFuture<Result<JobView, (u16, String)>>;
+    fn handle(&mut self, msg: RetryJob, ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        if let Err(why) = self.core.may_retry(id) {
+            let status = if self.core.job_state(id).is_none() {
+                404
+            } else {
+                409
+            };
+            return Box::pin(async move { Err((status, why)) });
         }
-        MessageResult(CancelOutcome::Cancelled)
+        info!(job = id, "retry requested");
+        self.apply(Event::RetryJob { job: id }, ctx);
+        let view = self.core.job_view(id);
+        let rx = self.after_durable(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+            view.ok_or((404, format!("job {id} vanished")))
+        })
+    }
+}
+
+/// Drain a node (stop new work; `now`: hand back what it has not rendered)
+/// or undrain it. Answers once durable with the node, or 404.
+#[derive(Message)]
+#[rtype(result = "Result<NodeView, (u16, String)>")]
+pub struct DrainNode {
+    /// Node name.
+    pub name: String,
+    /// Drain (`Some(now)`) or undrain (`None`).
+    pub drain: Option<bool>,
+}
+
+impl Handler<DrainNode> for Scheduler {
+    type Result = ResponseFuture<Result<NodeView, (u16, String)>>;
+    fn handle(&mut self, msg: DrainNode, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.core.knows_node(&msg.name) {
+            let why = format!("no node named {:?} is known", msg.name);
+            return Box::pin(async move { Err((404, why)) });
+        }
+        let event = match msg.drain {
+            Some(now) => {
+                info!(node = %msg.name, now, "drained by an admin");
+                Event::Drain {
+                    name: msg.name.clone(),
+                    now,
+                }
+            }
+            None => {
+                info!(node = %msg.name, "undrained by an admin");
+                Event::Undrain {
+                    name: msg.name.clone(),
+                }
+            }
+        };
+        self.apply(event, ctx);
+        let view = self.core.node_view(&msg.name, now_ms());
+        let rx = self.after_durable(ctx);
+        let name = msg.name;
+        Box::pin(async move {
+            let _ = rx.await;
+            view.ok_or((
+                404,
+                format!("node {name:?} is not connected; the drain is remembered for when it is"),
+            ))
+        })
+    }
+}
+
+/// Shutdown (SIGTERM): no new jobs, node sessions closed, the journal
+/// drained, fsynced and closed. Nodes keep their work and reconnect.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Scheduler {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        self.accepting = false;
+        for (_, addr) in self.sessions.drain() {
+            addr.do_send(Close);
+        }
+        self.by_node.clear();
+        let journal = self.journal.clone();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || journal.close()).await {
+                Ok(Ok(())) => info!("journal flushed and closed"),
+                Ok(Err(e)) => error!("closing the journal: {e}"),
+                Err(e) => error!("closing the journal: {e}"),
+            }
+        })
     }
 }
 
@@ -386,9 +610,21 @@ impl Handler<ClearQuarantine> for Scheduler {
 pub struct GetJob(pub u64);
 
 impl Handler<GetJob> for Scheduler {
-    type Result = MessageResult<GetJob>;
+    type Result = ResponseFuture<Option<JobView>>;
     fn handle(&mut self, msg: GetJob, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.core.job_view(msg.0))
+        if let Some(v) = self.core.job_view(msg.0) {
+            return Box::pin(async move { Some(v) });
+        }
+        // Finished long enough ago to have left memory: the archive has it
+        // for its retention (a disk read, off this thread).
+        let journal = self.journal.clone();
+        Box::pin(async move {
+            let r = tokio::task::spawn_blocking(move || crate::journal::archived(&journal, msg.0))
+                .await
+                .ok()?
+                .ok()??;
+            Some(crate::sched::views::record_view(&r))
+        })
     }
 }
 
@@ -560,7 +796,7 @@ pub struct CommitSegment {
 }
 
 impl Handler<CommitSegment> for Scheduler {
-    type Result = Result<(), String>;
+    type Result = ResponseFuture<Result<(), String>>;
     fn handle(&mut self, m: CommitSegment, ctx: &mut Context<Self>) -> Self::Result {
         self.apply(
             Event::SegmentStored {
@@ -574,7 +810,11 @@ impl Handler<CommitSegment> for Scheduler {
             },
             ctx,
         );
-        Ok(())
+        let rx = self.after_durable(ctx);
+        Box::pin(async move {
+            rx.await
+                .map_err(|_| "the coordinator is stopping".to_string())
+        })
     }
 }
 

@@ -8,8 +8,8 @@ use drover_shared::api::{JobState, Problem, Submitted};
 use drover_shared::spec::{JobSpec, MAX_SPEC_BYTES};
 
 use crate::actors::{
-    CancelJob, CancelOutcome, ClearOutcome, ClearQuarantine, GetJob, ListJobs, ListNodes,
-    Scheduler, Submit,
+    CancelJob, CancelOutcome, ClearOutcome, ClearQuarantine, DrainNode, GetJob, ListJobs,
+    ListNodes, RetryJob, Scheduler, Submit, SHUTTING_DOWN,
 };
 
 /// Routes under `/v1` and the health check.
@@ -21,10 +21,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}", web::delete().to(cancel_job))
         .route("/v1/jobs/{id}/output", web::get().to(output))
         .route("/v1/nodes", web::get().to(list_nodes))
+        .route("/v1/jobs/{id}/retry", web::post().to(retry_job))
         .route(
             "/v1/nodes/{name}/clear-quarantine",
             web::post().to(clear_quarantine),
-        );
+        )
+        .route("/v1/nodes/{name}/drain", web::post().to(drain_node))
+        .route("/v1/nodes/{name}/undrain", web::post().to(undrain_node));
 }
 
 fn problem(status: StatusCode, title: &str, detail: String, field: Option<&str>) -> HttpResponse {
@@ -125,6 +128,9 @@ async fn submit(
                 .insert_header(("location", status_url.clone()))
                 .json(Submitted { id, status_url })
         }
+        Ok(Err(e)) if e == SHUTTING_DOWN => {
+            problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down", e, None)
+        }
         Ok(Err(e)) => problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "journal write failed",
@@ -176,6 +182,12 @@ async fn cancel_job(path: web::Path<String>, sched: web::Data<Addr<Scheduler>>) 
             StatusCode::CONFLICT,
             "job already finished",
             format!("job {id} is {state:?} and cannot be cancelled"),
+            Some("id"),
+        ),
+        Ok(CancelOutcome::Joining) => problem(
+            StatusCode::CONFLICT,
+            "job is joining its output",
+            format!("job {id} has every frame and its segments are being joined into the output; it cannot be cancelled now (it is done in moments)"),
             Some("id"),
         ),
         Err(e) => unavailable(e),
@@ -245,6 +257,61 @@ async fn clear_quarantine(
             format!("no node named {name:?} is known"),
             Some("name"),
         ),
+        Err(e) => unavailable(e),
+    }
+}
+
+fn status_problem(status: u16, title: &str, detail: String, field: &str) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT);
+    problem(status, title, detail, Some(field))
+}
+
+/// `POST /v1/jobs/{id}/retry`: a failed or cancelled job runs again for
+/// the frames it is missing.
+async fn retry_job(path: web::Path<String>, sched: web::Data<Addr<Scheduler>>) -> HttpResponse {
+    let Ok(id) = path.parse::<u64>() else {
+        return bad_id(&path);
+    };
+    match sched.send(RetryJob(id)).await {
+        Ok(Ok(job)) => HttpResponse::Ok().json(job),
+        Ok(Err((status, why))) => status_problem(status, "cannot retry", why, "id"),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /v1/nodes/{name}/drain[?now=true]`: no new work on the node; its
+/// current chunk finishes, or with `now` what it has not rendered goes back
+/// at once.
+async fn drain_node(
+    path: web::Path<String>,
+    query: web::Query<DrainQuery>,
+    sched: web::Data<Addr<Scheduler>>,
+) -> HttpResponse {
+    node_admin(path.into_inner(), Some(query.now), sched).await
+}
+
+/// `POST /v1/nodes/{name}/undrain`: the node takes work again.
+async fn undrain_node(path: web::Path<String>, sched: web::Data<Addr<Scheduler>>) -> HttpResponse {
+    node_admin(path.into_inner(), None, sched).await
+}
+
+/// Query of a drain.
+#[derive(serde::Deserialize)]
+struct DrainQuery {
+    #[serde(default)]
+    now: bool,
+}
+
+async fn node_admin(
+    name: String,
+    drain: Option<bool>,
+    sched: web::Data<Addr<Scheduler>>,
+) -> HttpResponse {
+    match sched.send(DrainNode { name, drain }).await {
+        Ok(Ok(node)) => HttpResponse::Ok().json(node),
+        Ok(Err((404, why))) if why.contains("remembered") => HttpResponse::Accepted()
+            .json(serde_json::json!({ "status": "remembered", "detail": why })),
+        Ok(Err((status, why))) => status_problem(status, "no such node", why, "name"),
         Err(e) => unavailable(e),
     }
 }

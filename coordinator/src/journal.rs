@@ -1,127 +1,199 @@
-//! The sled journal: job records, keyed by id, and the coordinator's
-//! incarnation counter. Only this module writes sled.
+//! The scheduler's journal: the write-ahead log ([`crate::wal`]) over the
+//! core's facts ([`Fact`]) folded into [`Recovery`], and the upgrade of a
+//! journal written by the version before it (whole job records).
 //!
-//! Write path: the scheduler actor applies an event to the core, then for
-//! every `Persist` command serializes the job's record ([`JobRecord`], JSON:
-//! spec, state, stored segments; not the running chunks) and inserts it
-//! under the job id's big-endian bytes. A submission is flushed (fsync) before
-//! the API answers, so an acknowledged job survives a crash; progress records
-//! ride sled's periodic flush, and losing one only means a chunk is rendered
-//! again after a restart.
+//! The log lives in `<data dir>/wal`. A data dir of the previous version
+//! has `<data dir>/journal` (sled, one JSON record per job): on the first
+//! start its records are turned into facts, appended and made durable, and
+//! only then is the old directory renamed to `journal.before-wal` (kept,
+//! never deleted), so a crash during the upgrade redoes it.
 
 use std::path::Path;
 
-use crate::sched::JobRecord;
+use tracing::{info, warn};
 
-/// Why the journal failed.
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    /// sled failed.
-    #[error("journal storage: {0}")]
-    Sled(#[from] sled::Error),
-    /// A record could not be encoded or decoded.
-    #[error("journal record for job {job}: {source}")]
-    Record {
-        /// Job id.
-        job: u64,
-        /// The serde error.
-        source: serde_json::Error,
-    },
+use crate::sched::{Fact, JobRecord, Recovery};
+use crate::wal::{self, JournalConfig, JournalError, Model, OnDurable, Recovered};
+
+/// The coordinator's journal.
+pub type Journal = wal::Journal<Recovery>;
+
+impl Model for Recovery {
+    type Fact = Fact;
+
+    fn kind(fact: &Fact) -> u8 {
+        fact.kind()
+    }
+
+    fn apply(&mut self, fact: &Fact) {
+        Recovery::apply(self, fact)
+    }
+
+    fn take_finished(&mut self) -> Vec<(u64, Vec<u8>, u64)> {
+        Recovery::take_finished(self)
+            .into_iter()
+            .filter_map(|(id, r)| {
+                let at = r.finished_at_ms.unwrap_or(0);
+                serde_json::to_vec(&r).ok().map(|b| (id, b, at))
+            })
+            .collect()
+    }
 }
 
-/// The journal.
-#[derive(Clone)]
-pub struct Journal {
-    db: sled::Db,
-    jobs: sled::Tree,
+/// Reads an archived (finished, evicted) job record.
+pub fn archived(journal: &Journal, job: u64) -> Result<Option<JobRecord>, JournalError> {
+    let Some(bytes) = journal.archived(job)? else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&bytes).ok())
 }
 
-/// Key of the incarnation counter in the default tree.
-const INCARNATION_KEY: &[u8] = b"incarnation";
-
-impl Journal {
-    /// Opens (or creates) the journal in `dir`.
-    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
-        let db = sled::open(dir)?;
-        let jobs = db.open_tree("jobs")?;
-        Ok(Journal { db, jobs })
-    }
-
-    /// Counts this start and makes the count durable before returning it:
-    /// assignment epochs carry it, so no epoch repeats across restarts.
-    pub fn next_incarnation(&self) -> Result<u32, JournalError> {
-        let old = self
-            .db
-            .get(INCARNATION_KEY)?
-            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
-            .map(u32::from_be_bytes)
-            .unwrap_or(0);
-        let next = old.wrapping_add(1).max(1);
-        self.db.insert(INCARNATION_KEY, &next.to_be_bytes())?;
-        self.db.flush()?;
-        Ok(next)
-    }
-
-    /// Writes a job's record.
-    pub fn put(&self, job: &JobRecord) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(job).map_err(|source| JournalError::Record {
-            job: job.id,
-            source,
-        })?;
-        self.jobs.insert(job.id.to_be_bytes(), bytes)?;
-        Ok(())
-    }
-
-    /// Removes a job's record (a submission withdrawn before it was
-    /// acknowledged).
-    pub fn remove(&self, job: u64) -> Result<(), JournalError> {
-        self.jobs.remove(job.to_be_bytes())?;
-        Ok(())
-    }
-
-    /// Makes every write so far durable.
-    pub fn flush(&self) -> Result<(), JournalError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// Every job record, oldest first.
-    pub fn load(&self) -> Result<Vec<JobRecord>, JournalError> {
-        let mut out = Vec::new();
-        for item in self.jobs.iter() {
-            let (k, v) = item?;
-            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let job: JobRecord = match serde_json::from_slice(&v) {
-                Ok(job) => job,
-                // A journal written by the previous version (whole jobs with
-                // fixed chunks) is read and converted, so an upgrade keeps
-                // every job and every stored segment; anything else stops
-                // the coordinator with the record named.
-                Err(source) => serde_json::from_slice::<legacy::Job>(&v)
-                    .map(legacy::Job::into_record)
-                    .map_err(|_| JournalError::Record { job: id, source })?,
-            };
-            // Check after reading back what was checked before writing.
-            assert_eq!(job.id, id, "journal key and record disagree");
-            out.push(job);
+/// Opens the journal under `data_dir`, upgrading a previous version's.
+pub fn open(
+    data_dir: &Path,
+    config: impl FnOnce(JournalConfig) -> JournalConfig,
+    on_durable: OnDurable,
+) -> anyhow::Result<(Journal, Recovered<Recovery>)> {
+    let cfg = config(JournalConfig::new(data_dir.join("wal")));
+    let (journal, mut recovered) = Journal::open(cfg, on_durable)?;
+    let old = data_dir.join("journal");
+    if old.join("db").exists() || old.join("conf").exists() {
+        let records = legacy::load(&old)?;
+        let facts: Vec<Fact> = records.iter().flat_map(legacy::facts_of).collect();
+        info!(
+            jobs = records.len(),
+            facts = facts.len(),
+            "upgrading the previous version's journal"
+        );
+        let seq = journal.append(facts.clone())?;
+        journal.wait_durable(seq, std::time::Duration::from_secs(60))?;
+        for f in &facts {
+            recovered.model.apply(f);
         }
-        Ok(out)
+        recovered.model.take_finished();
+        let kept = data_dir.join("journal.before-wal");
+        std::fs::rename(&old, &kept)?;
+        warn!(kept = %kept.display(), "previous journal converted; its directory is kept");
     }
+    Ok((journal, recovered))
 }
 
-/// The record format of the version before the scheduler issue: a whole
-/// job with its fixed chunks. Read only, to upgrade a journal in place.
+/// The record format of the two versions before the write-ahead log: one
+/// sled tree of whole jobs. Read only, to upgrade a data dir in place.
 mod legacy {
     use std::collections::BTreeMap;
+    use std::path::Path;
 
+    use anyhow::Context as _;
     use drover_shared::api::{ChunkKind, ChunkState, JobState};
     use drover_shared::spec::JobSpec;
     use serde::Deserialize;
 
-    use crate::sched::{DoneSegment, JobRecord};
+    use crate::sched::{DoneSegment, Fact, JobRecord};
+
+    /// Every job record of an old journal (either old format).
+    pub fn load(dir: &Path) -> anyhow::Result<Vec<JobRecord>> {
+        let db = sled::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        let jobs = db.open_tree("jobs")?;
+        let mut out = Vec::new();
+        for item in jobs.iter() {
+            let (k, v) = item?;
+            let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let job: JobRecord = match serde_json::from_slice(&v) {
+                Ok(job) => job,
+                Err(source) => serde_json::from_slice::<Job>(&v)
+                    .map(Job::into_record)
+                    .map_err(|_| source)
+                    .with_context(|| {
+                        format!(
+                            "{}: record of job {id} is neither format; move the directory aside to start without it",
+                            dir.display()
+                        )
+                    })?,
+            };
+            out.push(job);
+        }
+        Ok(out)
+    }
+
+    /// The facts that rebuild a record.
+    pub fn facts_of(r: &JobRecord) -> Vec<Fact> {
+        let job = r.id;
+        let mut f = vec![Fact::Accepted {
+            job,
+            spec: Box::new(r.spec.clone()),
+            at_ms: r.submitted_at_ms,
+        }];
+        if let Some(at_ms) = r.first_frame_at_ms {
+            f.push(Fact::Started { job, at_ms });
+        }
+        for (start, d) in &r.done {
+            f.push(Fact::Stored {
+                job,
+                chunk: d.chunk,
+                epoch: 0,
+                start: *start,
+                end: d.end,
+                node: d.node.clone(),
+                kind: d.kind,
+                segment: d.segment.clone(),
+                hash: d.hash.clone(),
+            });
+        }
+        // Chunk ids continue after the old ones.
+        if r.next_chunk > 0 {
+            let last = r.next_chunk - 1;
+            f.push(Fact::Assigned {
+                job,
+                chunk: last,
+                epoch: 0,
+                start: r.spec.frames.start,
+                end: r.spec.frames.start,
+                node: String::new(),
+                kind: ChunkKind::Normal,
+            });
+            f.push(Fact::Released { job, chunk: last });
+        }
+        f.extend(r.missing.iter().map(|&frame| Fact::Missing { job, frame }));
+        f.push(Fact::Counters {
+            job,
+            stolen: r.frames_stolen,
+            wasted: r.frames_wasted,
+        });
+        for node in &r.blocklisted_nodes {
+            f.push(Fact::Blocklisted {
+                job,
+                node: node.clone(),
+            });
+        }
+        let at_ms = r.finished_at_ms.unwrap_or(r.submitted_at_ms);
+        match r.state {
+            JobState::Muxing => f.push(Fact::Joining { job }),
+            JobState::Done => {
+                f.push(Fact::Output {
+                    job,
+                    path: r.output_path.clone().unwrap_or_default(),
+                    at_ms,
+                });
+                // The old version deleted the segments of every ended job.
+                f.push(Fact::Discarded { job });
+            }
+            JobState::Failed | JobState::Cancelled => {
+                f.push(Fact::Ended {
+                    job,
+                    state: r.state,
+                    error: r.error.clone(),
+                    at_ms,
+                });
+                f.push(Fact::Discarded { job });
+            }
+            _ => {}
+        }
+        f
+    }
 
     #[derive(Deserialize)]
-    pub struct Chunk {
+    struct Chunk {
         index: u32,
         start: u64,
         end: u64,
@@ -131,8 +203,10 @@ mod legacy {
         segment_hash: Option<String>,
     }
 
+    /// The format before the scheduler issue: a whole job with its fixed
+    /// chunks.
     #[derive(Deserialize)]
-    pub struct Job {
+    struct Job {
         id: u64,
         spec: JobSpec,
         state: JobState,
@@ -146,7 +220,7 @@ mod legacy {
 
     impl Job {
         /// Done chunks become stored segments; the rest of the frames wait.
-        pub fn into_record(self) -> JobRecord {
+        fn into_record(self) -> JobRecord {
             let mut done = BTreeMap::new();
             for c in &self.chunks {
                 if let (ChunkState::Done, Some(segment)) = (c.state, &c.segment) {
@@ -163,24 +237,15 @@ mod legacy {
                     );
                 }
             }
-            JobRecord {
-                id: self.id,
-                spec: self.spec,
-                state: self.state,
-                submitted_at_ms: self.submitted_at_ms,
-                first_frame_at_ms: self.first_frame_at_ms,
-                finished_at_ms: self.finished_at_ms,
-                error: self.error,
-                output_path: self.output_path,
-                done,
-                missing: Vec::new(),
-                // Chunk ids of the old format were positions; new chunks
-                // start after them so no id is ever reused.
-                next_chunk: self.chunks.len() as u32,
-                frames_stolen: 0,
-                frames_wasted: 0,
-                blocklisted_nodes: Vec::new(),
-            }
+            let mut r = JobRecord::new(self.id, self.spec, self.submitted_at_ms);
+            r.state = self.state;
+            r.first_frame_at_ms = self.first_frame_at_ms;
+            r.finished_at_ms = self.finished_at_ms;
+            r.error = self.error;
+            r.output_path = self.output_path;
+            r.done = done;
+            r.next_chunk = self.chunks.len() as u32;
+            r
         }
     }
 }
@@ -189,51 +254,35 @@ mod legacy {
 mod tests {
     use super::*;
     use crate::sched::{Core, CoreConfig};
-    use drover_shared::spec::JobSpec;
+    use drover_shared::api::JobState;
 
-    #[test]
-    fn records_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut spec = JobSpec::from_toml(
-            "name = \"j\"\nframes = { start = 0, end = 49 }\nresolution = { width = 64, height = 64 }\n[render]\nkind = \"shader\"\nshader = \"rings\"\n",
-        )
-        .unwrap();
-        spec.validate().unwrap();
-        let mut core = Core::new(CoreConfig::default());
-        let (id, _) = core.submit(7, spec);
-        {
-            let j = Journal::open(dir.path()).unwrap();
-            assert_eq!(j.next_incarnation().unwrap(), 1);
-            j.put(&core.record(id).unwrap()).unwrap();
-            j.flush().unwrap();
-        }
+    fn reopen(dir: &Path) -> (Journal, Recovered<Recovery>) {
         // sled's flusher thread lets go of the file lock shortly after the
         // last handle drops; wait for that condition, not a fixed time.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let j = loop {
-            match Journal::open(dir.path()) {
-                Ok(j) => break j,
+        loop {
+            match open(dir, |c| c, Box::new(|_| {})) {
+                Ok(j) => return j,
                 Err(e)
-                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                    if std::time::Instant::now() < deadline
+                        && format!("{e:#}").contains("lock") =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
-                Err(e) => panic!("reopening the journal: {e}"),
+                Err(e) => panic!("opening the journal: {e:#}"),
             }
-        };
-        let jobs = j.load().unwrap();
-        assert_eq!(jobs.len(), 1);
-        assert_eq!(jobs[0], core.record(id).unwrap());
-        assert_eq!(j.next_incarnation().unwrap(), 2, "each start counts");
+        }
     }
 
     #[test]
-    fn a_journal_of_the_previous_version_is_upgraded() {
+    fn a_journal_of_the_previous_version_is_upgraded_and_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
-        // A record exactly as the previous version wrote it: 48 frames in
-        // two fixed chunks, the first stored.
-        let old = r#"{"id":3,"spec":{"name":"old","frames":{"start":1,"end":48},"fps":24,
+        {
+            let db = sled::open(dir.path().join("journal")).unwrap();
+            let jobs = db.open_tree("jobs").unwrap();
+            // A record exactly as the version before the scheduler wrote
+            // it: 48 frames in two fixed chunks, the first stored.
+            let old = r#"{"id":3,"spec":{"name":"old","frames":{"start":1,"end":48},"fps":24,
             "resolution":{"width":64,"height":64},"render":{"kind":"shader","source":"x"},
             "output":{"container":"mp4","codec":"h264","quality":18},"requirements":{"gpu":"any"}},
             "state":"running","chunks":[
@@ -244,23 +293,23 @@ mod tests {
              "frames_done":3,"progress_at_ms":5,"started":true,"not_before_ms":0,"last_error":null,
              "segment":null,"segment_hash":null}],
             "submitted_at_ms":1,"first_frame_at_ms":2,"finished_at_ms":null,"error":null,"output_path":null}"#;
-        j.jobs.insert(3u64.to_be_bytes(), old.as_bytes()).unwrap();
-        let jobs = j.load().unwrap();
-        assert_eq!(jobs.len(), 1);
-        let r = &jobs[0];
+            jobs.insert(3u64.to_be_bytes(), old.as_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let (j, rec) = reopen(dir.path());
+        let r = &rec.model.jobs[&3];
         assert_eq!(r.done.len(), 1);
         assert_eq!(r.done[&1].end, 24);
-        assert_eq!(r.done[&1].segment, "/a/chunk-00000-e1.mp4");
         assert_eq!(r.next_chunk, 2);
+        assert!(dir.path().join("journal.before-wal").exists());
         // The core restores it with frames 25-48 waiting.
-        let (core, _) = Core::restore(CoreConfig::default(), jobs);
+        let (core, _) = Core::restore(CoreConfig::default(), rec.model.clone(), 0);
         core.check_invariants();
         assert_eq!(core.job_view(3).unwrap().frames_done, 24);
-        // Garbage is still refused, naming the record.
-        j.jobs
-            .insert(4u64.to_be_bytes(), b"{not json".as_slice())
-            .unwrap();
-        let err = j.load().unwrap_err().to_string();
-        assert!(err.contains("job 4"), "{err}");
+        j.close().unwrap();
+        // And the upgrade is not done twice.
+        let (_j, again) = reopen(dir.path());
+        assert_eq!(again.model, rec.model);
+        assert_eq!(again.model.jobs[&3].state, JobState::Running);
     }
 }

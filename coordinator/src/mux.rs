@@ -49,6 +49,20 @@ pub struct MuxReport {
 /// Why segments could not be joined.
 #[derive(Debug, Error)]
 pub enum MuxError {
+    /// The joined file read back does not hold the job's frames.
+    #[error("the joined output {} has {frames} frames over {secs:.3} s; the job has {want_frames} frames over {want_secs:.3} s", path.display())]
+    Verify {
+        /// The file checked.
+        path: PathBuf,
+        /// Frames found.
+        frames: u64,
+        /// Frames wanted.
+        want_frames: u64,
+        /// Duration found, seconds.
+        secs: f64,
+        /// Duration wanted, seconds.
+        want_secs: f64,
+    },
     /// No segments were given.
     #[error("no segments to join into {}", .0.display())]
     NoSegments(PathBuf),
@@ -191,6 +205,31 @@ impl StreamShape {
 /// the first's, naming it. Writes `out` + [`PARTIAL_SUFFIX`] first and
 /// renames it over `out` only when complete.
 pub fn concat_segments(segments: &[PathBuf], out: &Path) -> Result<MuxReport, MuxError> {
+    join(segments, out, None)
+}
+
+/// What a job's output must hold: checked before it takes its final name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expected {
+    /// Frames.
+    pub frames: u64,
+    /// Frames per second (the duration is `frames / fps`).
+    pub fps: u32,
+}
+
+/// [`concat_segments`] for a job: the joined file is fsynced and checked
+/// (frame count, and duration within half a frame) before it is renamed
+/// into place, and the directory is fsynced after the rename, so an output
+/// under its final name is complete, verified and durable.
+pub fn join_and_verify(
+    segments: &[PathBuf],
+    out: &Path,
+    expect: Expected,
+) -> Result<MuxReport, MuxError> {
+    join(segments, out, Some(expect))
+}
+
+fn join(segments: &[PathBuf], out: &Path, expect: Option<Expected>) -> Result<MuxReport, MuxError> {
     init_ffmpeg();
     let first_path = segments
         .first()
@@ -231,7 +270,13 @@ pub fn concat_segments(segments: &[PathBuf], out: &Path) -> Result<MuxReport, Mu
     let mut partial_name = out.as_os_str().to_os_string();
     partial_name.push(PARTIAL_SUFFIX);
     let partial = PathBuf::from(partial_name);
-    let result = write_joined(segments, first_path, &partial);
+    let result = write_joined(segments, first_path, &partial).and_then(|frames| {
+        if let Some(want) = expect {
+            verify(&partial, want)?;
+        }
+        sync_file(&partial)?;
+        Ok(frames)
+    });
     match result {
         Ok(frames) => {
             std::fs::rename(&partial, out).map_err(|source| MuxError::Io {
@@ -239,6 +284,10 @@ pub fn concat_segments(segments: &[PathBuf], out: &Path) -> Result<MuxReport, Mu
                 path: out.to_path_buf(),
                 source,
             })?;
+            // The rename is durable only once the directory is.
+            if let Some(dir) = out.parent() {
+                sync_file(dir)?;
+            }
             let bytes = std::fs::metadata(out)
                 .map_err(|source| MuxError::Io {
                     op: "reading the size of",
@@ -255,6 +304,60 @@ pub fn concat_segments(segments: &[PathBuf], out: &Path) -> Result<MuxReport, Mu
             Err(e)
         }
     }
+}
+
+/// fsync of a file or a directory.
+fn sync_file(path: &Path) -> Result<(), MuxError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| MuxError::Io {
+            op: "syncing",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Reads the joined file back: its video frames and its duration must be
+/// the job's.
+fn verify(path: &Path, want: Expected) -> Result<(), MuxError> {
+    let mut input = ff::format::input(path).map_err(ff_err("reading back", path))?;
+    let stream = input
+        .streams()
+        .best(ff::media::Type::Video)
+        .ok_or_else(|| MuxError::NoVideoStream(path.to_path_buf()))?;
+    let index = stream.index();
+    let tb = stream.time_base();
+    let mut frames = 0u64;
+    let mut end_ts = i64::MIN;
+    let mut start_ts = i64::MAX;
+    for (s, packet) in input.packets() {
+        if s.index() != index {
+            continue;
+        }
+        frames += 1;
+        if let Some(pts) = packet.pts() {
+            start_ts = start_ts.min(pts);
+            end_ts = end_ts.max(pts + packet.duration().max(0));
+        }
+    }
+    let secs = if end_ts > start_ts {
+        (end_ts - start_ts) as f64 * f64::from(tb.numerator())
+            / f64::from(tb.denominator()).max(1.0)
+    } else {
+        0.0
+    };
+    let want_secs = want.frames as f64 / f64::from(want.fps.max(1));
+    let half_frame = 0.5 / f64::from(want.fps.max(1));
+    if frames != want.frames || (secs - want_secs).abs() > half_frame {
+        return Err(MuxError::Verify {
+            path: path.to_path_buf(),
+            frames,
+            want_frames: want.frames,
+            secs,
+            want_secs,
+        });
+    }
+    Ok(())
 }
 
 /// Copies every segment's video packets into `partial`; returns the number

@@ -8,11 +8,10 @@ use actix::Actor;
 use anyhow::Context as _;
 use drover_shared::config::ADDRS_FILE;
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::actors::Scheduler;
-use crate::journal::Journal;
-use crate::sched::{Core, CoreConfig};
+use crate::actors::{durable_callback, DurableCell, Scheduler, Shutdown};
+use crate::sched::{Core, CoreConfig, Fact, Recovery};
 use crate::store::ArtifactStore;
 
 /// Settings of one coordinator.
@@ -48,19 +47,40 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let addrs_path = cfg.data_dir.join(ADDRS_FILE);
     let _ = std::fs::remove_file(&addrs_path);
-    let journal = Journal::open(&cfg.data_dir.join("journal")).context("opening the journal")?;
-    let jobs = journal.load().context("reading the journal")?;
-    let incarnation = journal
-        .next_incarnation()
-        .context("counting this start in the journal")?;
-    info!(jobs = jobs.len(), incarnation, "journal loaded");
+    let cell: DurableCell = Default::default();
+    let (journal, recovered) =
+        crate::journal::open(&cfg.data_dir, |c| c, durable_callback(cell.clone()))
+            .context("opening the journal")?;
+    let stats = &recovered.stats;
+    info!(
+        jobs = recovered.model.jobs.len(),
+        incarnation = recovered.incarnation,
+        snapshot_seq = stats.snapshot_seq,
+        facts_replayed = stats.facts_replayed,
+        torn_dropped = stats.torn_dropped,
+        ms = stats.elapsed.as_millis() as u64,
+        "journal replayed"
+    );
     let store = ArtifactStore::open(&cfg.data_dir.join("artifacts"))?;
+    let mut state = recovered.model;
+    // The store against the journal: a stored segment that is gone is
+    // rendered again (that chunk only); files no record names (partial
+    // uploads, attempts superseded) go.
+    let lost = check_store(&store, &mut state);
+    if !lost.is_empty() {
+        warn!(
+            segments = lost.len(),
+            "stored segments missing from the artifact store; their frames render again"
+        );
+        let seq = journal.append(lost)?;
+        journal.wait_durable(seq, std::time::Duration::from_secs(60))?;
+    }
     let core_config = CoreConfig {
-        incarnation,
+        incarnation: recovered.incarnation,
         ..cfg.core.clone()
     };
-    let (core, startup) = Core::restore(core_config, jobs);
-    let scheduler = Scheduler::new(core, journal, store.clone(), startup).start();
+    let (core, startup) = Core::restore(core_config, state, crate::actors::now_ms());
+    let scheduler = Scheduler::new(core, journal.clone(), store.clone(), startup, cell).start();
 
     let (cert, key, fingerprint) = crate::quic::load_or_create_identity(&cfg.data_dir)?;
     let endpoint = crate::quic::bind(cfg.quic_addr, cert, key)?;
@@ -94,8 +114,60 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     std::fs::rename(&tmp, &addrs_path)?;
     info!(http = %http_addr, quic = %quic_addr, cert_sha256 = %bound.cert_sha256, "coordinator ready");
     server.await.context("HTTP server")?;
-    info!("shutting down");
-    endpoint.close(0u32.into(), b"coordinator shutting down");
+    info!("shutting down: no new jobs, journal flushed, node sessions closed");
+    let _ = scheduler.send(Shutdown).await;
+    endpoint.close(
+        drover_shared::config::SHUTDOWN_CLOSE_CODE.into(),
+        b"coordinator shutting down",
+    );
+    endpoint.wait_idle().await;
     actix::System::current().stop();
     Ok(())
+}
+
+/// Checks every segment the journal names for the jobs it keeps: a missing
+/// one becomes a [`Fact::SegmentLost`] (its frames wait again). Files in
+/// the store that no record names are removed. Runs once, before the
+/// coordinator takes connections.
+fn check_store(store: &ArtifactStore, state: &mut Recovery) -> Vec<Fact> {
+    let mut facts = Vec::new();
+    let mut keep = std::collections::HashSet::new();
+    for (id, r) in &state.jobs {
+        if r.discarded {
+            continue;
+        }
+        for (start, d) in &r.done {
+            let path = std::path::Path::new(&d.segment);
+            if path.is_file() {
+                keep.insert(path.to_path_buf());
+            } else if r.state != drover_shared::api::JobState::Done {
+                facts.push(Fact::SegmentLost {
+                    job: *id,
+                    start: *start,
+                });
+            }
+        }
+    }
+    for f in &facts {
+        state.apply(f);
+    }
+    // Jobs waiting to be joined again need every segment: one lost sends
+    // the job back to rendering that chunk.
+    for r in state.jobs.values_mut() {
+        if r.state == drover_shared::api::JobState::Muxing
+            && r.frames_done() + r.missing.len() as u64 != r.spec.frames.len()
+        {
+            r.state = drover_shared::api::JobState::Running;
+        }
+    }
+    match store.sweep(|p| keep.contains(p)) {
+        Ok(r) => info!(
+            partials = r.partials,
+            segments = r.segments,
+            bytes = r.bytes,
+            "leftover partial and superseded files removed from the store"
+        ),
+        Err(e) => warn!("sweeping the artifact store: {e}"),
+    }
+    facts
 }

@@ -484,7 +484,10 @@ mod tests {
         check(hello(vec![], vec![]), l);
         check(hello(running(2), spooled(3)), l);
         // The largest hello a node may send fits a control frame.
-        check(hello(running(MAX_HELLO_RUNNING), spooled(MAX_HELLO_SPOOLED)), l);
+        check(
+            hello(running(MAX_HELLO_RUNNING), spooled(MAX_HELLO_SPOOLED)),
+            l,
+        );
         check(NodeToCoord::Leaving, l);
         check(
             NodeToCoord::ShrinkAck(ShrinkAck {

@@ -210,6 +210,9 @@ pub const CHUNK_TARGET_S_RANGE: std::ops::RangeInclusive<f64> = 1.0..=3600.0;
 pub const MAX_LABEL_BYTES: usize = 64;
 /// Most tags a job may require.
 pub const MAX_TAGS: usize = 16;
+/// Bounds of `frame_timeout_s`: a day per frame is beyond any real render;
+/// zero would kill every frame.
+pub const FRAME_TIMEOUT_S_RANGE: std::ops::RangeInclusive<u32> = 1..=86_400;
 /// Largest `max_nodes`: the farm size the scheduler is built for.
 pub const MAX_NODES_PER_JOB: u32 = 100_000;
 
@@ -259,6 +262,11 @@ pub struct JobSpec {
     /// in `missing_frames`) instead of failing the job.
     #[serde(default)]
     pub allow_missing_frames: bool,
+    /// Longest one frame may take to render, seconds: a frame past it is
+    /// killed on its node and counts as that frame's failure. Absent: the
+    /// node's default limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_timeout_s: Option<u32>,
 }
 
 /// Deserializes with the path of the failing field in the error.
@@ -409,6 +417,18 @@ impl JobSpec {
                 return Err(SpecError::new(
                     "max_nodes",
                     format!("{n} is outside 1..={MAX_NODES_PER_JOB}"),
+                ));
+            }
+        }
+        if let Some(t) = self.frame_timeout_s {
+            if !FRAME_TIMEOUT_S_RANGE.contains(&t) {
+                return Err(SpecError::new(
+                    "frame_timeout_s",
+                    format!(
+                        "{t} is outside {}..={} seconds",
+                        FRAME_TIMEOUT_S_RANGE.start(),
+                        FRAME_TIMEOUT_S_RANGE.end()
+                    ),
                 ));
             }
         }
@@ -662,6 +682,11 @@ mod tests {
         );
         check(|v| v["priority"] = json!(101), "priority", "0..=100");
         check(|v| v["max_nodes"] = json!(0), "max_nodes", "1..=100000");
+        check(
+            |v| v["frame_timeout_s"] = json!(0),
+            "frame_timeout_s",
+            "1..=86400",
+        );
         check(
             |v| v["chunk_target_s"] = json!(0.1),
             "chunk_target_s",

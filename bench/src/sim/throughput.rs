@@ -310,7 +310,12 @@ pub fn run(p: &ThroughputParams) -> ThroughputReport {
             per_job
         };
         frames_queued += frames;
-        let (_, b) = kept_bytes(|| core.submit(0, spec(j as u32, 1, frames, priority, gpu)).1);
+        let (_, b) = kept_bytes(|| {
+            let cmds = core.submit(0, spec(j as u32, 1, frames, priority, gpu)).1;
+            // The acceptance fact leaves for the journal.
+            drop(core.take_facts());
+            cmds
+        });
         frame_bytes += b;
     }
 
@@ -345,7 +350,10 @@ pub fn run(p: &ThroughputParams) -> ThroughputReport {
     let mut handle = |core: &mut Core, d: &mut Drive, ev: Event| {
         let t = Instant::now();
         let cmds = core.handle(NOW_MS, ev);
+        // The driver hands the facts to the journal's thread.
+        let facts = core.take_facts();
         core_time += t.elapsed();
+        drop(facts);
         decisions += 1;
         commands += cmds.len() as u64;
         d.absorb(cmds);

@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use drover_coordinator::sched::{
-    Assignment, ChunkKey, ChunkReport, Command, Core, Event, JobId, NodeId,
+    Assignment, ChunkKey, ChunkReport, Command, Core, Event, Fact, JobId, NodeId,
 };
 use drover_shared::api::JobState;
 use rand::rngs::StdRng;
@@ -470,9 +470,18 @@ impl<'a> World<'a> {
     }
 
     fn apply(&mut self, cmds: Vec<Command>) {
+        // What the driver would journal: every job that ends (done,
+        // failed, cancelled) says so in exactly one fact.
+        for f in self.core.take_facts() {
+            if let Fact::Output { job, .. } | Fact::Ended { job, .. } = f {
+                if self.ended.insert(job) {
+                    self.end_ms = self.now;
+                }
+            }
+        }
         self.commands += cmds.len() as u64;
         for c in cmds {
-            if self.trace && !matches!(c, Command::Persist { .. }) {
+            if self.trace {
                 eprintln!("{:>9} <- core {}", self.now, brief_command(&c));
             }
             match c {
@@ -485,14 +494,7 @@ impl<'a> World<'a> {
                     }
                 }
                 Command::Refuse { .. } => self.refused += 1,
-                Command::CloseSession { .. } | Command::Persist { .. } => {}
-                Command::Discard { job } => {
-                    // Every job that ends (done, failed, cancelled) gets
-                    // exactly this once.
-                    if self.ended.insert(job) {
-                        self.end_ms = self.now;
-                    }
-                }
+                Command::CloseSession { .. } | Command::Discard { .. } => {}
                 Command::Assign { node, assignment } => {
                     self.chunks += 1;
                     self.send_to_node(node, NodeMsg::Assign(assignment));

@@ -3,6 +3,7 @@
 
 use drover_shared::api::{ChunkKind, JobState};
 
+use super::facts::Fact;
 use super::state::{Chunk, Core, DoneSegment, Range, Timer};
 use super::types::{ChunkKey, ChunkReport, Command, JobId, NodeId, UploadVerdict};
 
@@ -10,6 +11,11 @@ use super::types::{ChunkKey, ChunkReport, Command, JobId, NodeId, UploadVerdict}
 /// its job's cost while no chunk of the job has finished: fewer, and the
 /// frame in progress (up to one frame's time, uncounted) skews the rate.
 const EARLY_COST_MIN_FRAMES: u64 = 3;
+
+/// Stored chunks waiting for their node's `Done` (which carries the render
+/// time speed is learned from): a node that never sends it must not grow
+/// the table without bound.
+const MAX_TO_LEARN: usize = 4_096;
 
 impl Core {
     /// The live chunk `key` if `node` holds it at `epoch`; messages from an
@@ -25,13 +31,7 @@ impl Core {
 
     /// Progress of a chunk: starts its clock, moves its stall deadline,
     /// refreshes its expected finish (what stealing compares).
-    pub(crate) fn progress(
-        &mut self,
-        now_ms: u64,
-        node: NodeId,
-        r: ChunkReport,
-        cmds: &mut Vec<Command>,
-    ) {
+    pub(crate) fn progress(&mut self, now_ms: u64, node: NodeId, r: ChunkReport) {
         if self.current(node, r.chunk, r.epoch).is_none() {
             return;
         }
@@ -83,10 +83,10 @@ impl Core {
         if matches!(j.state, JobState::Queued | JobState::Unschedulable) {
             j.state = JobState::Running;
             j.error = None;
-            cmds.push(Command::Persist { job });
+            self.fact(Fact::Started { job, at_ms: now_ms });
         }
         if arm_stall {
-            let at = now_ms + self.config.chunk_stall_timeout_ms + 1;
+            let at = now_ms + self.stall_limit_ms(job, id) + 1;
             self.arm(at, Timer::Stall(job, id));
         }
     }
@@ -98,6 +98,10 @@ impl Core {
         let c = j.live.remove(&key.1)?;
         self.live_chunks -= 1;
         self.dirty.push(key.0);
+        self.facts.push(Fact::Released {
+            job: key.0,
+            chunk: key.1,
+        });
         j.finish_index.remove(&(c.expected_finish_ms, key.1));
         if let Some(w) = j.working.get_mut(&c.node) {
             *w -= 1;
@@ -115,6 +119,8 @@ impl Core {
         }
         let p = &mut self.projects[j.project as usize];
         p.running = p.running.saturating_sub(1);
+        // One node fewer on the job may list it again (a node limit).
+        self.relist(key.0);
         let mut thief = None;
         if let Some(s) = c.shrink {
             if let Some(w) = s.for_job.and_then(|w| self.jobs.get_mut(&w)) {
@@ -139,7 +145,7 @@ impl Core {
     }
 
     /// Puts frames back among a job's waiting frames.
-    fn return_range(&mut self, job: JobId, start: u64, range: Range) {
+    pub(crate) fn return_range(&mut self, job: JobId, start: u64, range: Range) {
         if start > range.end {
             return;
         }
@@ -239,7 +245,7 @@ impl Core {
                 });
             }
             if let Some((copy, thief2)) = self.remove_chunk((key.0, t)) {
-                self.jobs.get_mut(&key.0).expect("live").frames_wasted += copy.frames_done;
+                self.count(key.0, 0, copy.frames_done);
                 // Given work only once the cut is made, or it could copy
                 // the chunk again before its end moves.
                 refill.push(copy.node);
@@ -256,6 +262,13 @@ impl Core {
         let tail_start = end + 1;
         let was = c.frames();
         c.end = end;
+        self.facts.push(Fact::Shrunk {
+            job: key.0,
+            chunk: key.1,
+            end,
+        });
+        let j = self.jobs.get_mut(&key.0).expect("live");
+        let c = j.live.get_mut(&key.1).expect("live");
         c.frames_done = c.frames_done.min(c.frames());
         let fin = c.expected_finish_ms;
         let shortened =
@@ -273,7 +286,7 @@ impl Core {
         });
         match usable {
             Some(t) => {
-                self.jobs.get_mut(&key.0).expect("live").frames_stolen += tail_frames;
+                self.count(key.0, tail_frames, 0);
                 tracing::info!(
                     job = key.0,
                     chunk = key.1,
@@ -343,10 +356,12 @@ impl Core {
         }
     }
 
-    /// Upload admission: only the node holding the attempt, once, and only
-    /// a segment that starts where the chunk starts and ends inside it (a
-    /// shorter one means the node shrank it; the tail is re-queued when it
-    /// reports done).
+    /// Upload admission: the node holding the attempt, once, a segment
+    /// that starts where the chunk starts and ends inside it (a shorter one
+    /// means the node stopped early; the rest waits again). A segment from
+    /// an earlier session is taken when its chunk is reserved for this node
+    /// (re-adoption after a restart or a lost connection); anything else is
+    /// not needed and the node deletes it.
     pub fn may_upload(
         &self,
         node: NodeId,
@@ -355,54 +370,40 @@ impl Core {
         start: u64,
         end: u64,
     ) -> UploadVerdict {
-        let Some(c) = self.current(node, key, epoch) else {
+        let Some(j) = self.jobs.get(&key.0) else {
+            return UploadVerdict::NotNeeded(format!("job {} has ended", key.0));
+        };
+        if j.state == JobState::Muxing {
+            return UploadVerdict::NotNeeded(format!("job {} has every frame", key.0));
+        }
+        let (c_start, c_end) = if let Some(c) = self.current(node, key, epoch) {
+            (c.start, c.end)
+        } else if let Some(o) = j
+            .orphans
+            .get(&key.1)
+            .filter(|o| o.epoch == epoch && self.node(node).is_some_and(|n| *n.name == *o.node))
+        {
+            (o.start, o.end)
+        } else {
             return UploadVerdict::NotNeeded(format!(
                 "chunk {}/{} epoch {epoch} is not assigned to this node",
                 key.0, key.1
             ));
         };
-        if c.stored.is_some() {
+        if start != c_start || end < c_start || end > c_end {
             return UploadVerdict::NotNeeded(format!(
-                "chunk {}/{} is already uploaded",
+                "segment frames {start}-{end} do not fit chunk {}/{} (frames {c_start}-{c_end})",
                 key.0, key.1
-            ));
-        }
-        if start != c.start || end < c.start || end > c.end {
-            return UploadVerdict::NotNeeded(format!(
-                "segment frames {start}-{end} do not fit chunk {}/{} (frames {}-{})",
-                key.0, key.1, c.start, c.end
             ));
         }
         UploadVerdict::Accept
     }
 
-    /// The store verified a segment.
+    /// A stored segment of a chunk reserved for its node (it finished while
+    /// the node was away from this coordinator): its frames are done, the
+    /// rest of the reservation waits again.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn segment_stored(
-        &mut self,
-        node: NodeId,
-        key: ChunkKey,
-        epoch: u32,
-        start: u64,
-        end: u64,
-        segment: String,
-        hash: String,
-    ) {
-        if self.may_upload(node, key, epoch, start, end) != UploadVerdict::Accept {
-            return;
-        }
-        let c = self
-            .jobs
-            .get_mut(&key.0)
-            .and_then(|j| j.live.get_mut(&key.1))
-            .expect("admitted");
-        c.stored = Some((start, end, segment, hash));
-    }
-
-    /// A node reports a chunk done. It counts only if the store verified
-    /// that exact segment; otherwise it is a failure, never a hole.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn chunk_done(
+    fn adopt_frames(
         &mut self,
         now_ms: u64,
         node: NodeId,
@@ -410,22 +411,180 @@ impl Core {
         epoch: u32,
         start: u64,
         end: u64,
+        segment: String,
         hash: String,
-        elapsed_ms: u64,
         cmds: &mut Vec<Command>,
     ) {
-        let Some(c) = self.current(node, key, epoch) else {
+        let j = self.jobs.get_mut(&key.0).expect("admitted");
+        let o = j.orphans.remove(&key.1).expect("admitted");
+        self.record_done(node, key, epoch, start, end, o.kind, segment, hash);
+        if end < o.end {
+            let rest = Range {
+                end: o.end,
+                failures: 0,
+                attempts: 0,
+            };
+            self.return_range(key.0, end + 1, rest);
+        }
+        tracing::info!(
+            job = key.0,
+            chunk = key.1,
+            frames = %format!("{start}-{end}"),
+            "segment from an earlier session taken"
+        );
+        self.dirty.push(key.0);
+        self.maybe_complete(now_ms, key.0, cmds);
+        self.offer_job(now_ms, key.0, cmds);
+    }
+
+    /// Reserved chunks no node re-adopted wait again: all of them when the
+    /// adoption deadline passes, or those of `node` when it said hello
+    /// without them.
+    pub(crate) fn release_orphans(
+        &mut self,
+        now_ms: u64,
+        node: Option<&str>,
+        cmds: &mut Vec<Command>,
+    ) {
+        let ids: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.orphans.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for job in ids {
+            let j = self.jobs.get_mut(&job).expect("listed");
+            let gone: Vec<u32> = j
+                .orphans
+                .iter()
+                .filter(|(_, o)| node.is_none_or(|n| n == o.node))
+                .map(|(id, _)| *id)
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            for id in gone {
+                let j = self.jobs.get_mut(&job).expect("listed");
+                let o = j.orphans.remove(&id).expect("listed");
+                self.facts.push(Fact::Released { job, chunk: id });
+                let range = Range {
+                    end: o.end,
+                    failures: 0,
+                    attempts: 0,
+                };
+                self.return_range(job, o.start, range);
+            }
+            self.dirty.push(job);
+            self.offer_job(now_ms, job, cmds);
+        }
+    }
+
+    /// How long a chunk may go without progress: the job's frame limit
+    /// when it sets one, else ten times the expected frame time (the job's
+    /// cost may still be a guess), at least a minute, at most the
+    /// configured stall timeout.
+    pub(crate) fn stall_limit_ms(&self, job: JobId, id: u32) -> u64 {
+        let Some(j) = self.jobs.get(&job) else {
+            return self.config.chunk_stall_timeout_ms;
+        };
+        if let Some(s) = j.spec.frame_timeout_s {
+            // The node kills a frame past its limit; this catches a node
+            // that does not.
+            return u64::from(s) * 1000 + 30_000;
+        }
+        let fps = j.live.get(&id).map_or(0.0, |c| c.expected_fps);
+        let frame_ms = if fps > 0.0 { 1000.0 / fps } else { 0.0 };
+        ((10.0 * frame_ms) as u64)
+            .max(60_000)
+            .min(self.config.chunk_stall_timeout_ms)
+    }
+
+    /// The overall limit of a chunk from its assignment: a multiple of its
+    /// expected duration, with a floor.
+    pub(crate) fn chunk_timeout_ms(&self, job: JobId, id: u32) -> u64 {
+        let Some(c) = self.jobs.get(&job).and_then(|j| j.live.get(&id)) else {
+            return self.config.min_chunk_timeout_ms;
+        };
+        let expected = c.frames() as f64 * 1000.0 / c.expected_fps.max(1e-6);
+        let by_speed = (expected * self.config.chunk_timeout_factor as f64) as u64;
+        let by_frame = self.jobs[&job]
+            .spec
+            .frame_timeout_s
+            .map_or(0, |s| u64::from(s) * 1000 * c.frames());
+        by_speed
+            .max(by_frame)
+            .max(self.config.min_chunk_timeout_ms)
+            .saturating_mul(2)
+    }
+
+    /// A chunk's overall limit passed: it is taken back as a failure. A
+    /// chunk queued behind another started late, so its limit runs from
+    /// its start.
+    pub(crate) fn chunk_timeout(
+        &mut self,
+        now_ms: u64,
+        job: JobId,
+        id: u32,
+        epoch: u32,
+        cmds: &mut Vec<Command>,
+    ) {
+        let Some(c) = self.jobs.get(&job).and_then(|j| j.live.get(&id)) else {
             return;
         };
-        let verified = c
-            .stored
-            .as_ref()
-            .is_some_and(|(s, e, _, h)| *s == start && *e == end && *h == hash);
-        if !verified {
-            let why = "node reported done but its segment was not stored with that range and hash";
-            self.chunk_failed(now_ms, node, key, epoch, why.into(), None, cmds);
+        if c.epoch != epoch {
             return;
         }
+        let limit = self.chunk_timeout_ms(job, id);
+        let from = if c.started {
+            c.started_at_ms
+        } else {
+            c.assigned_at_ms
+        };
+        if now_ms < from + limit {
+            self.arm(from + limit, Timer::ChunkTimeout(job, id, epoch));
+            return;
+        }
+        let node = c.node;
+        cmds.push(Command::Cancel {
+            node,
+            chunk: (job, id),
+            epoch,
+        });
+        let why = format!(
+            "chunk timed out after {} s (its expected time times {})",
+            limit / 1000,
+            self.config.chunk_timeout_factor
+        );
+        self.chunk_failed(now_ms, node, (job, id), epoch, why, None, cmds);
+    }
+
+    /// The store verified a segment: its frames are done. This is the
+    /// moment they count (and are journaled), before the node hears
+    /// `Stored` and deletes its copy, so a frame stored is never rendered
+    /// again. A segment shorter than its chunk returns the rest.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn segment_stored(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        key: ChunkKey,
+        epoch: u32,
+        start: u64,
+        end: u64,
+        segment: String,
+        hash: String,
+        cmds: &mut Vec<Command>,
+    ) {
+        if self.may_upload(node, key, epoch, start, end) != UploadVerdict::Accept {
+            return;
+        }
+        if self.current(node, key, epoch).is_none() {
+            // A segment from an earlier session (spooled across a lost
+            // connection or a restart) whose frames still wait.
+            self.adopt_frames(now_ms, node, key, epoch, start, end, segment, hash, cmds);
+            return;
+        }
+        let c = self.current(node, key, epoch).expect("checked");
         if end < c.end {
             // The node stopped early (a shrink answer may still be on its
             // way); what it did not render goes back to the job.
@@ -434,35 +593,13 @@ impl Core {
         let Some((c, thief)) = self.remove_chunk(key) else {
             return;
         };
-        let (_, _, segment, hash) = c.stored.clone().expect("verified");
-        let frames = c.frames();
-        let name = self
-            .node(node)
-            .map(|n| n.name.to_string())
-            .unwrap_or_default();
-        let j = self.jobs.get_mut(&key.0).expect("exists");
-        j.done.insert(
-            c.start,
-            DoneSegment {
-                end: c.end,
-                chunk: key.1,
-                node: name,
-                kind: c.kind,
-                segment,
-                hash,
-            },
-        );
-        j.frames_done += frames;
-        if let Some(n) = self.node_mut(node) {
-            n.frames_rendered += frames;
-            n.failing_jobs.clear();
+        self.record_done(node, key, epoch, c.start, c.end, c.kind, segment, hash);
+        // Speed is learned from the node's own render time, which comes in
+        // its `Done` right after `Stored`.
+        if self.to_learn.len() >= MAX_TO_LEARN {
+            self.to_learn.clear();
         }
-        let took_ms = if elapsed_ms > 0 {
-            elapsed_ms
-        } else {
-            now_ms.saturating_sub(c.started_at_ms.max(c.assigned_at_ms))
-        };
-        self.learn_speed(node, key.0, frames, took_ms);
+        self.to_learn.insert(key, (node, c.frames()));
         let mut refill = vec![node];
         refill.extend(thief);
         if let Some(t) = c.twin {
@@ -474,17 +611,112 @@ impl Core {
                     epoch: loser.epoch,
                 });
                 if let Some((l, lt)) = self.remove_chunk((key.0, t)) {
-                    self.jobs.get_mut(&key.0).expect("exists").frames_wasted += l.frames_done;
+                    self.count(key.0, 0, l.frames_done);
                     refill.push(l.node);
                     refill.extend(lt);
                 }
             }
         }
-        cmds.push(Command::Persist { job: key.0 });
         self.maybe_complete(now_ms, key.0, cmds);
         for n in refill {
             self.fill_node(now_ms, n, cmds);
         }
+    }
+
+    /// Puts a stored segment in its job's done map and journals it.
+    #[allow(clippy::too_many_arguments)]
+    fn record_done(
+        &mut self,
+        node: NodeId,
+        key: ChunkKey,
+        epoch: u32,
+        start: u64,
+        end: u64,
+        kind: ChunkKind,
+        segment: String,
+        hash: String,
+    ) {
+        let name = self
+            .node(node)
+            .map(|n| n.name.to_string())
+            .unwrap_or_default();
+        if let Some(n) = self.node_mut(node) {
+            n.frames_rendered += end - start + 1;
+            n.failing_jobs.clear();
+        }
+        let j = self.jobs.get_mut(&key.0).expect("exists");
+        j.frames_done += end - start + 1;
+        j.next_chunk = j.next_chunk.max(key.1 + 1);
+        let clear_streak = j.streak > 0;
+        j.streak = 0;
+        j.done.insert(
+            start,
+            DoneSegment {
+                end,
+                chunk: key.1,
+                node: name.clone(),
+                kind,
+                segment: segment.clone(),
+                hash: hash.clone(),
+            },
+        );
+        self.facts.push(Fact::Stored {
+            job: key.0,
+            chunk: key.1,
+            epoch,
+            start,
+            end,
+            node: name,
+            kind,
+            segment,
+            hash,
+        });
+        if clear_streak {
+            self.relist(key.0);
+        }
+    }
+
+    /// Frames stolen or wasted, counted and journaled.
+    pub(crate) fn count(&mut self, job: JobId, stolen: u64, wasted: u64) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if stolen == 0 && wasted == 0 {
+            return;
+        }
+        j.frames_stolen += stolen;
+        j.frames_wasted += wasted;
+        self.facts.push(Fact::Counters {
+            job,
+            stolen,
+            wasted,
+        });
+    }
+
+    /// A node reports a chunk done. Its segment was stored before (that
+    /// ended the chunk); a chunk still live was never stored, so the
+    /// report is a failure, never a hole.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn chunk_done(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        key: ChunkKey,
+        epoch: u32,
+        elapsed_ms: u64,
+        cmds: &mut Vec<Command>,
+    ) {
+        if self.current(node, key, epoch).is_none() {
+            if let Some((n, frames)) = self.to_learn.remove(&key) {
+                if n == node && elapsed_ms > 0 {
+                    self.learn_speed(node, key.0, frames, elapsed_ms);
+                }
+            }
+            return;
+        }
+        let _ = now_ms;
+        let why = "node reported done but its segment was not stored with that range and hash";
+        self.chunk_failed(now_ms, node, key, epoch, why.into(), None, cmds);
     }
 
     /// A chunk failed on its node: the node's failure counts toward its
@@ -512,17 +744,24 @@ impl Core {
             .map(|n| n.name.to_string())
             .unwrap_or_default();
         let blocklist_after = self.config.blocklist_after;
+        self.count(key.0, 0, c.frames_done);
         let j = self.jobs.get_mut(&key.0).expect("exists");
-        j.frames_wasted += c.frames_done;
         j.failures += 1;
+        j.streak += 1;
         j.last_failure = Some(format!("{node_name}: {reason}"));
         let count = j.node_failures.entry(node).or_insert(0);
         *count += 1;
         if *count >= blocklist_after && !j.blocklist.contains(&node) {
             tracing::warn!(job = key.0, node = %node_name, "node blocklisted for this job");
             j.blocklist.push(node);
+            j.blocklist_names.push(node_name.clone());
+            self.facts.push(Fact::Blocklisted {
+                job: key.0,
+                node: node_name,
+            });
         }
-        self.note_node_failure(now_ms, node, key.0, cmds);
+        self.relist(key.0);
+        self.note_node_failure(node, key.0);
         if c.twin.is_none() {
             let range = Range {
                 end: c.end,
@@ -540,7 +779,6 @@ impl Core {
             // failure blocklisting one more node for the job.
             other.failures += 1;
         }
-        cmds.push(Command::Persist { job: key.0 });
         self.fill_node(now_ms, node, cmds);
         if let Some(t) = thief {
             self.fill_node(now_ms, t, cmds);
@@ -664,7 +902,7 @@ impl Core {
             );
             j.missing.push(frame);
             j.missing.sort_unstable();
-            cmds.push(Command::Persist { job });
+            self.facts.push(Fact::Missing { job, frame });
             self.maybe_complete(now_ms, job, cmds);
         } else {
             let why = format!("frame {frame} failed {failures} times; last error: {reason}");
@@ -699,8 +937,8 @@ impl Core {
             return;
         };
         let max_attempts = self.config.max_range_attempts;
+        self.count(key.0, 0, c.frames_done);
         let j = self.jobs.get_mut(&key.0).expect("exists");
-        j.frames_wasted += c.frames_done;
         if c.twin.is_none() {
             let range = Range {
                 end: c.end,
@@ -746,10 +984,15 @@ impl Core {
         id: u32,
         cmds: &mut Vec<Command>,
     ) {
-        let stall = self.config.chunk_stall_timeout_ms;
+        let stall = self.stall_limit_ms(job, id);
         let Some(c) = self.jobs.get(&job).and_then(|j| j.live.get(&id)) else {
             return;
         };
+        if c.started && c.frames_done >= c.frames() {
+            // Every frame is rendered: the encoder's flush and the upload
+            // are not a stall (the chunk's overall limit still applies).
+            return;
+        }
         // A chunk still queued behind the running one gets twice as long.
         let limit = if c.started { stall } else { 2 * stall };
         let silent = now_ms.saturating_sub(c.progress_at_ms);
@@ -768,7 +1011,7 @@ impl Core {
             .node(node)
             .map(|n| n.name.to_string())
             .unwrap_or_default();
-        let why = format!("no progress for {} s on {name}", stall / 1000);
+        let why = format!("no progress for {} s on {name}", limit / 1000);
         self.chunk_failed(now_ms, node, (job, id), epoch, why, None, cmds);
     }
 
@@ -828,8 +1071,8 @@ impl Core {
         j.state = JobState::Muxing;
         let segments = j.done.values().map(|d| d.segment.clone()).collect();
         self.relist(job);
+        self.facts.push(Fact::Joining { job });
         cmds.push(Command::Mux { job, segments });
-        cmds.push(Command::Persist { job });
     }
 
     /// Moves a job to a terminal state: its chunks are cancelled on their
@@ -862,7 +1105,7 @@ impl Core {
                     chunk: (job, id),
                     epoch: c.epoch,
                 });
-                self.jobs.get_mut(&job).expect("exists").frames_wasted += c.frames_done;
+                self.count(job, 0, c.frames_done);
                 refill.push(c.node);
                 refill.extend(thief);
             }
@@ -871,15 +1114,33 @@ impl Core {
         // Shrinks this job asked of others stay pending; their answers
         // find no job to credit (ids are never reused), which is harmless.
         let j = self.jobs.remove(&job).expect("exists");
-        let record = self.record_of(&j);
+        let mut record = self.record_of(&j);
+        record.running.clear();
+        if state == JobState::Done {
+            self.facts.push(Fact::Output {
+                job,
+                path: record.output_path.clone().unwrap_or_default(),
+                at_ms: now_ms,
+            });
+            // The output holds every frame: the segments only fill the
+            // disk. The driver deletes them once the output's fact is
+            // durable.
+            cmds.push(Command::Discard { job });
+            record.discarded = true;
+        } else {
+            // Failed or cancelled: the segments stay, so a retry renders
+            // only what is missing, until the job leaves memory.
+            self.facts.push(Fact::Ended {
+                job,
+                state,
+                error: record.error.clone(),
+                at_ms: now_ms,
+            });
+        }
         self.finished.insert(job, record);
         while self.finished.len() > self.config.finished_job_retention {
-            self.finished.pop_first();
+            self.evict_finished(cmds);
         }
-        cmds.push(Command::Persist { job });
-        // Done: the output holds every frame. Failed or cancelled: nothing
-        // will be joined. Either way the segments only fill the disk.
-        cmds.push(Command::Discard { job });
         for n in refill {
             self.fill_node(now_ms, n, cmds);
         }

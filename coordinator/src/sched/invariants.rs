@@ -11,8 +11,9 @@ impl Core {
     /// Asserts every invariant; panics naming the first broken one.
     ///
     /// - every frame of a hot job is in exactly one place: a waiting range,
-    ///   a delayed range, a live chunk (speculative copies aside), a stored
-    ///   segment, or the missing list;
+    ///   a delayed range, a live chunk (speculative copies aside), a chunk
+    ///   reserved for its node's re-adoption, a stored segment, or the
+    ///   missing list;
     /// - a live chunk sits in its node's held list, and a node holds only
     ///   live chunks, at most `node_slots`;
     /// - no chunk is on a node its job cannot run on;
@@ -32,6 +33,7 @@ impl Core {
                     .map(|(_, c)| (c.start, c.end, "live")),
             );
             spans.extend(j.done.iter().map(|(s, d)| (*s, d.end, "done")));
+            spans.extend(j.orphans.values().map(|o| (o.start, o.end, "reserved")));
             spans.extend(j.missing.iter().map(|m| (*m, *m, "missing")));
             spans.sort();
             let mut next = j.spec.frames.start;

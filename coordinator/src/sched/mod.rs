@@ -36,23 +36,25 @@
 //! speculative copy; the first to finish wins.
 
 mod chunks;
+pub mod facts;
 mod invariants;
 mod nodes;
 mod place;
 pub mod record;
 mod state;
 pub mod types;
-mod views;
+pub mod views;
 
 #[cfg(test)]
 mod tests;
 
+pub use facts::{Fact, NodeRecord, Recovery};
 pub use nodes::{resolution_class, MAX_NODE_NAME_BYTES, RESOLUTION_CLASSES};
-pub use record::JobRecord;
+pub use record::{JobRecord, RunningChunk};
 pub use state::{Core, DoneSegment};
 pub use types::{
-    RunningReport, SpooledReport, UploadVerdict,
     Assignment, ChunkKey, ChunkReport, Chunking, Command, CoreConfig, Event, JobId, NodeId,
+    RunningReport, SpooledReport, UploadVerdict,
 };
 
 use drover_shared::api::JobState;
@@ -89,14 +91,14 @@ impl Core {
             } => {
                 self.heartbeat(now_ms, node, cpu_load_pct, &mut cmds);
                 for r in chunks {
-                    self.progress(now_ms, node, r, &mut cmds);
+                    self.progress(now_ms, node, r);
                 }
             }
             Event::Progress { node, report } => {
                 if let Some(n) = self.node_mut(node) {
                     n.last_heartbeat_ms = now_ms;
                 }
-                self.progress(now_ms, node, report, &mut cmds);
+                self.progress(now_ms, node, report);
             }
             Event::ShrinkAck {
                 node,
@@ -112,18 +114,16 @@ impl Core {
                 end,
                 segment,
                 hash,
-            } => self.segment_stored(node, chunk, epoch, start, end, segment, hash),
+            } => self.segment_stored(
+                now_ms, node, chunk, epoch, start, end, segment, hash, &mut cmds,
+            ),
             Event::ChunkDone {
                 node,
                 chunk,
                 epoch,
-                start,
-                end,
-                hash,
                 elapsed_ms,
-            } => self.chunk_done(
-                now_ms, node, chunk, epoch, start, end, hash, elapsed_ms, &mut cmds,
-            ),
+                ..
+            } => self.chunk_done(now_ms, node, chunk, epoch, elapsed_ms, &mut cmds),
             Event::ChunkFailed {
                 node,
                 chunk,
@@ -157,19 +157,41 @@ impl Core {
                 }
             }
             Event::ClearQuarantine { name } => self.clear_quarantine(now_ms, &name, &mut cmds),
+            Event::Drain { name, now } => self.drain(now_ms, &name, now, &mut cmds),
+            Event::Undrain { name } => self.undrain(now_ms, &name, &mut cmds),
+            Event::RetryJob { job } => self.retry(now_ms, job, &mut cmds),
             Event::Timeout => self.expire(now_ms, &mut cmds),
         }
         self.settle(now_ms, &mut cmds);
-        dedup_persists(&mut cmds);
         cmds
     }
 
     /// Brings the `unschedulable` state of every job touched by this event
     /// up to date.
     pub(crate) fn settle(&mut self, now_ms: u64, cmds: &mut Vec<Command>) {
-        while let Some(job) = self.dirty.pop() {
-            self.refresh_schedulable(now_ms, job, cmds);
+        // A job that became listed (a node limit or probation lifted)
+        // is offered to free nodes, which would otherwise wait for their
+        // next event.
+        while let Some(job) = self.newly_listed.pop() {
+            if self.jobs.get(&job).is_some_and(|j| j.listed) {
+                self.offer_job(now_ms, job, cmds);
+            }
         }
+        while let Some(job) = self.dirty.pop() {
+            self.refresh_schedulable(job);
+        }
+    }
+
+    /// The facts the last events produced, in order, for the journal. The
+    /// driver must make them durable before it carries out any command of
+    /// the same events that a node, a client or the disk would act on.
+    pub fn take_facts(&mut self) -> Vec<Fact> {
+        std::mem::take(&mut self.facts)
+    }
+
+    /// Records a fact for the journal.
+    pub(crate) fn fact(&mut self, fact: Fact) {
+        self.facts.push(fact);
     }
 
     /// When the core next needs [`Event::Timeout`], if ever. A deadline may
@@ -196,33 +218,11 @@ impl Core {
                 Timer::Aging(job, seq) => self.aging(now_ms, job, seq),
                 Timer::Speculate => self.speculate_check(now_ms, cmds),
                 Timer::Forget(node, session) => self.forget(node, session, cmds),
+                Timer::Orphans => self.release_orphans(now_ms, None, cmds),
+                Timer::ChunkTimeout(job, id, epoch) => {
+                    self.chunk_timeout(now_ms, job, id, epoch, cmds)
+                }
             }
         }
     }
-}
-
-/// One journal write per job per event is enough: the record is read when
-/// the command is carried out.
-fn dedup_persists(cmds: &mut Vec<Command>) {
-    let persists = cmds
-        .iter()
-        .filter(|c| matches!(c, Command::Persist { .. }))
-        .count();
-    if persists < 2 {
-        return;
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut i = cmds.len();
-    // Keep the last Persist of each job: it comes after every change.
-    let mut keep = vec![true; cmds.len()];
-    while i > 0 {
-        i -= 1;
-        if let Command::Persist { job } = cmds[i] {
-            if !seen.insert(job) {
-                keep[i] = false;
-            }
-        }
-    }
-    let mut k = keep.into_iter();
-    cmds.retain(|_| k.next().expect("same length"));
 }

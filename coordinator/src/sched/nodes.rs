@@ -6,7 +6,12 @@ use std::sync::Arc;
 use drover_shared::caps::Capabilities;
 
 use super::state::{Class, ClassId, ClassKey, Core, Node, SpeedKey, Timer};
-use super::types::{Command, NodeId, RunningReport, SpooledReport};
+use drover_shared::api::{ChunkKind, JobState};
+
+use super::facts::{Fact, NodeRecord};
+use super::record::RunningChunk;
+use super::state::Range;
+use super::types::{ChunkKey, Command, JobId, NodeId, RunningReport, SpooledReport};
 
 /// Longest node name, bytes.
 pub const MAX_NODE_NAME_BYTES: usize = 64;
@@ -38,6 +43,7 @@ impl Core {
     /// Decides whether a hello is admitted: node names are unique among
     /// live nodes; the persistent node id tells the same node reconnecting
     /// (its stale session is replaced) from another one (refused).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn hello(
         &mut self,
         now_ms: u64,
@@ -49,7 +55,6 @@ impl Core {
         spooled: Vec<SpooledReport>,
         cmds: &mut Vec<Command>,
     ) {
-        let _ = (running, spooled);
         if name.is_empty() || name.len() > MAX_NODE_NAME_BYTES {
             cmds.push(Command::Refuse {
                 session,
@@ -73,14 +78,21 @@ impl Core {
                     });
                     return;
                 }
-                // The same node again (or a name whose holder left): its
-                // previous session lost whatever it held.
+                // The same node again (or a name whose holder left): what
+                // it still runs stays its own; the rest of what its previous
+                // session held waits again.
                 let old_session = n.session;
                 let was_connected = n.connected;
+                let keep: Vec<(ChunkKey, u32)> = running
+                    .iter()
+                    .filter(|r| r.end >= r.start)
+                    .map(|r| (r.chunk, r.epoch))
+                    .filter(|(k, e)| self.current(id, *k, *e).is_some())
+                    .collect();
                 // Unavailable first, so the released chunks cannot come
                 // straight back to the session being replaced.
-                self.set_available(now_ms, id, false, cmds);
-                self.release_node(now_ms, id, cmds);
+                self.set_available(id, false);
+                self.release_node_except(now_ms, id, &keep, cmds);
                 if was_connected {
                     cmds.push(Command::CloseSession {
                         session: old_session,
@@ -115,6 +127,8 @@ impl Core {
                     caps,
                     awaiting_tail: None,
                     busy_until_ms: now_ms,
+                    drained: false,
+                    leaving: false,
                 };
                 let id = match self.free_node_slots.pop() {
                     Some(slot) => {
@@ -131,14 +145,263 @@ impl Core {
             }
         };
         cmds.push(Command::Welcome { session, node: id });
+        let admin = self
+            .admin
+            .get(&*self.node(id).expect("exists").name)
+            .cloned();
         let n = self.node_mut(id).expect("exists");
         n.last_heartbeat_ms = now_ms;
+        n.leaving = false;
+        if let Some(a) = admin {
+            n.drained = a.drained;
+            if n.quarantined.is_none() {
+                n.quarantined = a.quarantined;
+            }
+        }
+        let name = n.name.clone();
         self.arm(
             now_ms + self.config.node_timeout_ms + 1,
             Timer::Liveness(id, session),
         );
-        self.set_available(now_ms, id, true, cmds);
+        // Jobs that blocklisted this node by name (restored from the
+        // journal) know it by id again.
+        let ids: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.blocklist_names.iter().any(|b| **b == *name))
+            .map(|(j, _)| *j)
+            .collect();
+        for j in ids {
+            let j = self.jobs.get_mut(&j).expect("listed");
+            if !j.blocklist.contains(&id) {
+                j.blocklist.push(id);
+            }
+        }
+        self.readopt(now_ms, id, &name, running, &spooled, cmds);
+        self.set_available(id, true);
         self.fill_node(now_ms, id, cmds);
+    }
+
+    /// A reconnecting node reports what it still runs and what its spool
+    /// holds: chunks it runs that are reserved for it (after a restart) or
+    /// whose frames still wait (after a lost connection) are adopted under
+    /// their id and epoch; finished segments whose frames still wait are
+    /// reserved for it until it uploads them. Anything else is cancelled.
+    fn readopt(
+        &mut self,
+        now_ms: u64,
+        id: NodeId,
+        name: &str,
+        running: Vec<RunningReport>,
+        spooled: &[SpooledReport],
+        cmds: &mut Vec<Command>,
+    ) {
+        let slots = self.config.node_slots;
+        for r in running {
+            if self.current(id, r.chunk, r.epoch).is_some() {
+                continue; // kept from the replaced session
+            }
+            let held = self.node(id).map_or(0, |n| n.held.len());
+            let adopted =
+                held < slots && r.end >= r.start && self.adopt_report(now_ms, id, name, &r);
+            if !adopted {
+                cmds.push(Command::Cancel {
+                    node: id,
+                    chunk: r.chunk,
+                    epoch: r.epoch,
+                });
+            }
+        }
+        let mut reserved = false;
+        for s in spooled {
+            reserved |= self.reserve_spooled(id, name, s);
+        }
+        // Reserved chunks of this node that it no longer has (neither runs
+        // nor spools) wait again at once.
+        let keep: Vec<ChunkKey> = spooled.iter().map(|s| s.chunk).collect();
+        self.release_orphans_of(now_ms, name, &keep, cmds);
+        if reserved {
+            self.arm(now_ms + self.config.adopt_grace_ms, Timer::Orphans);
+        }
+    }
+
+    /// Adopts one running chunk a node reports, if it may: reserved for it
+    /// at that epoch, or its frames all waiting in one range.
+    fn adopt_report(&mut self, now_ms: u64, id: NodeId, name: &str, r: &RunningReport) -> bool {
+        let (job, chunk) = r.chunk;
+        let Some(j) = self.jobs.get(&job) else {
+            return false;
+        };
+        if j.state.is_terminal() || j.state == JobState::Muxing || j.live.contains_key(&chunk) {
+            return false;
+        }
+        let caps = &self.node(id).expect("exists").caps;
+        if !j.needs.iter().all(|n| n.met_by(caps)) || j.blocklist.contains(&id) {
+            return false;
+        }
+        let kind;
+        if let Some(o) = j.orphans.get(&chunk) {
+            if o.epoch != r.epoch || o.node != name || r.start != o.start || r.end > o.end {
+                return false;
+            }
+            kind = o.kind;
+            let o = self
+                .jobs
+                .get_mut(&job)
+                .expect("exists")
+                .orphans
+                .remove(&chunk)
+                .expect("checked");
+            if r.end < o.end {
+                // The node answered a shrink whose answer was lost: the
+                // frames after its end wait again.
+                let rest = Range {
+                    end: o.end,
+                    failures: 0,
+                    attempts: 0,
+                };
+                self.return_range(job, r.end + 1, rest);
+            }
+        } else {
+            if chunk >= j.next_chunk || !self.take_waiting(job, r.start, r.end) {
+                return false;
+            }
+            kind = ChunkKind::Normal;
+        }
+        self.adopt(
+            now_ms,
+            id,
+            r.chunk,
+            r.epoch,
+            r.start,
+            r.end,
+            kind,
+            r.frames_done,
+        );
+        self.dirty.push(job);
+        true
+    }
+
+    /// Reserves a spooled segment's frames for its node until it uploads
+    /// them: a chunk reserved for it already, or frames all waiting.
+    fn reserve_spooled(&mut self, id: NodeId, name: &str, s: &SpooledReport) -> bool {
+        let (job, chunk) = s.chunk;
+        let Some(j) = self.jobs.get(&job) else {
+            return false;
+        };
+        if j.state.is_terminal() || j.state == JobState::Muxing || s.end < s.start {
+            return false;
+        }
+        if self.current(id, s.chunk, s.epoch).is_some() {
+            return false;
+        }
+        if let Some(o) = j.orphans.get(&chunk) {
+            return o.epoch == s.epoch && o.node == name && o.start == s.start && s.end <= o.end;
+        }
+        if j.live.contains_key(&chunk) || chunk >= j.next_chunk {
+            return false;
+        }
+        if !self.take_waiting(job, s.start, s.end) {
+            return false;
+        }
+        let j = self.jobs.get_mut(&job).expect("exists");
+        j.orphans.insert(
+            chunk,
+            RunningChunk {
+                start: s.start,
+                end: s.end,
+                epoch: s.epoch,
+                node: name.to_string(),
+                kind: ChunkKind::Normal,
+            },
+        );
+        self.facts.push(Fact::Assigned {
+            job,
+            chunk,
+            epoch: s.epoch,
+            start: s.start,
+            end: s.end,
+            node: name.to_string(),
+            kind: ChunkKind::Normal,
+        });
+        self.dirty.push(job);
+        true
+    }
+
+    /// Takes frames `start..=end` out of a job's waiting frames if they are
+    /// all there in one range.
+    fn take_waiting(&mut self, job: JobId, start: u64, end: u64) -> bool {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return false;
+        };
+        let Some((&s, &range)) = j.ready.range(..=start).next_back() else {
+            return false;
+        };
+        if range.end < end {
+            return false;
+        }
+        j.ready.remove(&s);
+        if s < start {
+            j.ready.insert(
+                s,
+                Range {
+                    end: start - 1,
+                    ..range
+                },
+            );
+        }
+        if end < range.end {
+            j.ready.insert(end + 1, range);
+        }
+        j.ready_frames -= end - start + 1;
+        self.relist(job);
+        true
+    }
+
+    /// Releases the reserved chunks of `name` not in `keep`.
+    fn release_orphans_of(
+        &mut self,
+        now_ms: u64,
+        name: &str,
+        keep: &[ChunkKey],
+        cmds: &mut Vec<Command>,
+    ) {
+        let ids: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.orphans.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for job in ids {
+            let j = self.jobs.get_mut(&job).expect("listed");
+            let gone: Vec<u32> = j
+                .orphans
+                .iter()
+                .filter(|(c, o)| o.node == name && !keep.contains(&(job, **c)))
+                .map(|(c, _)| *c)
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            for c in gone {
+                let o = self
+                    .jobs
+                    .get_mut(&job)
+                    .expect("listed")
+                    .orphans
+                    .remove(&c)
+                    .expect("listed");
+                self.facts.push(Fact::Released { job, chunk: c });
+                let range = Range {
+                    end: o.end,
+                    failures: 0,
+                    attempts: 0,
+                };
+                self.return_range(job, o.start, range);
+            }
+            self.dirty.push(job);
+            self.offer_job(now_ms, job, cmds);
+        }
     }
 
     /// The class of nodes with these capabilities, made on first sight:
@@ -171,30 +434,18 @@ impl Core {
     }
 
     /// Marks a node connected or not; see [`Core::modify_node`].
-    pub(crate) fn set_available(
-        &mut self,
-        now_ms: u64,
-        id: NodeId,
-        connected: bool,
-        cmds: &mut Vec<Command>,
-    ) {
-        self.modify_node(now_ms, id, cmds, |n| n.connected = connected);
+    pub(crate) fn set_available(&mut self, id: NodeId, connected: bool) {
+        self.modify_node(id, |n| n.connected = connected);
     }
 
     /// Changes a node and keeps its class's count of available nodes
     /// (connected, not quarantined) and free set true. A class whose count
     /// moves between zero and non-zero changes which jobs can run at all.
-    pub(crate) fn modify_node(
-        &mut self,
-        now_ms: u64,
-        id: NodeId,
-        cmds: &mut Vec<Command>,
-        change: impl FnOnce(&mut Node),
-    ) {
+    pub(crate) fn modify_node(&mut self, id: NodeId, change: impl FnOnce(&mut Node)) {
         let Some(n) = self.node_mut(id) else { return };
-        let was = n.connected && n.quarantined.is_none();
+        let was = n.usable();
         change(n);
-        let is = n.connected && n.quarantined.is_none();
+        let is = n.usable();
         let class = n.class;
         self.sync_free(id);
         if was != is {
@@ -205,7 +456,7 @@ impl Core {
                 c.available -= 1;
             }
             if (is && c.available == 1) || (!is && c.available == 0) {
-                self.refresh_schedulable_all(now_ms, cmds);
+                self.refresh_schedulable_all();
             } else {
                 // With blocklists, one node more or less can decide whether
                 // a job runs anywhere.
@@ -222,8 +473,7 @@ impl Core {
         let Some(n) = self.node(id) else { return };
         let class = n.class;
         let held = n.held.len();
-        let free =
-            n.connected && n.quarantined.is_none() && n.awaiting_tail.is_none() && held < slots;
+        let free = n.usable() && n.awaiting_tail.is_none() && held < slots;
         let c = &mut self.classes[class];
         let was_idle = c.free.contains(&(0, id));
         // The free set is keyed by (chunks held, node), so the least loaded
@@ -247,8 +497,27 @@ impl Core {
     /// Returns every chunk the node holds to its job and tells the node to
     /// stop them (a no-op when its session is gone).
     pub(crate) fn release_node(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
+        self.release_node_except(now_ms, id, &[], cmds);
+    }
+
+    /// [`Core::release_node`], keeping the chunks (at their epochs) in
+    /// `keep`.
+    fn release_node_except(
+        &mut self,
+        now_ms: u64,
+        id: NodeId,
+        keep: &[(ChunkKey, u32)],
+        cmds: &mut Vec<Command>,
+    ) {
         let Some(n) = self.node_mut(id) else { return };
-        let held = std::mem::take(&mut n.held);
+        let mut held = std::mem::take(&mut n.held);
+        let kept: Vec<ChunkKey> = held
+            .iter()
+            .filter(|k| keep.iter().any(|(c, _)| c == *k))
+            .copied()
+            .collect();
+        held.retain(|k| !kept.contains(k));
+        n.held = kept;
         let awaiting = n.awaiting_tail.take();
         if let Some((job, chunk)) = awaiting {
             // The shrink it waited on now returns its tail to the job.
@@ -281,7 +550,7 @@ impl Core {
     /// A node stopped talking or its connection closed.
     pub(crate) fn node_lost(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
         // Unavailable first, so its released chunks go to other nodes.
-        self.set_available(now_ms, id, false, cmds);
+        self.set_available(id, false);
         self.release_node(now_ms, id, cmds);
         let session = self.node(id).map(|n| n.session).unwrap_or(0);
         self.arm(
@@ -306,7 +575,7 @@ impl Core {
         if !n.connected {
             let session = n.session;
             self.arm(now_ms + timeout + 1, Timer::Liveness(id, session));
-            self.set_available(now_ms, id, true, cmds);
+            self.set_available(id, true);
             self.fill_node(now_ms, id, cmds);
         }
     }
@@ -393,13 +662,7 @@ impl Core {
     }
 
     /// Counts a failure of `job` on `node` towards quarantine.
-    pub(crate) fn note_node_failure(
-        &mut self,
-        now_ms: u64,
-        id: NodeId,
-        job: u64,
-        cmds: &mut Vec<Command>,
-    ) {
+    pub(crate) fn note_node_failure(&mut self, id: NodeId, job: u64) {
         let after = self.config.quarantine_after_jobs;
         let Some(n) = self.node_mut(id) else { return };
         if !n.failing_jobs.contains(&job) {
@@ -414,15 +677,100 @@ impl Core {
                 n.name
             );
             tracing::warn!(node = %n.name, "quarantined: {why}");
+            let name = n.name.to_string();
+            self.facts.push(Fact::Quarantined {
+                node: name.clone(),
+                reason: Some(why.clone()),
+            });
+            self.note_admin(&name, |a| a.quarantined = Some(why.clone()));
             // Quarantine stops new work only; what it holds runs on.
-            self.modify_node(now_ms, id, cmds, |n| n.quarantined = Some(why));
+            self.modify_node(id, |n| n.quarantined = Some(why));
         }
     }
 
     /// An admin clears a node's quarantine.
-    /// A node is shutting down: it takes no new work.
+    /// A node is shutting down: it takes no new work, what it has not
+    /// started goes back at once, and its running chunk finishes.
     pub(crate) fn node_leaving(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
-        let _ = (now_ms, id, cmds);
+        if self.node(id).is_none_or(|n| n.leaving || !n.connected) {
+            return;
+        }
+        self.modify_node(id, |n| n.leaving = true);
+        self.hand_back(now_ms, id, false, cmds);
+    }
+
+    /// Gives back what a node holds but has not started (and, with `now`,
+    /// the frames of its running chunk after the one it is on).
+    fn hand_back(&mut self, now_ms: u64, id: NodeId, now: bool, cmds: &mut Vec<Command>) {
+        let held = self.node(id).map(|n| n.held.clone()).unwrap_or_default();
+        let mut touched = Vec::new();
+        for key in held {
+            let Some(c) = self.jobs.get(&key.0).and_then(|j| j.live.get(&key.1)) else {
+                continue;
+            };
+            if !c.started {
+                cmds.push(Command::Cancel {
+                    node: id,
+                    chunk: key,
+                    epoch: c.epoch,
+                });
+                self.take_back(now_ms, key, cmds);
+                touched.push(key.0);
+            } else if now && c.shrink.is_none() && c.twin.is_none() {
+                let proposed = (c.start + c.frames_done).min(c.end);
+                if proposed < c.end {
+                    self.send_shrink(now_ms, key, id, proposed, None, None, cmds);
+                }
+            }
+        }
+        for j in touched {
+            self.dirty.push(j);
+            self.offer_job(now_ms, j, cmds);
+        }
+    }
+
+    /// An admin drains a node (by name, connected or not; remembered
+    /// across restarts).
+    pub(crate) fn drain(&mut self, now_ms: u64, name: &str, now: bool, cmds: &mut Vec<Command>) {
+        self.facts.push(Fact::Drained {
+            node: name.to_string(),
+            drained: true,
+        });
+        self.note_admin(name, |a| a.drained = true);
+        let Some(id) = self.names.get(name).copied() else {
+            return;
+        };
+        self.modify_node(id, |n| n.drained = true);
+        if now {
+            self.hand_back(now_ms, id, true, cmds);
+        }
+    }
+
+    /// An admin returns a drained node to work.
+    pub(crate) fn undrain(&mut self, now_ms: u64, name: &str, cmds: &mut Vec<Command>) {
+        self.facts.push(Fact::Drained {
+            node: name.to_string(),
+            drained: false,
+        });
+        self.note_admin(name, |a| a.drained = false);
+        let Some(id) = self.names.get(name).copied() else {
+            return;
+        };
+        self.modify_node(id, |n| n.drained = false);
+        self.fill_node(now_ms, id, cmds);
+    }
+
+    /// Whether a node of that name is known (connected now, or remembered).
+    pub fn knows_node(&self, name: &str) -> bool {
+        self.names.contains_key(name) || self.admin.contains_key(name)
+    }
+
+    fn note_admin(&mut self, name: &str, change: impl FnOnce(&mut NodeRecord)) {
+        let a = self.admin.entry(name.to_string()).or_default();
+        change(a);
+        if *a == NodeRecord::default() {
+            self.admin.remove(name);
+        }
     }
 
     pub(crate) fn clear_quarantine(&mut self, now_ms: u64, name: &str, cmds: &mut Vec<Command>) {
@@ -433,7 +781,12 @@ impl Core {
         if n.quarantined.is_none() {
             return;
         }
-        self.modify_node(now_ms, id, cmds, |n| {
+        self.facts.push(Fact::Quarantined {
+            node: name.to_string(),
+            reason: None,
+        });
+        self.note_admin(name, |a| a.quarantined = None);
+        self.modify_node(id, |n| {
             n.quarantined = None;
             n.failing_jobs.clear();
         });

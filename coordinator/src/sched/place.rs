@@ -6,6 +6,7 @@ use std::cmp::Reverse;
 
 use drover_shared::api::{ChunkKind, JobState};
 
+use super::facts::Fact;
 use super::state::{Chunk, ClassId, Core, PendingShrink, Range, Timer};
 use super::types::{Assignment, ChunkKey, Chunking, Command, JobId, NodeId};
 
@@ -64,6 +65,9 @@ impl Core {
         }
         let j = self.jobs.get_mut(&job).expect("exists");
         j.listed = want;
+        if want {
+            self.newly_listed.push(job);
+        }
         let p = &mut self.projects[j.project as usize];
         if want {
             p.listed += 1;
@@ -104,11 +108,7 @@ impl Core {
     pub(crate) fn fill_node(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
         loop {
             let Some(n) = self.node(id) else { return };
-            if !n.connected
-                || n.quarantined.is_some()
-                || n.awaiting_tail.is_some()
-                || n.held.len() >= self.config.node_slots
-            {
+            if !n.usable() || n.awaiting_tail.is_some() || n.held.len() >= self.config.node_slots {
                 break;
             }
             let idle = n.held.is_empty();
@@ -274,21 +274,82 @@ impl Core {
         range: Range,
         cmds: &mut Vec<Command>,
     ) -> u32 {
+        let epoch = self.config.incarnation;
+        let j = self.jobs.get_mut(&job).expect("exists");
+        let id = j.next_chunk;
+        j.next_chunk += 1;
+        let assignment = self.insert_live(now_ms, job, node, id, epoch, start, end, kind, range);
+        cmds.push(Command::Assign { node, assignment });
+        id
+    }
+
+    /// Takes back a chunk a reconnecting node still runs, under the id and
+    /// epoch it was given; nothing is sent (the node has it).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn adopt(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        key: ChunkKey,
+        epoch: u32,
+        start: u64,
+        end: u64,
+        kind: ChunkKind,
+        frames_done: u64,
+    ) {
+        let range = Range {
+            end,
+            failures: 0,
+            attempts: 0,
+        };
+        let j = self.jobs.get_mut(&key.0).expect("exists");
+        j.next_chunk = j.next_chunk.max(key.1 + 1);
+        self.insert_live(now_ms, key.0, node, key.1, epoch, start, end, kind, range);
+        tracing::info!(
+            job = key.0,
+            chunk = key.1,
+            frames = %format!("{start}-{end}"),
+            frames_done,
+            "chunk re-adopted from its node"
+        );
+        if frames_done > 0 {
+            let report = super::types::ChunkReport {
+                chunk: key,
+                epoch,
+                frames_done,
+            };
+            // Started: its clock and stall deadline run from now.
+            self.progress(now_ms, node, report);
+        }
+    }
+
+    /// Puts a chunk in every index, journals it and returns what the node
+    /// must be told.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_live(
+        &mut self,
+        now_ms: u64,
+        job: JobId,
+        node: NodeId,
+        id: u32,
+        epoch: u32,
+        start: u64,
+        end: u64,
+        kind: ChunkKind,
+        range: Range,
+    ) -> Assignment {
         let fps = self.expected_fps(node, job);
-        let incarnation = self.config.incarnation;
         let n = self.node(node).expect("assigning to a known node");
         let frames = end - start + 1;
         let begin_ms = n.busy_until_ms.max(now_ms);
         let finish_ms = begin_ms + (frames as f64 * 1000.0 / fps) as u64;
         let j = self.jobs.get_mut(&job).expect("exists");
-        let id = j.next_chunk;
-        j.next_chunk += 1;
         let project = j.project as usize;
         j.live.insert(
             id,
             Chunk {
                 node,
-                epoch: incarnation,
+                epoch,
                 start,
                 end,
                 kind,
@@ -304,7 +365,6 @@ impl Core {
                 shrink: None,
                 twin: None,
                 steal_refused: false,
-                stored: None,
             },
         );
         if kind != ChunkKind::Speculative {
@@ -322,7 +382,7 @@ impl Core {
         j.schedulable_again();
         let assignment = Assignment {
             chunk: (job, id),
-            epoch: incarnation,
+            epoch,
             start,
             end,
             spec: j.spec.clone(),
@@ -332,20 +392,30 @@ impl Core {
         let n = self.node_mut(node).expect("exists");
         n.held.push((job, id));
         n.busy_until_ms = finish_ms;
+        let name = n.name.to_string();
         self.sync_free(node);
         // Queued behind the running chunk, it gets twice the stall time;
         // its first progress arms the usual one.
+        let at = now_ms + 2 * self.stall_limit_ms(job, id) + 1;
+        self.arm(at, Timer::Stall(job, id));
         self.arm(
-            now_ms + 2 * self.config.chunk_stall_timeout_ms + 1,
-            Timer::Stall(job, id),
+            now_ms + self.chunk_timeout_ms(job, id),
+            Timer::ChunkTimeout(job, id, epoch),
         );
-        // Not journaled: an assignment changes nothing the record holds
-        // but the next chunk id, and a chunk id reused after a crash cannot
-        // be mistaken for an old attempt, whose epoch carries the previous
-        // incarnation. Journaling every assignment rewrote whole records
-        // at every decision (bench/RESULTS.md, quic-load).
-        cmds.push(Command::Assign { node, assignment });
-        id
+        // Journaled, and the driver sends the assignment only once that is
+        // durable: after a crash the range is known to be on this node at
+        // this epoch, so the node's report of it can be re-adopted.
+        self.facts.push(Fact::Assigned {
+            job,
+            chunk: id,
+            epoch,
+            start,
+            end,
+            node: name,
+            kind,
+        });
+        self.relist(job);
+        assignment
     }
 
     /// Offers a job's waiting frames to free nodes able to run it, best
@@ -355,7 +425,7 @@ impl Core {
         self.relist(job);
         let Some(j) = self.jobs.get(&job) else { return };
         if !j.listed {
-            self.refresh_schedulable(now_ms, job, cmds);
+            self.refresh_schedulable(job);
             return;
         }
         // A node that is free now may be the best for another listed job of
@@ -383,7 +453,7 @@ impl Core {
             self.preempt_for(now_ms, job, cmds);
             self.arm_aging(now_ms, job);
         }
-        self.refresh_schedulable(now_ms, job, cmds);
+        self.refresh_schedulable(job);
     }
 
     /// The best free node for `job`, and how many free nodes could take it.
@@ -769,12 +839,7 @@ impl Core {
     }
 
     /// Recomputes whether a job can run anywhere, and why not.
-    pub(crate) fn refresh_schedulable(
-        &mut self,
-        _now_ms: u64,
-        job: JobId,
-        cmds: &mut Vec<Command>,
-    ) {
+    pub(crate) fn refresh_schedulable(&mut self, job: JobId) {
         let Some(j) = self.jobs.get(&job) else { return };
         if j.state.is_terminal() || j.state == JobState::Muxing {
             return;
@@ -791,20 +856,17 @@ impl Core {
                 if j.state != JobState::Unschedulable || j.error.as_deref() != Some(&why) {
                     j.state = JobState::Unschedulable;
                     j.error = Some(why);
-                    cmds.push(Command::Persist { job });
                 }
             }
             None => {
-                if j.schedulable_again() {
-                    cmds.push(Command::Persist { job });
-                }
+                j.schedulable_again();
             }
         }
     }
 
     /// Every hot job's schedulability, after the set of available classes
     /// changed; jobs that can run again are offered.
-    pub(crate) fn refresh_schedulable_all(&mut self, now_ms: u64, cmds: &mut Vec<Command>) {
+    pub(crate) fn refresh_schedulable_all(&mut self) {
         let ids: Vec<JobId> = self
             .jobs
             .values()
@@ -812,7 +874,7 @@ impl Core {
             .map(|j| j.id)
             .collect();
         for id in ids {
-            self.refresh_schedulable(now_ms, id, cmds);
+            self.refresh_schedulable(id);
         }
     }
 
@@ -831,7 +893,7 @@ impl Core {
                 .blocklist
                 .iter()
                 .filter_map(|id| self.node(*id))
-                .filter(|n| n.class == class && n.connected && n.quarantined.is_none())
+                .filter(|n| n.class == class && n.usable())
                 .collect();
             if (blocked.len() as u32) < self.classes[class].available {
                 return None;

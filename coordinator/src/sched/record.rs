@@ -4,18 +4,35 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use drover_shared::api::JobState;
+use drover_shared::api::{ChunkKind, JobState};
 use drover_shared::caps;
 use drover_shared::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
+use super::facts::{Fact, Recovery};
 use super::nodes::{job_pixels, resolution_class};
+use super::state::Timer;
 use super::state::{Core, DoneSegment, Job, Range};
 use super::types::{Command, CoreConfig, JobId};
 
+/// A chunk that was running when its record was written: re-adopted from
+/// its node after a restart, or its frames wait again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningChunk {
+    /// First frame.
+    pub start: u64,
+    /// Last frame.
+    pub end: u64,
+    /// Epoch of the attempt.
+    pub epoch: u32,
+    /// Node name.
+    pub node: String,
+    /// How it came to be.
+    pub kind: ChunkKind,
+}
+
 /// What the journal keeps of a job: enough to rebuild its state. Frames not
-/// in `done` or `missing` are waiting (running chunks are re-queued after a
-/// restart).
+/// in `done`, `running` or `missing` are waiting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     /// Id.
@@ -47,6 +64,57 @@ pub struct JobRecord {
     /// Nodes blocklisted for this job after failures.
     #[serde(default)]
     pub blocklisted_nodes: Vec<String>,
+    /// Chunks running on nodes, by chunk id.
+    #[serde(default)]
+    pub running: BTreeMap<u32, RunningChunk>,
+    /// Its segments are deleted (it ended and will not run again).
+    #[serde(default)]
+    pub discarded: bool,
+}
+
+impl JobRecord {
+    /// A job just accepted: every frame waits.
+    pub fn new(id: JobId, spec: JobSpec, at_ms: u64) -> JobRecord {
+        JobRecord {
+            id,
+            spec,
+            state: JobState::Queued,
+            submitted_at_ms: at_ms,
+            first_frame_at_ms: None,
+            finished_at_ms: None,
+            error: None,
+            output_path: None,
+            done: BTreeMap::new(),
+            missing: Vec::new(),
+            next_chunk: 0,
+            frames_stolen: 0,
+            frames_wasted: 0,
+            blocklisted_nodes: Vec::new(),
+            running: BTreeMap::new(),
+            discarded: false,
+        }
+    }
+
+    /// Back from failed or cancelled to waiting: the frames it is missing
+    /// (never rendered, or given up on) run again; stored segments stay.
+    pub fn retry(&mut self) {
+        self.state = if self.first_frame_at_ms.is_some() {
+            JobState::Running
+        } else {
+            JobState::Queued
+        };
+        self.error = None;
+        self.finished_at_ms = None;
+        self.output_path = None;
+        self.missing.clear();
+        self.running.clear();
+        self.blocklisted_nodes.clear();
+    }
+
+    /// Frames in stored segments.
+    pub fn frames_done(&self) -> u64 {
+        self.done.iter().map(|(s, d)| d.end - s + 1).sum()
+    }
 }
 
 impl Core {
@@ -71,91 +139,140 @@ impl Core {
             shrink_seq: 0,
             live_chunks: 0,
             dirty: Vec::new(),
+            facts: Vec::new(),
+            admin: Default::default(),
+            to_learn: Default::default(),
+            newly_listed: Vec::new(),
         }
     }
 
-    /// Rebuilds the core from journaled records after a restart. Chunks
-    /// that were on nodes are waiting again (their nodes reconnect as new
-    /// sessions); jobs that were joining segments are joined again.
-    pub fn restore(config: CoreConfig, records: Vec<JobRecord>) -> (Core, Vec<Command>) {
+    /// Rebuilds the core from the journal's state after a restart. Chunks
+    /// that were running stay reserved for their nodes, which reconnect by
+    /// themselves and report them; whatever is not re-adopted within
+    /// `adopt_grace_ms` waits again. Jobs that were joining segments are
+    /// joined again.
+    pub fn restore(config: CoreConfig, state: Recovery, now_ms: u64) -> (Core, Vec<Command>) {
         let mut core = Core::new(config);
         let mut cmds = Vec::new();
-        for r in records {
+        core.admin = state.nodes;
+        let mut orphans = false;
+        for (_, r) in state.jobs {
             core.next_job_id = core.next_job_id.max(r.id + 1);
             if r.state.is_terminal() {
                 core.finished.insert(r.id, r);
                 continue;
             }
-            let id = r.id;
-            let mut job = core.new_job(id, Arc::new(r.spec), r.submitted_at_ms);
-            job.state = match r.state {
-                JobState::Muxing => JobState::Muxing,
-                _ if r.first_frame_at_ms.is_some() => JobState::Running,
-                _ => JobState::Queued,
-            };
-            job.first_frame_at_ms = r.first_frame_at_ms;
-            job.next_chunk = r.next_chunk;
-            job.frames_stolen = r.frames_stolen;
-            job.frames_wasted = r.frames_wasted;
-            job.missing = r.missing;
-            // Waiting frames: the span minus done segments and missing frames.
-            job.ready.clear();
-            job.ready_frames = 0;
-            let mut gaps: Vec<(u64, u64)> = Vec::new();
-            let mut next = job.spec.frames.start;
-            for (&s, d) in &r.done {
-                if s > next {
-                    gaps.push((next, s - 1));
-                }
-                next = next.max(d.end + 1);
-            }
-            if next <= job.spec.frames.end {
-                gaps.push((next, job.spec.frames.end));
-            }
-            for (s, e) in gaps {
-                // Missing frames split the gaps they sit in.
-                let mut from = s;
-                for &m in job.missing.iter().filter(|m| (s..=e).contains(*m)) {
-                    if m > from {
-                        job.ready.insert(
-                            from,
-                            Range {
-                                end: m - 1,
-                                failures: 0,
-                                attempts: 0,
-                            },
-                        );
-                        job.ready_frames += m - from;
-                    }
-                    from = m + 1;
-                }
-                if from <= e {
-                    job.ready.insert(
-                        from,
-                        Range {
-                            end: e,
-                            failures: 0,
-                            attempts: 0,
-                        },
-                    );
-                    job.ready_frames += e - from + 1;
-                }
-            }
-            job.frames_done = r.done.iter().map(|(s, d)| d.end - s + 1).sum();
-            job.done = r.done;
-            if job.state == JobState::Muxing {
-                cmds.push(Command::Mux {
-                    job: id,
-                    segments: job.done.values().map(|d| d.segment.clone()).collect(),
-                });
-            }
-            core.jobs.insert(id, job);
-            core.relist(id);
+            orphans |= !r.running.is_empty() && r.state != JobState::Muxing;
+            core.hot_job(now_ms, r, &mut cmds);
+        }
+        while core.finished.len() > core.config.finished_job_retention {
+            core.evict_finished(&mut cmds);
+        }
+        if orphans {
+            core.arm(now_ms + core.config.adopt_grace_ms, Timer::Orphans);
         }
         // No node is connected yet: every job with frames to render says
         // so until its nodes reconnect.
-        core.refresh_schedulable_all(0, &mut cmds);
+        core.refresh_schedulable_all();
         (core, cmds)
+    }
+
+    /// Makes a job from its record hot again (restore, retry).
+    fn hot_job(&mut self, now_ms: u64, r: JobRecord, cmds: &mut Vec<Command>) {
+        let id = r.id;
+        let mut job = self.new_job(id, Arc::new(r.spec), r.submitted_at_ms);
+        job.state = match r.state {
+            JobState::Muxing => JobState::Muxing,
+            _ if r.first_frame_at_ms.is_some() => JobState::Running,
+            _ => JobState::Queued,
+        };
+        job.first_frame_at_ms = r.first_frame_at_ms;
+        job.next_chunk = r.next_chunk;
+        job.frames_stolen = r.frames_stolen;
+        job.frames_wasted = r.frames_wasted;
+        job.missing = r.missing;
+        if job.state != JobState::Muxing {
+            job.orphans = r.running;
+        }
+        // Waiting frames: the span minus stored segments, chunks waiting
+        // for re-adoption and missing frames.
+        let mut taken: Vec<(u64, u64)> = r.done.iter().map(|(s, d)| (*s, d.end)).collect();
+        taken.extend(job.orphans.values().map(|c| (c.start, c.end)));
+        taken.extend(job.missing.iter().map(|m| (*m, *m)));
+        taken.sort_unstable();
+        job.ready.clear();
+        job.ready_frames = 0;
+        let mut next = job.spec.frames.start;
+        let last = job.spec.frames.end;
+        for (s, e) in taken
+            .into_iter()
+            .chain(std::iter::once((last + 1, last + 1)))
+        {
+            if s > next {
+                let end = (s - 1).min(last);
+                job.ready.insert(
+                    next,
+                    Range {
+                        end,
+                        failures: 0,
+                        attempts: 0,
+                    },
+                );
+                job.ready_frames += end - next + 1;
+            }
+            next = next.max(e + 1);
+        }
+        job.frames_done = r.done.iter().map(|(s, d)| d.end - s + 1).sum();
+        job.done = r.done;
+        job.blocklist_names = r.blocklisted_nodes;
+        if job.state == JobState::Muxing {
+            cmds.push(Command::Mux {
+                job: id,
+                segments: job.done.values().map(|d| d.segment.clone()).collect(),
+            });
+        }
+        self.jobs.insert(id, job);
+        self.relist(id);
+        self.offer_job(now_ms, id, cmds);
+    }
+
+    /// Drops the oldest finished job from memory; its segments go unless
+    /// already gone (the journal archives its record once they are).
+    pub(crate) fn evict_finished(&mut self, cmds: &mut Vec<Command>) {
+        if let Some((job, r)) = self.finished.pop_first() {
+            if !r.discarded && r.state != JobState::Done {
+                cmds.push(Command::Discard { job });
+            }
+        }
+    }
+
+    /// A user re-runs what a failed or cancelled job is missing; its stored
+    /// segments are kept, so only those frames render.
+    pub fn may_retry(&self, id: JobId) -> Result<(), String> {
+        match self.finished.get(&id) {
+            Some(r) if r.state == JobState::Done => {
+                Err(format!("job {id} is done; there is nothing to retry"))
+            }
+            Some(r) if r.discarded => Err(format!(
+                "job {id} ended too long ago: its stored frames were deleted; submit it again"
+            )),
+            Some(_) => Ok(()),
+            None if self.jobs.contains_key(&id) => Err(format!(
+                "job {id} has not ended; only a failed or cancelled job can be retried"
+            )),
+            None => Err(format!("job {id} is not known (or no longer kept)")),
+        }
+    }
+
+    pub(crate) fn retry(&mut self, now_ms: u64, id: JobId, cmds: &mut Vec<Command>) {
+        if self.may_retry(id).is_err() {
+            return;
+        }
+        let mut r = self.finished.remove(&id).expect("checked");
+        r.retry();
+        self.fact(Fact::Retried { job: id });
+        self.hot_job(now_ms, r, cmds);
+        self.dirty.push(id);
     }
 
     fn project(&mut self, name: &str) -> u32 {
@@ -228,6 +345,9 @@ impl Core {
             aging_armed: false,
             shrinks_for_priority: 0,
             last_failure: None,
+            streak: 0,
+            orphans: BTreeMap::new(),
+            blocklist_names: Vec::new(),
             spec,
         }
     }
@@ -236,9 +356,15 @@ impl Core {
     pub fn submit(&mut self, now_ms: u64, spec: JobSpec) -> (JobId, Vec<Command>) {
         let id = self.next_job_id;
         self.next_job_id += 1;
-        let job = self.new_job(id, Arc::new(spec), now_ms);
+        let spec = Arc::new(spec);
+        self.fact(Fact::Accepted {
+            job: id,
+            spec: Box::new((*spec).clone()),
+            at_ms: now_ms,
+        });
+        let job = self.new_job(id, spec, now_ms);
         self.jobs.insert(id, job);
-        let mut cmds = vec![Command::Persist { job: id }];
+        let mut cmds = Vec::new();
         self.offer_job(now_ms, id, &mut cmds);
         self.settle(now_ms, &mut cmds);
         (id, cmds)
@@ -261,6 +387,7 @@ impl Core {
         self.relist(id);
         self.jobs.remove(&id);
         self.dirty.retain(|d| *d != id);
+        self.facts.retain(|f| f.job() != Some(id));
         if self.next_job_id == id + 1 {
             self.next_job_id = id;
         }
@@ -281,11 +408,24 @@ impl Core {
             next_chunk: j.next_chunk,
             frames_stolen: j.frames_stolen,
             frames_wasted: j.frames_wasted,
-            blocklisted_nodes: j
-                .blocklist
+            blocklisted_nodes: j.blocklist_names.clone(),
+            running: j
+                .live
                 .iter()
-                .filter_map(|n| self.node(*n).map(|n| n.name.to_string()))
+                .map(|(id, c)| {
+                    let node = self.node(c.node).map(|n| n.name.to_string());
+                    let c = RunningChunk {
+                        start: c.start,
+                        end: c.end,
+                        epoch: c.epoch,
+                        node: node.unwrap_or_default(),
+                        kind: c.kind,
+                    };
+                    (*id, c)
+                })
+                .chain(j.orphans.iter().map(|(id, c)| (*id, c.clone())))
                 .collect(),
+            discarded: false,
         }
     }
 

@@ -110,6 +110,17 @@ pub(crate) struct Node {
     pub awaiting_tail: Option<ChunkKey>,
     /// When the node is expected to finish everything it holds.
     pub busy_until_ms: u64,
+    /// Drained by an admin: no new work until undrained (journaled).
+    pub drained: bool,
+    /// Shutting down (SIGTERM on the node): no new work this session.
+    pub leaving: bool,
+}
+
+impl Node {
+    /// Connected and allowed new work: not quarantined, drained or leaving.
+    pub fn usable(&self) -> bool {
+        self.connected && self.quarantined.is_none() && !self.drained && !self.leaving
+    }
 }
 
 /// Waiting frames of a job, not yet in any chunk.
@@ -158,8 +169,6 @@ pub(crate) struct Chunk {
     /// Its node let a shrink go unanswered: no more steals from it (a hung
     /// node is a case for a speculative copy instead).
     pub steal_refused: bool,
-    /// The segment the store verified for it: (start, end, path, hash).
-    pub stored: Option<(u64, u64, String, String)>,
 }
 
 impl Chunk {
@@ -221,6 +230,8 @@ pub(crate) struct Job {
     pub failures: u32,
     pub node_failures: HashMap<NodeId, u32>,
     pub blocklist: Vec<NodeId>,
+    /// The same nodes by name, as journaled (ids are per run).
+    pub blocklist_names: Vec<String>,
     /// Live chunks per node working on it.
     pub working: HashMap<NodeId, u32>,
     /// Relative cost of a frame of this job (1 = the calibration shader at
@@ -233,6 +244,14 @@ pub(crate) struct Job {
     pub aging_armed: bool,
     pub shrinks_for_priority: u32,
     pub last_failure: Option<String>,
+    /// Failures since the job's last stored segment: while any, it runs on
+    /// one node at a time (a job whose frames hang or crash must not hold
+    /// the farm while it retries).
+    pub streak: u32,
+    /// Chunks that were running when the coordinator restarted, kept for
+    /// their node to re-adopt until the adoption deadline; their frames are
+    /// in no other place.
+    pub orphans: BTreeMap<u32, super::record::RunningChunk>,
 }
 
 impl Job {
@@ -255,9 +274,12 @@ impl Job {
     }
 
     pub fn at_max_nodes(&self) -> bool {
-        self.spec
-            .max_nodes
-            .is_some_and(|m| self.working.len() as u64 >= m as u64)
+        let limit = if self.streak > 0 {
+            1
+        } else {
+            self.spec.max_nodes.map_or(u64::MAX, u64::from)
+        };
+        self.working.len() as u64 >= limit
     }
 }
 
@@ -272,6 +294,10 @@ pub(crate) enum Timer {
     Aging(JobId, u32),
     Speculate,
     Forget(NodeId, u64),
+    /// Chunks running before a restart that no node re-adopted wait again.
+    Orphans,
+    /// A chunk's overall time limit (job, chunk, epoch).
+    ChunkTimeout(JobId, u32, u32),
 }
 
 /// The scheduler's state.
@@ -306,6 +332,15 @@ pub struct Core {
     /// Jobs whose running or waiting work changed during this event: their
     /// `unschedulable` state is brought up to date before it returns.
     pub(crate) dirty: Vec<JobId>,
+    /// Jobs listed during this event, offered to free nodes before it ends.
+    pub(crate) newly_listed: Vec<JobId>,
+    /// Stored chunks whose `Done` (with the render time) is still to come.
+    pub(crate) to_learn: HashMap<ChunkKey, (NodeId, u64)>,
+    /// Facts not yet taken by the driver ([`Core::take_facts`]).
+    pub(crate) facts: Vec<super::facts::Fact>,
+    /// What the journal remembers of nodes by name (drained, quarantined),
+    /// applied when they say hello.
+    pub(crate) admin: BTreeMap<String, super::facts::NodeRecord>,
 }
 
 impl Core {

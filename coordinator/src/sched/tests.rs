@@ -91,6 +91,9 @@ struct Harness {
     /// The last shrink answer a node sent, to deliver it again.
     last_ack: Option<Event>,
     log: Vec<Command>,
+    /// Every fact the core journaled, folded: must always agree with the
+    /// core (what a restart would rebuild).
+    replayed: Recovery,
 }
 
 impl Harness {
@@ -103,6 +106,45 @@ impl Harness {
             shrinks: Vec::new(),
             last_ack: None,
             log: Vec::new(),
+            replayed: Recovery::default(),
+        }
+    }
+
+    /// The facts folded give every job the core holds exactly as the core
+    /// has it: state, stored segments, running chunks, missing frames.
+    fn check_replay(&self) {
+        for (id, r) in &self.replayed.jobs {
+            let Some(c) = self.core.record(*id) else {
+                continue;
+            };
+            let ctx = format!("job {id}: facts and core disagree");
+            let state = |s: JobState| match s {
+                JobState::Unschedulable if r.first_frame_at_ms.is_some() => JobState::Running,
+                JobState::Unschedulable => JobState::Queued,
+                s => s,
+            };
+            assert_eq!(state(c.state), r.state, "{ctx} on state");
+            assert_eq!(c.done, r.done, "{ctx} on stored segments");
+            assert_eq!(c.missing, r.missing, "{ctx} on missing frames");
+            assert_eq!(c.next_chunk, r.next_chunk, "{ctx} on chunk ids");
+            let live: Vec<_> = c
+                .running
+                .iter()
+                .map(|(k, v)| (*k, v.start, v.end, v.epoch))
+                .collect();
+            let rep: Vec<_> = r
+                .running
+                .iter()
+                .map(|(k, v)| (*k, v.start, v.end, v.epoch))
+                .collect();
+            if !c.state.is_terminal() {
+                assert_eq!(live, rep, "{ctx} on running chunks");
+            }
+            assert_eq!(
+                (c.frames_stolen, c.frames_wasted),
+                (r.frames_stolen, r.frames_wasted),
+                "{ctx} on counters"
+            );
         }
     }
 
@@ -125,6 +167,11 @@ impl Harness {
 
     fn after(&mut self, cmds: &[Command]) {
         self.core.check_invariants();
+        for f in self.core.take_facts() {
+            self.replayed.apply(&f);
+        }
+        self.replayed.take_finished();
+        self.check_replay();
         for c in cmds {
             match c {
                 Command::Welcome { session, node } => {
@@ -580,7 +627,10 @@ fn uploads_are_admitted_only_for_the_holder_and_the_chunk_range() {
         match want {
             Ok(()) => assert_eq!(got, UploadVerdict::Accept),
             Err(text) => {
-                assert!(matches!(&got, UploadVerdict::NotNeeded(r) if r.contains(text)), "{got:?}")
+                assert!(
+                    matches!(&got, UploadVerdict::NotNeeded(r) if r.contains(text)),
+                    "{got:?}"
+                )
             }
         }
     };
@@ -1076,12 +1126,35 @@ fn restore_keeps_done_frames_and_waits_for_the_rest() {
     h.finish("a", key);
     let record = h.core.record(job).unwrap();
     let done: u64 = record.done.iter().map(|(s, d)| d.end - s + 1).sum();
-    let (mut core, cmds) = Core::restore(CoreConfig::default(), vec![record.clone()]);
+    let mut state = Recovery::default();
+    state.jobs.insert(job, record.clone());
+    let (mut core, cmds) = Core::restore(CoreConfig::default(), state, h.now);
     assert!(!cmds.iter().any(|c| matches!(c, Command::Mux { .. })));
     assert_eq!(core.job_view(job).unwrap().state, JobState::Unschedulable);
     core.check_invariants();
     let v = core.job_view(job).unwrap();
     assert_eq!(v.frames_done, done);
+    let waiting: u64 = v
+        .chunks
+        .iter()
+        .filter(|c| c.state == ChunkState::Pending)
+        .map(|c| c.end - c.start + 1)
+        .sum();
+    // The chunk that was running is reserved for its node until the
+    // adoption deadline; then its frames wait too.
+    let reserved: u64 = record.running.values().map(|c| c.end - c.start + 1).sum();
+    assert!(reserved > 0);
+    assert_eq!(waiting + reserved + done, 1_000);
+    let cmds = core.handle(
+        h.now + CoreConfig::default().adopt_grace_ms + 1,
+        Event::Timeout,
+    );
+    core.check_invariants();
+    assert!(
+        !cmds.iter().any(|c| matches!(c, Command::Assign { .. })),
+        "no node yet"
+    );
+    let v = core.job_view(job).unwrap();
     let waiting: u64 = v
         .chunks
         .iter()
@@ -1357,7 +1430,15 @@ mod props {
                         "stuck: {v:?}"
                     );
                 }
-                other => panic!("job {job} ended {other:?}: {v:?}"),
+                other => panic!(
+                    "job {job} ended {other:?}: {v:?}\nnodes: {:?}\nclasses: {:?}",
+                    h.core.node_views(h.now),
+                    h.core
+                        .classes
+                        .iter()
+                        .map(|c| (c.free.clone(), c.ready_jobs.clone(), c.available))
+                        .collect::<Vec<_>>()
+                ),
             }
         }
     }

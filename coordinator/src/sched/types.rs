@@ -109,6 +109,20 @@ pub struct CoreConfig {
     pub finished_job_retention: usize,
     /// A disconnected node is forgotten after this long.
     pub forget_node_ms: u64,
+    /// After a restart, how long chunks that were running stay reserved
+    /// for their nodes to reconnect and re-adopt them before their frames
+    /// wait again: longer than a node takes to notice the lost connection
+    /// and reconnect, short enough that a node that died with the
+    /// coordinator costs little.
+    pub adopt_grace_ms: u64,
+    /// A chunk whose frames take this many times longer than expected on
+    /// its node is timed out (as a failure), whatever its progress: no
+    /// chunk runs forever. Expected from the node's measured speed and the
+    /// job's learned cost.
+    pub chunk_timeout_factor: u64,
+    /// The least time any chunk is given before its timeout, however fast
+    /// it is expected to be: covers encoder start, upload and a cold GPU.
+    pub min_chunk_timeout_ms: u64,
     /// This coordinator run's incarnation: assignment epochs carry it, so
     /// an epoch can never repeat across restarts.
     pub incarnation: u32,
@@ -144,6 +158,9 @@ impl Default for CoreConfig {
             fair_scan_limit: 32,
             finished_job_retention: 10_000,
             forget_node_ms: 60 * 60 * 1_000,
+            adopt_grace_ms: 30_000,
+            chunk_timeout_factor: 10,
+            min_chunk_timeout_ms: 120_000,
             incarnation: 1,
         }
     }
@@ -335,6 +352,24 @@ pub enum Event {
         /// Node name.
         name: String,
     },
+    /// An admin drains a node: no new work; with `now`, what it has not
+    /// rendered yet goes back at once, else its chunks finish.
+    Drain {
+        /// Node name.
+        name: String,
+        /// Hand back unrendered frames at once.
+        now: bool,
+    },
+    /// An admin returns a drained node to work.
+    Undrain {
+        /// Node name.
+        name: String,
+    },
+    /// A user re-runs the frames a failed or cancelled job is missing.
+    RetryJob {
+        /// Job.
+        job: JobId,
+    },
     /// Time passed: the deadline [`crate::sched::Core::poll_timeout`]
     /// returned is due.
     Timeout,
@@ -407,13 +442,9 @@ pub enum Command {
         /// Proposed last frame.
         proposed_end: u64,
     },
-    /// Write the job's record to the journal.
-    Persist {
-        /// Job.
-        job: JobId,
-    },
-    /// Delete the stored segments of a job that has ended, once its final
-    /// state is durable.
+    /// Delete the stored segments of a job that has ended, once the facts
+    /// of its end are durable; then journal [`crate::sched::Fact::Discarded`]
+    /// (the driver does, after the files are gone).
     Discard {
         /// Job.
         job: JobId,
@@ -433,9 +464,7 @@ impl Command {
         match self {
             Command::Assign { assignment, .. } => Some(assignment.chunk.0),
             Command::Cancel { chunk, .. } | Command::Shrink { chunk, .. } => Some(chunk.0),
-            Command::Persist { job } | Command::Discard { job } | Command::Mux { job, .. } => {
-                Some(*job)
-            }
+            Command::Discard { job } | Command::Mux { job, .. } => Some(*job),
             Command::Welcome { .. } | Command::Refuse { .. } | Command::CloseSession { .. } => None,
         }
     }

@@ -45,6 +45,15 @@ fn output_fields(
 }
 
 impl Core {
+    /// What a job's output must hold: its frames (less those left out) at
+    /// its rate.
+    pub fn job_frames(&self, id: JobId) -> (u64, u32) {
+        match self.jobs.get(&id) {
+            Some(j) => (j.total_frames() - j.missing.len() as u64, j.spec.fps),
+            None => (0, 1),
+        }
+    }
+
     /// A job as the API shows it.
     pub fn job_view(&self, id: JobId) -> Option<JobView> {
         let Some(j) = self.jobs.get(&id) else {
@@ -62,6 +71,20 @@ impl Core {
                 frames_done: c.frames_done,
                 attempts: c.failures,
                 last_error: None,
+            });
+        }
+        for (&cid, o) in &j.orphans {
+            // Running before a restart, waiting for its node to reconnect.
+            chunks.push(ChunkView {
+                index: Some(cid),
+                kind: o.kind,
+                start: o.start,
+                end: o.end,
+                state: ChunkState::Assigned,
+                node: Some(o.node.clone()),
+                frames_done: 0,
+                attempts: 0,
+                last_error: Some("waiting for its node to reconnect".into()),
             });
         }
         let pending = j
@@ -193,7 +216,8 @@ impl Core {
     }
 }
 
-fn record_view(r: &JobRecord) -> JobView {
+/// A job as the API shows it, from its record (finished or archived).
+pub fn record_view(r: &JobRecord) -> JobView {
     let (output_path, output_url) = output_fields(r.id, r.state, &r.output_path);
     JobView {
         id: r.id,
