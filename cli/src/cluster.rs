@@ -73,6 +73,20 @@ fn spawn_logged(
     // Its own process group, so that a kill or a freeze reaches whatever it
     // started too (a node's executor process), as a machine's crash would.
     cmd.process_group(0);
+    // Out of the caller's group, a Ctrl-C no longer reaches it; so it dies
+    // with the thread that started it (the test's or the benchmark's),
+    // however that ends, instead of outliving it.
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs between fork and exec and only calls
+    // prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
