@@ -130,6 +130,27 @@ impl Client {
         Ok(self.check(r)?.into_json()?)
     }
 
+    /// `POST /v1/jobs/{id}/retry`.
+    pub fn retry(&self, id: u64) -> anyhow::Result<JobView> {
+        let r = self
+            .agent
+            .post(&self.url(&format!("/v1/jobs/{id}/retry")))
+            .call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `POST /v1/nodes/{name}/drain` (`Some(now)`) or `/undrain` (`None`).
+    pub fn drain(&self, name: &str, drain: Option<bool>) -> anyhow::Result<()> {
+        let path = match drain {
+            Some(true) => format!("/v1/nodes/{}/drain?now=true", path_segment(name)),
+            Some(false) => format!("/v1/nodes/{}/drain", path_segment(name)),
+            None => format!("/v1/nodes/{}/undrain", path_segment(name)),
+        };
+        let r = self.agent.post(&self.url(&path)).call();
+        self.check(r)?;
+        Ok(())
+    }
+
     /// `GET /v1/jobs/{id}/output`, written to `dest`.
     pub fn download(&self, id: u64, dest: &std::path::Path) -> anyhow::Result<u64> {
         let r = self

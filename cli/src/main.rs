@@ -181,6 +181,38 @@ enum Cmd {
         #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
         url: String,
     },
+    /// Re-run what a failed or cancelled job is missing (its stored frames
+    /// are kept).
+    #[command(after_help = "Example:\n  drover retry 12")]
+    Retry {
+        /// Job id.
+        job: u64,
+        /// Coordinator REST URL.
+        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
+        url: String,
+    },
+    /// Stop new work on a node: its current chunk finishes, or with --now
+    /// what it has not rendered goes back to the queue at once.
+    #[command(after_help = "Example:\n  drover drain gpu-07\n  drover drain gpu-07 --now")]
+    Drain {
+        /// Node name.
+        node: String,
+        /// Hand back the unrendered rest of its chunks at once.
+        #[arg(long)]
+        now: bool,
+        /// Coordinator REST URL.
+        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
+        url: String,
+    },
+    /// Let a drained node take work again.
+    #[command(after_help = "Example:\n  drover undrain gpu-07")]
+    Undrain {
+        /// Node name.
+        node: String,
+        /// Coordinator REST URL.
+        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
+        url: String,
+    },
     /// Start a coordinator and local nodes, render a sample job, report.
     #[command(after_help = "Example:\n  drover demo --frames 240 --nodes 2 --out demo.mp4 --json")]
     Demo(demo::DemoArgs),
@@ -446,6 +478,32 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Retry { job, url } => {
+            init_logs("warn");
+            let v = Client::new(&url).retry(job)?;
+            println!(
+                "job {job}: {:?} again, {} of {} frames already stored",
+                v.state, v.frames_done, v.frames_total
+            );
+            Ok(())
+        }
+        Cmd::Drain { node, now, url } => {
+            init_logs("warn");
+            Client::new(&url).drain(&node, Some(now))?;
+            let how = if now {
+                "unrendered frames handed back"
+            } else {
+                "its current chunks finish"
+            };
+            println!("node {node}: drained ({how})");
+            Ok(())
+        }
+        Cmd::Undrain { node, url } => {
+            init_logs("warn");
+            Client::new(&url).drain(&node, None)?;
+            println!("node {node}: takes work again");
+            Ok(())
+        }
         Cmd::Nodes {
             json,
             clear_quarantine,
@@ -480,6 +538,7 @@ fn main() -> anyhow::Result<()> {
                     .collect();
                 let state = match (n.connected, &n.quarantined) {
                     (_, Some(_)) => "quarantined",
+                    (true, None) if n.drained => "drained",
                     (true, None) => "up",
                     (false, None) => "down",
                 };

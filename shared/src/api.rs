@@ -163,6 +163,10 @@ pub struct NodeView {
     /// Why it is quarantined (no new work until an admin clears it).
     #[serde(default)]
     pub quarantined: Option<String>,
+    /// Drained by an admin (`drover drain`), or leaving (its agent is
+    /// shutting down): takes no new work.
+    #[serde(default)]
+    pub drained: bool,
     /// Measured speed, frames per second, per job kind and resolution class
     /// (`shader@720p`): seeded by the calibration render, then averaged
     /// over real frames.

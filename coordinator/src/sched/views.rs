@@ -197,6 +197,7 @@ impl Core {
             cpu_load_pct: n.cpu_load_pct,
             frames_rendered: n.frames_rendered,
             quarantined: n.quarantined.clone(),
+            drained: n.drained || n.leaving,
             speed_fps,
             slots: self.config.node_slots as u32,
         }
