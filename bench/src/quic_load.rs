@@ -12,7 +12,8 @@
 //!   `heartbeat_interval_ms` of the welcome at once (at a random phase), and
 //!   runs its assignments one at a time like the node's executor:
 //!   `Progress` (0 frames), the "render", an upload of a tiny fake segment
-//!   on a stream of its own (`UploadHeader`, bytes, `UploadReply`), then
+//!   on a stream of its own (`UploadHeader`, `UploadAdmission`, the bytes
+//!   from its offset, `UploadOutcome`), then
 //!   `Done`. By default the render takes no time, so every node is a
 //!   closed loop that asks for work as fast as the coordinator gives it;
 //!   with `--render-ms` a chunk takes about that long (within 25 %) and the
@@ -64,8 +65,9 @@ use drover_cli::cluster::Cluster;
 use drover_node::tls::{client_config, Trust};
 use drover_protocol::{
     codec, preamble, Assign, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, CoordToNode,
-    Heartbeat, Hello, NodeToCoord, ShrinkAck, StreamKind, UploadHeader, UploadReply, WireAdapter,
-    WireCalibration, WireCapabilities, MAX_CONTROL_FRAME_BYTES, PROTOCOL_VERSION,
+    Heartbeat, Hello, NodeToCoord, ShrinkAck, StreamKind, UploadAdmission, UploadHeader,
+    UploadOutcome, WireAdapter, WireCalibration, WireCapabilities, MAX_CONTROL_FRAME_BYTES,
+    MAX_UPLOAD_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use drover_shared::config::CERT_SERVER_NAME;
 use tokio::io::AsyncWriteExt;
@@ -836,7 +838,6 @@ fn hello(name: &str, cfg: &RunCfg) -> Hello {
         vram_bytes: 0,
     };
     Hello {
-        protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         node_id: format!("{:032x}", rand::random::<u128>()),
         name: name.to_string(),
@@ -858,6 +859,8 @@ fn hello(name: &str, cfg: &RunCfg) -> Hello {
             }),
             test_override: Some("synthetic bench node".into()),
         },
+        running: vec![],
+        spooled: vec![],
     }
 }
 
@@ -1058,7 +1061,7 @@ async fn work(
             chunk: a.chunk,
             start,
             end,
-            bytes: cfg.segment.len() as u64,
+            size_bytes: cfg.segment.len() as u64,
             hash: cfg.segment_hash,
         };
         let frames = end - start + 1;
@@ -1179,17 +1182,32 @@ async fn upload(
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_u8(StreamKind::Upload as u8).await?;
     codec::write_msg(&mut send, header).await?;
-    send.write_all(body).await?;
+    let admission = tokio::time::timeout(
+        UPLOAD_REPLY_TIMEOUT,
+        codec::read_msg::<_, UploadAdmission>(&mut recv, MAX_UPLOAD_FRAME_BYTES),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no admission within {UPLOAD_REPLY_TIMEOUT:?}"))??;
+    let offset = match admission {
+        Some(UploadAdmission::Accept { offset_bytes }) => offset_bytes,
+        Some(UploadAdmission::NotNeeded { reason }) => bail!("not needed: {reason}"),
+        Some(UploadAdmission::Later { reason }) => bail!("later: {reason}"),
+        Some(UploadAdmission::Rejected { reason }) => bail!("rejected: {reason}"),
+        None => bail!("upload stream closed without an admission"),
+    };
+    let from = usize::try_from(offset)?.min(body.len());
+    send.write_all(&body[from..]).await?;
     send.finish()?;
     let verdict = tokio::time::timeout(
         UPLOAD_REPLY_TIMEOUT,
-        codec::read_msg::<_, UploadReply>(&mut recv, 64 * 1024),
+        codec::read_msg::<_, UploadOutcome>(&mut recv, MAX_UPLOAD_FRAME_BYTES),
     )
     .await
     .map_err(|_| anyhow::anyhow!("no verdict within {UPLOAD_REPLY_TIMEOUT:?}"))??;
     match verdict {
-        Some(UploadReply::Stored) => Ok(()),
-        Some(UploadReply::Rejected { reason }) => bail!("rejected: {reason}"),
+        Some(UploadOutcome::Stored) => Ok(()),
+        Some(UploadOutcome::Later { reason }) => bail!("later: {reason}"),
+        Some(UploadOutcome::Rejected { reason }) => bail!("rejected: {reason}"),
         None => bail!("upload stream closed without a verdict"),
     }
 }

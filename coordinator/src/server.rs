@@ -117,7 +117,7 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     info!("shutting down: no new jobs, journal flushed, node sessions closed");
     let _ = scheduler.send(Shutdown).await;
     endpoint.close(
-        drover_shared::config::SHUTDOWN_CLOSE_CODE.into(),
+        drover_protocol::close_code::COORDINATOR_SHUTTING_DOWN.into(),
         b"coordinator shutting down",
     );
     endpoint.wait_idle().await;

@@ -21,6 +21,3 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 /// A node silent for this long is declared dead and its chunks go back to the
 /// queue: five missed heartbeats.
 pub const NODE_TIMEOUT_MS: u64 = 5 * HEARTBEAT_INTERVAL_MS;
-/// QUIC close code of a coordinator shutting down on purpose (SIGTERM):
-/// nodes keep their work and reconnect when it is back.
-pub const SHUTDOWN_CLOSE_CODE: u32 = 2;

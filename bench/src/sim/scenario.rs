@@ -328,6 +328,7 @@ impl JobSim {
             max_nodes: None,
             chunk_target_s: None,
             allow_missing_frames: self.allow_missing_frames,
+            frame_timeout_s: None,
         }
     }
 

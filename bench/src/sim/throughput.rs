@@ -186,6 +186,7 @@ fn spec(j: u32, first: u64, frames: u64, priority: u8, gpu: bool) -> JobSpec {
         max_nodes: None,
         chunk_target_s: None,
         allow_missing_frames: false,
+        frame_timeout_s: None,
     }
 }
 
