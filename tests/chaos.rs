@@ -44,17 +44,20 @@ const MIN_PSNR_DB: f64 = 35.0;
 /// Coordinator kills in the first test.
 const COORDINATOR_KILLS: usize = 3;
 const NODES: [&str; 2] = ["node-1", "node-2"];
-/// Small chunks, so a job has many (about 20) and a kill finds several
-/// stored, one running and one queued per node.
-const MAX_CHUNK_FRAMES: u64 = 48;
+/// Small chunks, so that a job has many (over 30), a kill finds several
+/// stored and one running and one queued per node, and what the nodes hold
+/// while a killed coordinator is away leaves room for every planned kill.
+const MAX_CHUNK_FRAMES: u64 = 16;
 const COORDINATOR_ARGS: [&str; 6] = [
     "--chunk-target-s",
-    "2",
+    "1",
     "--chunk-frames",
-    "24",
+    "12",
     "--max-chunk-frames",
-    "48",
+    "16",
 ];
+/// Frames done between the farm being whole again and the next kill.
+const KILL_STEP_FRAMES: std::ops::RangeInclusive<u64> = 12..=32;
 /// Generous: the faulty run takes about a minute on two lavapipe cores.
 const JOB_TIMEOUT: Duration = Duration::from_secs(400);
 
@@ -139,8 +142,18 @@ fn coordinator_and_node_kills_lose_no_frame_and_match_a_run_without_faults() {
     let reference_mp4 = check_output(&c, &reference, FRAMES);
 
     // The same job again, killing the coordinator and a node on the way.
-    let plan = FaultPlan::new(seed, FRAMES, COORDINATOR_KILLS, &["node-2"]);
+    let plan = FaultPlan::new(seed, COORDINATOR_KILLS, &["node-2"], KILL_STEP_FRAMES);
     println!("plan: {:?}", plan.faults);
+    let slots: u64 = client
+        .nodes()
+        .unwrap()
+        .iter()
+        .map(|n| u64::from(n.slots))
+        .sum();
+    assert!(
+        plan.frames_needed(slots * MAX_CHUNK_FRAMES) <= FRAMES,
+        "the plan may outlast the job: {plan:?}"
+    );
     let started = Instant::now();
     let job = client.submit_json(&spec("chaos", FRAMES)).unwrap();
     let faults = chaos::run_faults(&mut c, job.id, started, &plan, NODES.len(), |s| {
@@ -193,17 +206,12 @@ fn coordinator_and_node_kills_lose_no_frame_and_match_a_run_without_faults() {
     );
 
     // The goal: a kill costs at most one chunk's frames, and nothing that
-    // was already in a finished segment is rendered again. Frames assigned
-    // more than once bound re-renders from above, so they settle it when
-    // they are within budget; otherwise the exact count must be.
+    // was already in a finished segment is rendered again. When the logs
+    // say what every attempt rendered, the exact count decides; otherwise
+    // frames assigned more than once bound re-renders from above and may
+    // still show the budget kept.
     let budget = faults.len() as u64 * MAX_CHUNK_FRAMES;
-    if wasted.extra_assignments > budget {
-        chaos::require_exact(&wasted).unwrap_or_else(|e| {
-            panic!(
-                "seed {seed}: {e:#}; frames were assigned {} extra times, over the budget of {budget} (one chunk per kill)",
-                wasted.extra_assignments
-            )
-        });
+    if wasted.is_exact() {
         assert!(
             wasted.extra_renders <= budget,
             "seed {seed}: {} frames rendered again after {} kills, over the budget of {budget} (one chunk per kill); by fault: {:?}",
@@ -215,6 +223,13 @@ fn coordinator_and_node_kills_lose_no_frame_and_match_a_run_without_faults() {
             wasted.rerendered_after_segment, 0,
             "seed {seed}: frames already in a finished segment were rendered again"
         );
+    } else if wasted.extra_assignments > budget {
+        chaos::require_exact(&wasted).unwrap_or_else(|e| {
+            panic!(
+                "seed {seed}: {e:#}; frames were assigned {} extra times, over the budget of {budget} (one chunk per kill)",
+                wasted.extra_assignments
+            )
+        });
     }
 }
 

@@ -41,7 +41,7 @@ const NODES: [&str; 2] = ["node-1", "node-2"];
 #[derive(Debug, Parser)]
 #[command(
     name = "chaos",
-    after_help = "Example:\n  cargo build --release -p drover-cli -p drover-bench\n  target/release/chaos --kills 20 --frames 960 --seed 42"
+    after_help = "Example:\n  cargo build --release -p drover-cli -p drover-bench\n  target/release/chaos --kills 20 --frames 2400 --seed 42"
 )]
 struct Args {
     /// Coordinator kills during the faulty run.
@@ -53,8 +53,9 @@ struct Args {
     /// Seed of the kill plan (default: DROVER_CHAOS_SEED, else the clock).
     #[arg(long)]
     seed: Option<u64>,
-    /// Frames in the job.
-    #[arg(long, default_value_t = 960, value_parser = clap::value_parser!(u64).range(24..=100_000))]
+    /// Frames in the job: enough that every planned kill finds it running
+    /// (the run says when it may not be).
+    #[arg(long, default_value_t = 2400, value_parser = clap::value_parser!(u64).range(24..=100_000))]
     frames: u64,
     /// Frame width.
     #[arg(long, default_value_t = 1280)]
@@ -68,11 +69,13 @@ struct Args {
     /// Built-in shader.
     #[arg(long, default_value = "plasma")]
     shader: String,
-    /// Largest chunk in frames: a kill should cost at most one chunk.
-    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    /// Largest chunk in frames: a kill should cost at most one chunk. Small
+    /// chunks keep what nodes render while the coordinator is away short,
+    /// so that many kills fit in one job.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     max_chunk_frames: u64,
     /// Smallest chunk in frames.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     chunk_frames: u64,
     /// The `drover` binary (default: next to this executable).
     #[arg(long)]
@@ -148,7 +151,7 @@ fn main() -> anyhow::Result<()> {
     );
     let coordinator_args = [
         "--chunk-target-s",
-        "2",
+        "1",
         "--chunk-frames",
         &min_chunk,
         "--max-chunk-frames",
@@ -181,7 +184,17 @@ fn main() -> anyhow::Result<()> {
     println!("without faults: {:.1} s", reference_wall.as_secs_f64());
 
     let node_kills: Vec<&str> = args.kill_node.iter().map(String::as_str).collect();
-    let plan = FaultPlan::new(seed, args.frames, args.kills as usize, &node_kills);
+    // Each kill a chunk or two of progress after the farm is whole again.
+    let steps = args.chunk_frames..=2 * args.max_chunk_frames;
+    let plan = FaultPlan::new(seed, args.kills as usize, &node_kills, steps);
+    let slots: u64 = client.nodes()?.iter().map(|n| u64::from(n.slots)).sum();
+    let needed = plan.frames_needed(slots * args.max_chunk_frames);
+    if needed > args.frames {
+        println!(
+            "warning: the plan may need up to {needed} frames; with {} the job may end before the last kill (raise --frames)",
+            args.frames
+        );
+    }
     let started = Instant::now();
     let job = client.submit_json(&spec(&args, "chaos"))?;
     let faults = chaos::run_faults(&mut cluster, job.id, started, &plan, NODES.len(), |s| {
@@ -277,7 +290,7 @@ fn main() -> anyhow::Result<()> {
     }
     if faults.len() < plan.faults.len() {
         failures.push(format!(
-            "only {} of {} planned kills happened before the job ended",
+            "only {} of {} planned kills happened before the job ended (raise --frames)",
             faults.len(),
             plan.faults.len()
         ));

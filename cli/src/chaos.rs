@@ -52,12 +52,6 @@ use crate::cluster::{wait_for, Cluster};
 /// Environment variable that fixes the seed of a chaos run.
 pub const SEED_ENV: &str = "DROVER_CHAOS_SEED";
 
-/// Earliest kill point, as a fraction of the job's frames: a kill before any
-/// frame is done tests only a restart with nothing to recover.
-pub const KILL_FROM_FRACTION: f64 = 0.08;
-/// Latest kill point, as a fraction of the job's frames: later ones may find
-/// the job already finished, and the planned kill would not happen.
-pub const KILL_UNTIL_FRACTION: f64 = 0.8;
 /// Largest random delay between the moment a kill point is reached and the
 /// kill, milliseconds: spreads kills over rendering, uploads and commits.
 pub const MAX_KILL_JITTER_MS: u64 = 400;
@@ -107,13 +101,20 @@ impl fmt::Display for Fault {
 }
 
 /// A fault and when to inject it.
+///
+/// Kill points are counted from the moment the farm is whole again after
+/// the previous fault (every node connected), not as points of the whole
+/// job: while a killed coordinator is away, nodes keep rendering what they
+/// hold, so progress jumps, and fixed points would bunch kills together or
+/// leave them for after the job's end.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedFault {
     /// What to do.
     pub fault: Fault,
-    /// Injected once the job's `frames_done` reaches this while a chunk is
-    /// mid-render (on the victim, for a node kill).
-    pub at_frames_done: u64,
+    /// Injected once this many more frames are done than when the farm was
+    /// last whole (or the job started), while a chunk is mid-render (on the
+    /// victim, for a node kill).
+    pub after_frames: u64,
     /// Then after this many milliseconds.
     pub jitter_ms: u64,
 }
@@ -123,41 +124,45 @@ pub struct PlannedFault {
 pub struct FaultPlan {
     /// The seed everything was drawn from.
     pub seed: u64,
-    /// Faults by increasing `at_frames_done`.
+    /// Faults in order.
     pub faults: Vec<PlannedFault>,
 }
 
 impl FaultPlan {
     /// `coordinator_kills` coordinator kills and one kill of each node in
-    /// `node_kills`, at seeded points between [`KILL_FROM_FRACTION`] and
-    /// [`KILL_UNTIL_FRACTION`] of `frames_total`, in random order.
+    /// `node_kills`, in a seeded order, each a seeded number of frames in
+    /// `step_frames` after the farm is whole again.
     pub fn new(
         seed: u64,
-        frames_total: u64,
         coordinator_kills: usize,
         node_kills: &[&str],
+        step_frames: std::ops::RangeInclusive<u64>,
     ) -> FaultPlan {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let lo = (frames_total as f64 * KILL_FROM_FRACTION).ceil() as u64;
-        let hi = ((frames_total as f64 * KILL_UNTIL_FRACTION) as u64).max(lo);
         let mut kinds: Vec<Fault> = std::iter::repeat_n(Fault::KillCoordinator, coordinator_kills)
             .chain(node_kills.iter().map(|n| Fault::KillNode(n.to_string())))
             .collect();
         kinds.shuffle(&mut rng);
-        let mut points: Vec<u64> = (0..kinds.len())
-            .map(|_| rng.random_range(lo..=hi))
-            .collect();
-        points.sort_unstable();
         let faults = kinds
             .into_iter()
-            .zip(points)
-            .map(|(fault, at_frames_done)| PlannedFault {
+            .map(|fault| PlannedFault {
                 fault,
-                at_frames_done,
+                after_frames: rng.random_range(step_frames.clone()),
                 jitter_ms: rng.random_range(0..=MAX_KILL_JITTER_MS),
             })
             .collect();
         FaultPlan { seed, faults }
+    }
+
+    /// The most frames the plan can use up before its last kill, when the
+    /// farm gets at most `frames_per_recovery` done while it recovers from a
+    /// kill (what its nodes hold: nodes x slots x largest chunk). A job at
+    /// least this long is still running at every planned kill.
+    pub fn frames_needed(&self, frames_per_recovery: u64) -> u64 {
+        self.faults
+            .iter()
+            .map(|f| f.after_frames + frames_per_recovery)
+            .sum()
     }
 }
 
@@ -208,15 +213,18 @@ pub fn run_faults(
     mut say: impl FnMut(&str),
 ) -> anyhow::Result<Vec<InjectedFault>> {
     let mut done = Vec::new();
+    // Frames done when the farm was last whole.
+    let mut base = 0u64;
     for planned in &plan.faults {
         let victim = match &planned.fault {
             Fault::KillNode(n) => Some(n.as_str()),
             Fault::KillCoordinator => None,
         };
         let client = cluster.client();
+        let at = base + planned.after_frames;
         let what = format!(
-            "{} at {} frames done with a chunk mid-render",
-            planned.fault, planned.at_frames_done
+            "{} at {at} frames done with a chunk mid-render",
+            planned.fault
         );
         // The kill point: enough progress, and work under way that the kill
         // interrupts (on the victim, for a node kill).
@@ -230,7 +238,7 @@ pub fn run_faults(
                     && c.frames_done > 0
                     && victim.is_none_or(|v| c.node.as_deref() == Some(v))
             });
-            Ok((busy && j.frames_done >= planned.at_frames_done).then_some(Some(j)))
+            Ok((busy && j.frames_done >= at).then_some(Some(j)))
         })?;
         let Some(_) = seen else {
             say(&format!("job ended before: {what}"));
@@ -271,6 +279,7 @@ pub fn run_faults(
             }
         }
         cluster.wait_nodes(nodes)?;
+        base = cluster.client().job(job)?.frames_done;
         let injected = InjectedFault {
             fault: planned.fault.clone(),
             at_unix_us,
@@ -1055,25 +1064,19 @@ mod tests {
     }
 
     #[test]
-    fn plans_are_seeded_ordered_and_inside_the_job() {
-        let a = FaultPlan::new(7, 480, 3, &["node-2"]);
-        assert_eq!(a, FaultPlan::new(7, 480, 3, &["node-2"]));
-        assert_ne!(a, FaultPlan::new(8, 480, 3, &["node-2"]));
+    fn plans_are_seeded_and_within_their_steps() {
+        let a = FaultPlan::new(7, 3, &["node-2"], 12..=32);
+        assert_eq!(a, FaultPlan::new(7, 3, &["node-2"], 12..=32));
+        assert_ne!(a, FaultPlan::new(8, 3, &["node-2"], 12..=32));
         assert_eq!(a.faults.len(), 4);
-        assert_eq!(
-            a.faults
-                .iter()
-                .filter(|f| f.fault == Fault::KillCoordinator)
-                .count(),
-            3
-        );
-        assert!(a
-            .faults
-            .windows(2)
-            .all(|w| w[0].at_frames_done <= w[1].at_frames_done));
+        let kinds = |f: &Fault| a.faults.iter().filter(|p| p.fault == *f).count();
+        assert_eq!(kinds(&Fault::KillCoordinator), 3);
+        assert_eq!(kinds(&Fault::KillNode("node-2".into())), 1);
         assert!(a
             .faults
             .iter()
-            .all(|f| (39..=384).contains(&f.at_frames_done) && f.jitter_ms <= MAX_KILL_JITTER_MS));
+            .all(|f| (12..=32).contains(&f.after_frames) && f.jitter_ms <= MAX_KILL_JITTER_MS));
+        let steps: u64 = a.faults.iter().map(|f| f.after_frames).sum();
+        assert_eq!(a.frames_needed(64), steps + 4 * 64);
     }
 }
