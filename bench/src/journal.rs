@@ -274,7 +274,10 @@ fn mib(bytes: u64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
     let work = WorkDir {
         path: std::env::temp_dir().join(format!("drover-bench-journal-{}", std::process::id())),
         keep: args.keep,

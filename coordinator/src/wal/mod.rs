@@ -530,10 +530,7 @@ impl Shared {
                 state.queued_facts += n;
                 return Ok(());
             }
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -577,9 +574,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 pub(crate) fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
     let started = Instant::now();
     loop {
-        let config = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput);
+        let config = sled::Config::new().path(dir).mode(sled::Mode::LowSpace);
         match config.open() {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
@@ -706,7 +701,13 @@ impl Store {
             file: self.dir.clone(),
             source,
         });
-        if t.elapsed() > Duration::from_millis(50) { eprintln!("T sled flush {t1:?} disk sync {:?} ({} blobs)", t.elapsed() - t1, disk.synced.len()); }
+        if t.elapsed() > Duration::from_millis(50) {
+            eprintln!(
+                "T sled flush {t1:?} disk sync {:?} ({} blobs)",
+                t.elapsed() - t1,
+                disk.synced.len()
+            );
+        }
         r
     }
 
@@ -746,7 +747,12 @@ impl Store {
             // An entry archived again (the replay after a crash does it)
             // may have had more parts; the inserts below replace the rest.
             self.remove_parts(&self.archive, &record::archive_prefix(key), &mut batch)?;
-            write_parts(&mut batch, &record::archive_prefix(key), finished_at_ms, &bytes);
+            write_parts(
+                &mut batch,
+                &record::archive_prefix(key),
+                finished_at_ms,
+                &bytes,
+            );
             batch.insert(&record::expiry_key(finished_at_ms, key)[..], &[][..]);
         }
         Ok(batch)
@@ -812,10 +818,9 @@ impl Store {
             let (key, value) = item.map_err(|e| self.err(e))?;
             count += 1;
             if key.get(prefix.len()..) != Some(&count.to_be_bytes()[..]) {
-                return Err(self.corrupt(
-                    at,
-                    format!("part {count} of {} is missing", header.parts),
-                ));
+                return Err(
+                    self.corrupt(at, format!("part {count} of {} is missing", header.parts))
+                );
             }
             bytes.extend_from_slice(&value);
         }
@@ -949,12 +954,9 @@ impl<M: Model> Journal<M> {
     /// commit, so after a crash they are all in the log or none is.
     pub fn append(&self, facts: Vec<M::Fact>) -> Result<Seq, JournalError> {
         let inner = &self.inner;
-        let mut app = inner
-            .appender
-            .lock()
-            .map_err(|_| JournalError::Failed {
-                what: "an append panicked halfway".into(),
-            })?;
+        let mut app = inner.appender.lock().map_err(|_| JournalError::Failed {
+            what: "an append panicked halfway".into(),
+        })?;
         if let Some(failed) = inner.shared.failure() {
             return Err(failed);
         }
@@ -1030,7 +1032,11 @@ impl<M: Model> Journal<M> {
 
     /// Keys of retained finished entries in increasing order, from the first
     /// after `after` (from the start when `None`), at most `limit`.
-    pub fn archived_keys(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>, JournalError> {
+    pub fn archived_keys(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, JournalError> {
         let store = &self.inner.store;
         let start = match after {
             None => record::archive_key(0, 0),
@@ -1058,9 +1064,13 @@ impl<M: Model> Journal<M> {
     pub fn snapshot_now(&self) -> Result<(), JournalError> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         {
-            let app = self.inner.appender.lock().map_err(|_| JournalError::Failed {
-                what: "an append panicked halfway".into(),
-            })?;
+            let app = self
+                .inner
+                .appender
+                .lock()
+                .map_err(|_| JournalError::Failed {
+                    what: "an append panicked halfway".into(),
+                })?;
             let Some(tx) = app.tx.as_ref() else {
                 return Err(JournalError::Closed);
             };
@@ -1092,7 +1102,8 @@ impl<M: Model> Inner<M> {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(handle) = writer.take() {
             if handle.join().is_err() {
-                self.shared.fail("the journal writer thread panicked".into());
+                self.shared
+                    .fail("the journal writer thread panicked".into());
             }
         }
         match self.shared.failure() {

@@ -148,7 +148,9 @@ pub fn check_first(bytes: &[u8], max_payload_bytes: usize) -> (Checked<'_>, &[u8
     if len > max_payload_bytes {
         return damaged(
             kind,
-            format!("the header claims {len} payload bytes, over the {max_payload_bytes}-byte limit"),
+            format!(
+                "the header claims {len} payload bytes, over the {max_payload_bytes}-byte limit"
+            ),
         );
     }
     if after_header.len() < len {
@@ -165,7 +167,9 @@ pub fn check_first(bytes: &[u8], max_payload_bytes: usize) -> (Checked<'_>, &[u8
     if actual != crc {
         return damaged(
             kind,
-            format!("checksum mismatch: the header says {crc:08x}, the payload hashes to {actual:08x}"),
+            format!(
+                "checksum mismatch: the header says {crc:08x}, the payload hashes to {actual:08x}"
+            ),
         );
     }
     let kind = kind.expect("checked length");
@@ -275,7 +279,9 @@ pub fn check_block(value: &[u8]) -> Block<'_> {
     let actual = crc32fast::hash(&value[5..]);
     if actual != crc {
         return Block::Damaged {
-            what: format!("checksum mismatch: the header says {crc:08x}, the block hashes to {actual:08x}"),
+            what: format!(
+                "checksum mismatch: the header says {crc:08x}, the block hashes to {actual:08x}"
+            ),
         };
     }
     let count = u32::from_le_bytes(value[5..9].try_into().expect("4 bytes"));
@@ -435,10 +441,9 @@ pub fn expiry_key(finished_at_ms: u64, key: u64) -> [u8; 17] {
 /// Reads an expiry index key back into (finished_at_ms, key).
 pub fn parse_expiry_key(key: &[u8]) -> Option<(u64, u64)> {
     match key.split_first() {
-        Some((&ARCHIVE_EXPIRY, rest)) if rest.len() == 16 => Some((
-            parse_u64_key(&rest[..8])?,
-            parse_u64_key(&rest[8..])?,
-        )),
+        Some((&ARCHIVE_EXPIRY, rest)) if rest.len() == 16 => {
+            Some((parse_u64_key(&rest[..8])?, parse_u64_key(&rest[8..])?))
+        }
         _ => None,
     }
 }

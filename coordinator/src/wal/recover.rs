@@ -81,11 +81,17 @@ pub(crate) fn recover<M: Model>(store: &Store) -> Result<Opened<M>, JournalError
     for key in stale_snapshot {
         snapshot.remove(key);
     }
-    store.snapshot.apply_batch(snapshot).map_err(|e| store.err(e))?;
+    store
+        .snapshot
+        .apply_batch(snapshot)
+        .map_err(|e| store.err(e))?;
     // Entries the replay finished: their archive writes may not have been
     // flushed before the crash; writing them again is harmless.
     let archive = store.archive_batch(mirror.take_finished())?;
-    store.archive.apply_batch(archive).map_err(|e| store.err(e))?;
+    store
+        .archive
+        .apply_batch(archive)
+        .map_err(|e| store.err(e))?;
     if format.is_none() {
         store
             .meta
@@ -180,14 +186,15 @@ fn replay<M: Model>(
         if seq != expected {
             return Err(store.corrupt(
                 at(expected, None),
-                format!("it is missing: the log goes from seq {} to {seq}", expected - 1),
+                format!(
+                    "it is missing: the log goes from seq {} to {seq}",
+                    expected - 1
+                ),
             ));
         }
         let (count, records) = match record::check_block(&value) {
             Block::Valid { count, records } => (count, records),
-            Block::Newer { version } => {
-                return Err(store.unknown_version(at(seq, None), version))
-            }
+            Block::Newer { version } => return Err(store.unknown_version(at(seq, None), version)),
             Block::Damaged { what } => {
                 let what = format!("the block of facts starting there: {what}");
                 return match log.next() {

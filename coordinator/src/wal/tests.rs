@@ -22,14 +22,8 @@ use super::*;
 /// fail on purpose.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Fact {
-    Add {
-        key: u64,
-        n: u64,
-    },
-    Finish {
-        key: u64,
-        at_ms: u64,
-    },
+    Add { key: u64, n: u64 },
+    Finish { key: u64, at_ms: u64 },
     Poison(#[serde(serialize_with = "refuse", skip_deserializing)] ()),
 }
 
@@ -286,7 +280,11 @@ fn check_snapshots(snapshot_after: &[Seq], snapshot_every_facts: u64) {
     if let Some(&last) = snapshot_after.last() {
         assert!(rec.stats.snapshot_seq >= last, "{case}: {:?}", rec.stats);
     }
-    assert_eq!(rec.stats.facts_replayed, 100 - rec.stats.snapshot_seq, "{case}");
+    assert_eq!(
+        rec.stats.facts_replayed,
+        100 - rec.stats.snapshot_seq,
+        "{case}"
+    );
     journal.close().expect("close");
 
     // Only the current snapshot and the log after it are left.
@@ -323,9 +321,7 @@ fn a_snapshot_plus_the_log_equals_the_log_alone() {
 fn a_snapshot_larger_than_a_part_is_split_and_read_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     // 40,000 unfinished entries of about 50 bytes each: about 2 MB of JSON.
-    let all: Vec<Fact> = (0..40_000)
-        .map(|key| Fact::Add { key, n: key })
-        .collect();
+    let all: Vec<Fact> = (0..40_000).map(|key| Fact::Add { key, n: key }).collect();
     let (journal, _) = open(config(dir.path()));
     write(&journal, &all, 1_000);
     journal.snapshot_now().expect("snapshot");
@@ -369,7 +365,9 @@ fn an_append_is_committed_whole_even_over_max_batch() {
     let mut boundaries = Vec::new();
     let mut next = 1;
     for size in sizes {
-        let last = journal.append(facts(next..=next + size - 1)).expect("append");
+        let last = journal
+            .append(facts(next..=next + size - 1))
+            .expect("append");
         boundaries.push(last);
         next = last + 1;
     }
@@ -428,9 +426,14 @@ fn close_is_idempotent_across_clones_and_later_calls_say_closed() {
     journal.close().expect("close drains");
     // The queued facts were committed before close returned.
     assert_eq!(other.durable(), last);
-    assert!(matches!(other.append(facts(11..=11)), Err(JournalError::Closed)));
+    assert!(matches!(
+        other.append(facts(11..=11)),
+        Err(JournalError::Closed)
+    ));
     assert!(matches!(other.snapshot_now(), Err(JournalError::Closed)));
-    other.wait_durable(last, Duration::ZERO).expect("already durable");
+    other
+        .wait_durable(last, Duration::ZERO)
+        .expect("already durable");
     other.close().expect("second close");
 }
 
@@ -456,7 +459,11 @@ fn a_failed_write_stops_the_journal_and_says_why() {
     let sink = Arc::clone(&reports);
     let (journal, _) = Journal::<Toy>::open(
         config(dir.path()),
-        Box::new(move |r| sink.lock().expect("lock").push(r.map_err(|e| e.to_string()))),
+        Box::new(move |r| {
+            sink.lock()
+                .expect("lock")
+                .push(r.map_err(|e| e.to_string()))
+        }),
     )
     .expect("journal opens");
     write(&journal, &facts(1..=3), 3);
@@ -464,10 +471,20 @@ fn a_failed_write_stops_the_journal_and_says_why() {
     let err = journal
         .wait_durable(seq, Duration::from_secs(10))
         .expect_err("never durable");
-    let why = "journal: cannot encode log record seq 4 (fact kind 3): this fact refuses to be encoded";
-    assert_eq!(err.to_string(), format!("the journal failed and takes no more facts: {why}"));
-    assert_eq!(*reports.lock().expect("lock"), vec![Ok(3), Err(why.to_owned())]);
-    assert!(matches!(journal.append(facts(4..=4)), Err(JournalError::Failed { .. })));
+    let why =
+        "journal: cannot encode log record seq 4 (fact kind 3): this fact refuses to be encoded";
+    assert_eq!(
+        err.to_string(),
+        format!("the journal failed and takes no more facts: {why}")
+    );
+    assert_eq!(
+        *reports.lock().expect("lock"),
+        vec![Ok(3), Err(why.to_owned())]
+    );
+    assert!(matches!(
+        journal.append(facts(4..=4)),
+        Err(JournalError::Failed { .. })
+    ));
     assert!(matches!(journal.close(), Err(JournalError::Failed { .. })));
     // What was durable before the failure is intact.
     let (journal, rec) = open(config(dir.path()));
@@ -486,7 +503,10 @@ fn config_values_of_zero_are_refused_by_name() {
         Box::new(|_| {}),
     )
     .expect_err("refused");
-    assert_eq!(err.to_string(), "journal config: queue_facts = 0: must be at least 1");
+    assert_eq!(
+        err.to_string(),
+        "journal config: queue_facts = 0: must be at least 1"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -564,7 +584,9 @@ fn a_torn_block_of_several_appends_goes_whole() {
     // one block from seq 6.
     journal.append(facts(6..=8)).expect("append");
     let last = journal.append(facts(9..=12)).expect("append");
-    journal.wait_durable(last, Duration::from_secs(10)).expect("durable");
+    journal
+        .wait_durable(last, Duration::from_secs(10))
+        .expect("durable");
     journal.close().expect("close");
     let keys: Vec<Vec<u8>> = dump(dir.path())
         .into_iter()
@@ -578,7 +600,11 @@ fn a_torn_block_of_several_appends_goes_whole() {
     set_log(dir.path(), last_key, Some(good[..good.len() - 1].to_vec()));
     let (journal, rec) = open(config(dir.path()));
     assert!(rec.stats.torn_dropped);
-    assert_eq!(rec.last_seq, last_key - 1, "the whole block goes, never part of an append");
+    assert_eq!(
+        rec.last_seq,
+        last_key - 1,
+        "the whole block goes, never part of an append"
+    );
     assert_eq!(rec.model, fold(&facts(1..=last_key - 1)));
     journal.close().expect("close");
 }
@@ -589,7 +615,11 @@ fn check_refused(dir: &Path, expected: &str) {
     let before = dump(dir);
     let expected = expected.replace("{dir}", &dir.display().to_string());
     assert_eq!(open_err(dir).to_string(), expected);
-    assert_eq!(open_err(dir).to_string(), expected, "the second open says the same");
+    assert_eq!(
+        open_err(dir).to_string(),
+        expected,
+        "the second open says the same"
+    );
     assert!(dump(dir) == before, "a refused open changed nothing");
 }
 
@@ -655,8 +685,7 @@ fn a_bad_record_inside_a_whole_block_is_corruption_even_when_last() {
                 r[0] = 0;
                 r
             },
-            "log record seq 20 (fact kind 1) is damaged: format version 0 was never written"
-                .into(),
+            "log record seq 20 (fact kind 1) is damaged: format version 0 was never written".into(),
         ),
         (
             "bytes after the records",
@@ -678,7 +707,10 @@ fn a_bad_record_inside_a_whole_block_is_corruption_even_when_last() {
         let prefix = format!("journal at {}: {expected}", dir.path().display());
         assert!(err.starts_with(&prefix), "{name}: {err}");
         assert!(err.ends_with(RESTORE), "{name}: {err}");
-        check_refused(dir.path(), &err.replace(&dir.path().display().to_string(), "{dir}"));
+        check_refused(
+            dir.path(),
+            &err.replace(&dir.path().display().to_string(), "{dir}"),
+        );
     }
 }
 
@@ -715,7 +747,10 @@ fn a_damaged_snapshot_is_corruption() {
         err.contains("the snapshot at seq 20 is damaged: checksum mismatch"),
         "{err}"
     );
-    check_refused(dir.path(), &err.replace(&dir.path().display().to_string(), "{dir}"));
+    check_refused(
+        dir.path(),
+        &err.replace(&dir.path().display().to_string(), "{dir}"),
+    );
 }
 
 #[test]
@@ -740,7 +775,10 @@ fn a_newer_format_is_refused_by_name_even_in_the_last_record() {
         let mut record = log_value(dir.path(), seq)[record::BLOCK_HEADER_BYTES..].to_vec();
         record[0] = 2;
         set_log(dir.path(), seq, Some(seal(1, &record)));
-        check_refused(dir.path(), &newer(&format!("log record seq {seq} (fact kind 1)")));
+        check_refused(
+            dir.path(),
+            &newer(&format!("log record seq {seq} (fact kind 1)")),
+        );
     }
 
     let dir = journal_with(&facts(1..=3));
@@ -803,7 +841,10 @@ fn finished_entries_move_to_the_archive_and_expire_after_retention() {
     // Neither finished entry is in the snapshot.
     let (journal, rec) = open(cfg);
     assert_eq!(rec.stats.snapshot_seq, 5);
-    assert_eq!(rec.model.entries.keys().copied().collect::<Vec<_>>(), vec![3]);
+    assert_eq!(
+        rec.model.entries.keys().copied().collect::<Vec<_>>(),
+        vec![3]
+    );
     assert_eq!(rec.model, fold(&all));
     journal.close().expect("close");
 }
@@ -814,7 +855,9 @@ fn archived_keys_page_in_order() {
     let all = facts(1..=200); // keys 0..=24 finish
     let (journal, _) = open(config(dir.path()));
     write(&journal, &all, 10);
-    journal.snapshot_now().expect("archived before the snapshot");
+    journal
+        .snapshot_now()
+        .expect("archived before the snapshot");
     let mut keys = Vec::new();
     let mut after = None;
     loop {
@@ -827,7 +870,10 @@ fn archived_keys_page_in_order() {
         keys.extend(page);
     }
     assert_eq!(keys, (0..25).collect::<Vec<_>>());
-    assert_eq!(journal.archived_keys(Some(u64::MAX), 7).expect("keys"), Vec::<u64>::new());
+    assert_eq!(
+        journal.archived_keys(Some(u64::MAX), 7).expect("keys"),
+        Vec::<u64>::new()
+    );
     journal.close().expect("close");
 }
 
@@ -838,7 +884,10 @@ fn lost_archive_writes_are_redone_from_the_log() {
     {
         // As if the crash came before the archive writes were flushed.
         let db = raw(dir.path());
-        db.open_tree("archive").expect("tree").clear().expect("clear");
+        db.open_tree("archive")
+            .expect("tree")
+            .clear()
+            .expect("clear");
         db.flush().expect("flush");
     }
     let (journal, rec) = open(config(dir.path()));
@@ -848,7 +897,11 @@ fn lost_archive_writes_are_redone_from_the_log() {
         expected.apply(fact);
     }
     for (key, bytes, _) in expected.take_finished() {
-        assert_eq!(journal.archived(key).expect("read"), Some(bytes), "key {key}");
+        assert_eq!(
+            journal.archived(key).expect("read"),
+            Some(bytes),
+            "key {key}"
+        );
     }
     journal.close().expect("close");
 }
@@ -874,9 +927,21 @@ fn record_framing_round_trips_and_names_damage() {
         assert_eq!(got, expected, "{value:?}");
     };
     check(&[], 100, "the record is empty");
-    check(&[1, 4, 0], 100, "the record has 3 bytes, fewer than its 10-byte header");
-    check(&rec, 3, "the header claims 7 payload bytes, over the 3-byte limit");
-    check(&rec[..12], 100, "the header claims 7 payload bytes but 2 follow");
+    check(
+        &[1, 4, 0],
+        100,
+        "the record has 3 bytes, fewer than its 10-byte header",
+    );
+    check(
+        &rec,
+        3,
+        "the header claims 7 payload bytes, over the 3-byte limit",
+    );
+    check(
+        &rec[..12],
+        100,
+        "the header claims 7 payload bytes but 2 follow",
+    );
     check(&[0, 4], 100, "format version 0 was never written");
     check(&[2, 4], 100, "Newer { version: 2 }");
     let mut flipped = rec.clone();
@@ -886,7 +951,11 @@ fn record_framing_round_trips_and_names_damage() {
         100,
         "checksum mismatch: the header says 422c6a15, the payload hashes to 7f4c43a5",
     );
-    check(&[rec.clone(), vec![0]].concat(), 100, "1 bytes follow the record");
+    check(
+        &[rec.clone(), vec![0]].concat(),
+        100,
+        "1 bytes follow the record",
+    );
 }
 
 #[test]
@@ -916,7 +985,10 @@ fn block_framing_round_trips_and_names_damage() {
     check(&[], "the block is empty");
     check(&[0, 1], "format version 0 was never written");
     check(&[3, 1], "Newer { version: 3 }");
-    check(&block[..5], "the block has 5 bytes, fewer than its 9-byte header");
+    check(
+        &block[..5],
+        "the block has 5 bytes, fewer than its 9-byte header",
+    );
     check(
         &block[..block.len() - 1],
         "checksum mismatch: the header says 19d7b901, the block hashes to b4e500d3",
@@ -985,9 +1057,7 @@ fn crash_loop_child() {
     let mut last = rec.last_seq;
     while started.elapsed() < CHILD_LIFETIME {
         let n = append_len(last + 1);
-        last = journal
-            .append(facts(last + 1..=last + n))
-            .expect("append");
+        last = journal.append(facts(last + 1..=last + n)).expect("append");
     }
 }
 
@@ -1083,7 +1153,11 @@ fn crash_loop_keeps_every_acknowledged_fact() {
         kills_with_acks += usize::from(saw.max_durable > last_seq);
 
         let (journal, rec) = open(crash_config(dir.path()));
-        assert!(rec.incarnation > incarnation, "{ctx}: {} after {incarnation}", rec.incarnation);
+        assert!(
+            rec.incarnation > incarnation,
+            "{ctx}: {} after {incarnation}",
+            rec.incarnation
+        );
         if let Some(child_incarnation) = saw.incarnation {
             assert_eq!(rec.incarnation, child_incarnation + 1, "{ctx}");
         }
@@ -1098,7 +1172,10 @@ fn crash_loop_keeps_every_acknowledged_fact() {
         while boundary < rec.last_seq {
             boundary += append_len(boundary + 1);
         }
-        assert_eq!(boundary, rec.last_seq, "{ctx}: the log ends inside an append");
+        assert_eq!(
+            boundary, rec.last_seq,
+            "{ctx}: the log ends inside an append"
+        );
         // A gap-free prefix of exactly the facts written, each whole.
         for fact in facts(last_seq + 1..=rec.last_seq) {
             expected.apply(&fact);
@@ -1122,5 +1199,8 @@ fn crash_loop_keeps_every_acknowledged_fact() {
     println!(
         "crash loop: {KILLS} kills, {kills_with_acks} after acknowledged commits, {last_seq} facts"
     );
-    assert!(kills_with_acks >= KILLS / 2, "most kills came after acknowledged facts");
+    assert!(
+        kills_with_acks >= KILLS / 2,
+        "most kills came after acknowledged facts"
+    );
 }

@@ -90,7 +90,9 @@ impl<M: Model> Writer<M> {
                     let result = self.snapshot();
                     let answer = match &result {
                         Ok(()) => Ok(()),
-                        Err(e) => Err(JournalError::Failed { what: e.to_string() }),
+                        Err(e) => Err(JournalError::Failed {
+                            what: e.to_string(),
+                        }),
                     };
                     // The asker may have given up; nothing to tell then.
                     let _ = reply.send(answer);
@@ -247,7 +249,10 @@ impl<M: Model> Writer<M> {
         for key in store.snapshot.range(old_parts).keys() {
             snapshot.remove(key.map_err(|e| store.err(e))?);
         }
-        store.snapshot.apply_batch(snapshot).map_err(|e| store.err(e))
+        store
+            .snapshot
+            .apply_batch(snapshot)
+            .map_err(|e| store.err(e))
     }
 
     /// Removes archive entries finished more than the retention ago.
@@ -261,7 +266,11 @@ impl<M: Model> Writer<M> {
         };
         let mut batch = sled::Batch::default();
         let end = record::expiry_key(cutoff_ms, 0);
-        for item in store.archive.range(&record::expiry_start()[..]..&end[..]).keys() {
+        for item in store
+            .archive
+            .range(&record::expiry_start()[..]..&end[..])
+            .keys()
+        {
             let index_key = item.map_err(|e| store.err(e))?;
             batch.remove(index_key.clone());
             let Some((finished_at_ms, key)) = record::parse_expiry_key(&index_key) else {
