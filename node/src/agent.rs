@@ -83,7 +83,11 @@ const NOT_STARTED: u64 = u64::MAX;
 /// Longest wait for a QUIC handshake with the coordinator before retrying.
 const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// The node's QUIC idle timeout: a coordinator silent this long is gone.
-const IDLE_TIMEOUT_MS: u64 = 10_000;
+/// A killed coordinator sends no close, so this is how long its nodes take
+/// to notice; as long as the coordinator takes to declare a silent node
+/// lost. A spurious timeout costs little: the work carries on and the next
+/// hello hands it back.
+const IDLE_TIMEOUT_MS: u64 = drover_shared::config::NODE_TIMEOUT_MS;
 /// Longest wait for the coordinator's preamble. QUIC keep-alives keep a
 /// connection open even when the coordinator never answers on the stream,
 /// so the idle timeout alone would not end such a session.
