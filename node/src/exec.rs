@@ -32,12 +32,14 @@
 //! line to the agent's, and the last [`STDERR_TAIL_LINES`] lines go into the
 //! report of a chunk whose worker died.
 //!
-//! - **Exact shrink.** Before each frame the worker asks the supervisor,
-//!   which answers with the chunk's [`FrameWindow::try_start`] under the
-//!   window's lock: the same decision, in the same process as the agent's
-//!   shrink, as when rendering ran on a thread of the agent. One round trip
-//!   per frame over a pipe (about a hundred microseconds) is hidden behind
-//!   the frames in flight.
+//! - **Exact shrink.** The worker asks the supervisor for each frame before
+//!   it starts it, and the supervisor answers with the chunk's
+//!   [`FrameWindow::try_start`] under the window's lock: the same decision,
+//!   in the same process as the agent's shrink, as when rendering ran on a
+//!   thread of the agent. The question for the next frame goes out as soon
+//!   as a frame is granted, so the round trip over the pipes travels while
+//!   that frame renders; a granted frame is always rendered unless the
+//!   chunk fails, so the answer to a shrink stays the segment's last frame.
 //! - **Frame limit.** A chunk's frames run under the job's
 //!   `frame_timeout_s`, else [`DEFAULT_FRAME_TIMEOUT_S`] (or
 //!   [`ExecOptions::frame_timeout`]). The clock of a frame runs from the

@@ -321,12 +321,15 @@ impl Supervisor {
             }
             FromWorker::Start { chunk, frame } => {
                 let Some(a) = self.rendering(chunk) else {
-                    return self.kill(
-                        now,
-                        Cause::Broken(format!(
-                            "asked to start a frame of {chunk:?}, which is not rendering"
-                        )),
-                    );
+                    // The chunk ended first: its encoder failed and said so
+                    // (from its own thread) while the renderer was still
+                    // asking. It starts nothing more.
+                    self.actions.push_back(Action::Send(ToWorker::Answer {
+                        chunk,
+                        frame,
+                        go: false,
+                    }));
+                    return;
                 };
                 let w = &a.item.window;
                 let expected = w.start() + w.frames_started();
@@ -345,13 +348,9 @@ impl Supervisor {
                     .push_back(Action::Send(ToWorker::Answer { chunk, frame, go }));
             }
             FromWorker::Progress { chunk, frames_done } => {
+                // As for a start: the chunk may have ended first.
                 let Some(a) = self.rendering(chunk) else {
-                    return self.kill(
-                        now,
-                        Cause::Broken(format!(
-                            "reported progress of {chunk:?}, which is not rendering"
-                        )),
-                    );
+                    return;
                 };
                 let started = a.item.window.frames_started();
                 if frames_done <= a.frames_done || frames_done > started {
@@ -1219,6 +1218,32 @@ mod tests {
         assert_eq!(h.actions(), ["kill"]);
     }
 
+    /// A chunk whose encoder failed (reported from the encoder's thread)
+    /// while its renderer was still asking: the late question gets a no and
+    /// the late progress is dropped; the worker is not killed.
+    #[test]
+    fn late_words_about_an_ended_chunk_are_answered_no() {
+        let mut h = Harness::ready();
+        let c = h.submit(0, 0, 9, 0);
+        assert!(h.ask(1, 0, 0));
+        h.say(
+            1,
+            FromWorker::Failed {
+                chunk: c.key,
+                reason: "encode: broken pipe".into(),
+                log_tail: String::new(),
+                failed_frame: None,
+            },
+        );
+        h.progress(1, 0, 1);
+        assert!(!h.ask(1, 0, 1));
+        assert_eq!(
+            h.events(),
+            ["progress 0 0/10", "failed 0 None: encode: broken pipe"]
+        );
+        assert_eq!(h.sup.generation(), Some(1));
+    }
+
     #[test]
     fn restart_backoff_doubles_up_to_its_cap() {
         let ms = |n| restart_backoff(n).as_millis() as u64;
@@ -1270,8 +1295,8 @@ mod tests {
             "reported 2 frames done after 0, with 1 started",
         );
         check(
-            &|h| h.progress(1, 5, 1),
-            "reported progress of ChunkKey { job: 7, index: 5, epoch: 1 }, which is not rendering",
+            &|h| h.finished(1, 5, 0, 0),
+            "finished ChunkKey { job: 7, index: 5, epoch: 1 }, which it does not hold",
         );
         check(&|h| h.say(1, ready_msg()), "said it was ready twice");
         check(

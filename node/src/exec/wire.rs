@@ -13,10 +13,11 @@
 //! 1. Supervisor: [`ToWorker::Init`] (spool, test aids). Worker: opens its
 //!    own render device and answers [`FromWorker::Ready`] (or
 //!    [`FromWorker::Fatal`] and exits).
-//! 2. Per chunk: [`ToWorker::Run`]; before each frame the worker asks
-//!    [`FromWorker::Start`] and waits for [`ToWorker::Answer`] (the
-//!    supervisor decides with the agent's `FrameWindow`, so a shrink stays
-//!    exact); [`FromWorker::Progress`] after each frame;
+//! 2. Per chunk: [`ToWorker::Run`]; the worker asks [`FromWorker::Start`]
+//!    for each frame in order, and starts it only on a yes in
+//!    [`ToWorker::Answer`] (the supervisor decides with the agent's
+//!    `FrameWindow`, so a shrink stays exact; the worker asks about the
+//!    next frame as soon as one is granted); [`FromWorker::Progress`] after each frame;
 //!    [`FromWorker::Rendered`] once every frame is rendered (the encoder may
 //!    still be flushing, and the next chunk may start); then
 //!    [`FromWorker::Finished`] or [`FromWorker::Failed`].

@@ -9,6 +9,7 @@
 //! encoder thread reports the chunk's end. Everything written to stdout is
 //! a message; stdout is moved aside at start and fd 1 pointed at stderr.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -158,6 +159,7 @@ pub fn run() -> anyhow::Result<()> {
             cancel: Arc::clone(&cancel),
             out: Arc::clone(&out),
             answers: &answers_rx,
+            pending: Cell::new(None),
         };
         let ctx = Chunk {
             gpu: &gpu,
@@ -199,6 +201,12 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// The frames of a chunk, granted one by one by the supervisor.
+///
+/// The question for the next frame goes out as soon as a frame is granted,
+/// so that its answer travels while this frame renders instead of holding
+/// up the next one. That is still exact: the render loop asks for every
+/// frame in order until one is refused, so a granted frame is always
+/// rendered unless the chunk fails (and then the segment holds nothing).
 struct RemoteGate<'a> {
     chunk: ChunkKey,
     start: u64,
@@ -207,28 +215,24 @@ struct RemoteGate<'a> {
     cancel: Arc<AtomicBool>,
     out: Arc<Out>,
     answers: &'a mpsc::Receiver<(ChunkKey, u64, bool)>,
+    /// The frame asked about whose answer is not read yet.
+    pending: Cell<Option<u64>>,
 }
 
-impl FrameGate for RemoteGate<'_> {
-    fn first_frame(&self) -> u64 {
-        self.start
-    }
-
-    fn try_start(&self, frame: u64) -> bool {
-        if self.cancel.load(Ordering::Relaxed) {
-            return false;
-        }
+impl RemoteGate<'_> {
+    fn ask(&self, frame: u64) {
         self.out.send(&FromWorker::Start {
             chunk: self.chunk,
             frame,
         });
+        self.pending.set(Some(frame));
+    }
+
+    /// Reads the answer about the frame asked about last.
+    fn answer(&self) -> Option<(u64, bool)> {
+        let frame = self.pending.take()?;
         match self.answers.recv() {
-            Ok((chunk, f, go)) if chunk == self.chunk && f == frame => {
-                if go {
-                    self.next.store(frame + 1, Ordering::Relaxed);
-                }
-                go
-            }
+            Ok((chunk, f, go)) if chunk == self.chunk && f == frame => Some((frame, go)),
             Ok(other) => {
                 tracing::error!(
                     "asked about frame {frame} of {:?}, answered {other:?}",
@@ -240,10 +244,49 @@ impl FrameGate for RemoteGate<'_> {
             Err(_) => exit_now(0),
         }
     }
+}
+
+impl FrameGate for RemoteGate<'_> {
+    fn first_frame(&self) -> u64 {
+        self.start
+    }
+
+    fn try_start(&self, frame: u64) -> bool {
+        if self.pending.get().is_none() {
+            if self.cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.ask(frame);
+        }
+        let go = match self.answer() {
+            Some((asked, go)) => {
+                debug_assert_eq!(asked, frame, "frames are asked for in order");
+                go && asked == frame
+            }
+            None => false,
+        };
+        if !go {
+            return false;
+        }
+        self.next.store(frame + 1, Ordering::Relaxed);
+        if self.cancel.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.ask(frame + 1);
+        true
+    }
 
     fn stop(&self) {
         // The supervisor stops the chunk's window when it hears the
         // chunk failed.
+    }
+}
+
+impl Drop for RemoteGate<'_> {
+    fn drop(&mut self) {
+        // A render that stopped on an error leaves one question out; its
+        // answer must not be taken for the next chunk's.
+        let _ = self.answer();
     }
 }
 
