@@ -539,3 +539,64 @@ fn a_worker_that_cannot_start_fails_the_waiting_chunks() {
         "{reason}"
     );
 }
+
+/// The worker alone, spoken to in its own JSON lines: it opens its device,
+/// asks before each frame, and when its agent goes away (stdin closes) it
+/// exits at once, even in the middle of a frame that never ends.
+#[test]
+fn a_worker_whose_agent_is_gone_exits_even_mid_frame() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let spool = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drover-exec-worker"))
+        .arg("exec-worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> serde_json::Value {
+        serde_json::from_str(&lines.next().expect("a line").unwrap()).unwrap()
+    };
+    let init = serde_json::json!({
+        "msg": "init", "version": 1, "spool": spool.path(),
+        "slowdown_factor": 1.0, "fail_frames": [],
+    });
+    writeln!(stdin, "{init}").unwrap();
+    assert_eq!(next()["msg"], "ready");
+    let chunk = serde_json::json!({"job": 9, "index": 0, "epoch": 1});
+    let run = serde_json::json!({
+        "msg": "run", "chunk": chunk, "start": 5, "fps": 24, "width": 64, "height": 64,
+        "shader_source": HUNG, "encoder": "libx264", "crf": 23,
+    });
+    writeln!(stdin, "{run}").unwrap();
+    let ask = next();
+    assert_eq!(
+        (ask["msg"].as_str(), ask["frame"].as_u64()),
+        (Some("start"), Some(5))
+    );
+    let answer = serde_json::json!({"msg": "answer", "chunk": chunk, "frame": 5, "go": true});
+    writeln!(stdin, "{answer}").unwrap();
+    // It asks about frame 6 while frame 5 renders, and frame 5 never ends.
+    assert_eq!(next()["frame"], 6);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stdin);
+    let closed = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if closed.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the worker outlived its agent by 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!(
+        "exited {:?} after its stdin closed: {status}",
+        closed.elapsed()
+    );
+    assert!(status.success(), "{status}");
+}
