@@ -24,21 +24,30 @@
 //!   [fact count u32 LE]` then each fact as one record, `[format version u8 =
 //!   1][kind u8][len u32 LE][crc32 of payload u32 LE][payload]`, the payload
 //!   being the fact as JSON (readable with a tool; the benchmark shows the
-//!   codec is not what limits throughput). Blocks close at the end of an
-//!   append once they reach 64 KiB. One sled value per fact cost sled's
-//!   per-key overhead on every fact (about 20 µs of CPU to insert, 9 µs to
-//!   read back, 750 bytes on disk); per block it is a few hundred times
-//!   less.
-//! - `snapshot`: key = (seq, part), both big-endian. Part 0 is a header record
-//!   (format version, seq, number of parts, total bytes, crc32 of all parts);
-//!   parts 1..=n hold the model as JSON, at most 1 MiB each.
+//!   codec is not what limits throughput). A block closes at the end of an
+//!   append once it reaches 4 KiB (a few dozen facts). With one sled value
+//!   per fact, sled's cost per key was the whole cost: the benchmark wrote
+//!   47,000 facts/s, replayed 110,000 facts/s and kept about 780 bytes on
+//!   disk per fact.
+//! - `snapshot`: the model as JSON in *parts*: key = (seq, part), both
+//!   big-endian; part 0 is a header record (format version, seq, number of
+//!   parts, total bytes, crc32 of all parts) and parts 1..=n hold at most
+//!   4 KiB each.
 //! - `archive`: finished entries, readable by key for the retention period.
 //!   Two key spaces in the one tree, so an entry and its expiry index are
-//!   written and removed together by one atomic sled batch: `e` + key
-//!   (big-endian) = a record holding `finished_at_ms` and the entry's bytes;
-//!   `t` + finished_at_ms + key (both big-endian) = nothing, the expiry index.
+//!   written and removed together by one atomic sled batch: `e` + key + part
+//!   (big-endian) = the entry's bytes in parts as above, the header's tag
+//!   being `finished_at_ms`; `t` + finished_at_ms + key (both big-endian) =
+//!   nothing, the expiry index.
 //! - `meta`: `format` (u8), `incarnation` (u32 BE), `snapshot_seq` (u64 BE,
 //!   the current snapshot; absent when there is none).
+//!
+//! No value is over 4 KiB (but a block holding one append larger than that):
+//! sled 0.34 moves a tree node whose size passes 128 KiB (a leaf holds up to
+//! 17 values) to a file of its own under `blobs/`, which its flush does not
+//! fsync. Small values keep every node in sled's log, so an fsync is one
+//! `fdatasync` of one file, about a millisecond, instead of hundreds of
+//! milliseconds of blob files.
 //!
 //! # The write path, step by step
 //! 1. [`Journal::append`] (the caller's thread): under the appender lock,
@@ -56,9 +65,14 @@
 //!    and puts the blocks in one `sled::Batch` on `log` (`apply_batch`).
 //!    *Crash:* sled recovers a batch whole or not at all; either way nothing
 //!    of it was acknowledged.
-//! 4. **fsync** (`Db::flush`): one per batch with [`Sync::Group`], one per
-//!    fact with [`Sync::PerFact`] (which inserts and flushes each fact on
-//!    its own). *Crash after it:* the batch survives.
+//! 4. **fsync**: one per batch with [`Sync::Group`], one per fact with
+//!    [`Sync::PerFact`] (which inserts and syncs each fact on its own). An
+//!    fsync here is sled's `Db::flush` then an `fdatasync` of sled's `db`
+//!    file and of any new file under `blobs/` (and of that directory):
+//!    sled's flush alone uses `sync_file_range`, which survives a crash of
+//!    the process but not of the machine (no device cache flush, no file
+//!    size), and never syncs blob files. *Crash after it:* the batch
+//!    survives.
 //! 5. The durable watermark moves to the batch's last seq, `wait_durable`
 //!    callers wake, and `on_durable(Ok(seq))` runs. Only now is a fact
 //!    acknowledged.
@@ -177,7 +191,8 @@ pub enum Sync {
     #[default]
     Group,
     /// One fsync per fact: the naive write path, kept for the benchmark's
-    /// comparison.
+    /// comparison. An append of several facts is then no longer all or
+    /// nothing after a crash.
     PerFact,
 }
 
@@ -196,8 +211,9 @@ pub const DEFAULT_MAX_BATCH: usize = 65_536;
 pub const DEFAULT_QUEUE_FACTS: usize = 65_536;
 
 /// Facts between snapshots, by default: bounds recovery to one snapshot
-/// plus at most this many facts (about 1-2 s of replay), while a snapshot
-/// (which writes the whole hot model) stays rare under load.
+/// plus at most this many facts (under half a second of replay: the
+/// benchmark replays about 450,000 frame facts/s), while a snapshot (which
+/// writes the whole hot model) stays rare under load.
 pub const DEFAULT_SNAPSHOT_EVERY_FACTS: u64 = 200_000;
 
 /// How long finished entries stay readable, by default: a week, long
@@ -476,7 +492,7 @@ struct Appender<F> {
 /// What the writer publishes to the handles.
 pub(crate) struct Shared {
     /// The durable watermark.
-    durable: AtomicU64,
+    pub(crate) durable: AtomicU64,
     /// The last seq appended (for `wait_durable`'s check).
     appended: AtomicU64,
     state: Mutex<WriterState>,
@@ -501,10 +517,10 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Moves the watermark and wakes the waiters.
-    pub(crate) fn publish(&self, seq: Seq) {
-        self.durable.store(seq, Ordering::Release);
-        // Taking the lock orders this store before any waiter's next check.
+    /// Wakes the waiters after the watermark moved.
+    pub(crate) fn wake(&self) {
+        // Taking the lock orders the watermark's store before any waiter's
+        // next check, so none misses this wake-up.
         drop(self.state());
         self.changed.notify_all();
     }
@@ -574,6 +590,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 pub(crate) fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
     let started = Instant::now();
     loop {
+        // sled's default mode; `HighThroughput` was neither faster nor
+        // smaller in the benchmark.
         let config = sled::Config::new().path(dir).mode(sled::Mode::LowSpace);
         match config.open() {
             Err(sled::Error::Io(e))
@@ -602,13 +620,19 @@ pub(crate) struct Store {
 
 /// Completes sled's flush into a real fsync. sled 0.34's `flush` on Linux
 /// writes its log with `sync_file_range`, which neither flushes the
-/// device's write cache nor the file's size, and writes values too large
-/// for its pages (a leaf of blocks, an archive entry, a snapshot part) to
-/// files under `blobs/` that it never fsyncs. That survives a crash of the
-/// process (the page cache survives it; the crash test kills for real), not
-/// one of the machine. So after each flush the journal fdatasyncs the `db`
-/// file and every blob file it has not synced yet, then fsyncs the `blobs`
-/// directory when a file appeared in it.
+/// device's write cache nor the file's size, and writes tree nodes over
+/// 128 KiB to files under `blobs/` that it never fsyncs. That survives a
+/// crash of the process (the page cache survives it; the crash test kills
+/// for real), not one of the machine. So after each flush the journal
+/// fdatasyncs the `db` file and every blob file it has not synced yet, then
+/// fsyncs the `blobs` directory when a file appeared in it. The journal's
+/// values are kept small so that there are normally no blob files (see the
+/// module doc); sled's own background rewrites are sled's to sync (its
+/// flusher thread calls `sync_all` on `db` every 500 ms).
+///
+/// The first sync after opening syncs every blob file present, so what
+/// recovery read (possibly written by a process killed before its own
+/// fsync) is durable before the caller acts on it.
 struct DiskSync {
     db_file: std::fs::File,
     blobs: PathBuf,
@@ -693,22 +717,12 @@ impl Store {
     /// fsync: every write so far survives a crash, of the process or of
     /// the machine, once this returns.
     fn flush(&self) -> Result<(), JournalError> {
-        let t = Instant::now();
         self.db.flush().map_err(|e| self.err(e))?;
-        let t1 = t.elapsed();
         let mut disk = self.disk.lock().unwrap_or_else(|e| e.into_inner());
-        let r = disk.sync().map_err(|source| JournalError::Io {
+        disk.sync().map_err(|source| JournalError::Io {
             file: self.dir.clone(),
             source,
-        });
-        if t.elapsed() > Duration::from_millis(50) {
-            eprintln!(
-                "T sled flush {t1:?} disk sync {:?} ({} blobs)",
-                t.elapsed() - t1,
-                disk.synced.len()
-            );
-        }
-        r
+        })
     }
 
     fn corrupt(&self, at: Location, what: impl Into<String>) -> JournalError {
@@ -744,15 +758,22 @@ impl Store {
                     ),
                 });
             }
-            // An entry archived again (the replay after a crash does it)
-            // may have had more parts; the inserts below replace the rest.
-            self.remove_parts(&self.archive, &record::archive_prefix(key), &mut batch)?;
-            write_parts(
-                &mut batch,
-                &record::archive_prefix(key),
-                finished_at_ms,
-                &bytes,
-            );
+            // The replay after a restart finishes again every entry whose
+            // facts are still in the log: one already stored whole (its
+            // header, written in the same batch as its parts, says the same)
+            // is left alone.
+            let prefix = record::archive_prefix(key);
+            let header = record::PartsHeader::of(finished_at_ms, &bytes);
+            let at = Location::Archive { key };
+            if let Ok(Some(stored)) = self.read_parts_header(&self.archive, &prefix, at) {
+                if stored == header {
+                    continue;
+                }
+            }
+            // One archived again with other bytes may have had more parts;
+            // the inserts below replace the rest.
+            self.remove_parts(&self.archive, &prefix, &mut batch)?;
+            write_parts(&mut batch, &prefix, header, &bytes);
             batch.insert(&record::expiry_key(finished_at_ms, key)[..], &[][..]);
         }
         Ok(batch)
@@ -854,9 +875,14 @@ impl Store {
     }
 }
 
-/// Adds `bytes` to `batch` in parts under `prefix`, with their header.
-pub(crate) fn write_parts(batch: &mut sled::Batch, prefix: &[u8], tag: u64, bytes: &[u8]) {
-    let header = record::PartsHeader::of(tag, bytes);
+/// Adds `bytes` to `batch` in parts under `prefix`, with their header
+/// (`PartsHeader::of(tag, bytes)`).
+pub(crate) fn write_parts(
+    batch: &mut sled::Batch,
+    prefix: &[u8],
+    header: record::PartsHeader,
+    bytes: &[u8],
+) {
     batch.insert(record::parts_key(prefix, 0), header.to_record());
     for (part, chunk) in (1..).zip(bytes.chunks(record::PART_BYTES)) {
         batch.insert(record::parts_key(prefix, part), chunk);
@@ -870,10 +896,13 @@ impl<M: Model> Journal<M> {
     /// and starts the writer thread.
     ///
     /// `on_durable` is called on the writer thread after each fsync with the
-    /// highest durable seq, or once with `Err` when a write or fsync failed;
-    /// after that the journal refuses appends (the coordinator stops). It
-    /// must be quick and must not call back into the journal's blocking
-    /// methods (`wait_durable`, `snapshot_now`, `close`).
+    /// highest durable seq (increasing; [`Journal::durable`] already says
+    /// so when it runs), or once with `Err` when a write or fsync failed,
+    /// before any handle sees the failure; after that the journal refuses
+    /// appends (the coordinator stops). It must be quick (the next commit
+    /// waits for it) and must not call the journal's blocking methods
+    /// (`append` when the queue may be full, `wait_durable`, `snapshot_now`,
+    /// `close`): they wait for the writer thread it runs on.
     pub fn open(
         config: JournalConfig,
         on_durable: OnDurable,
@@ -881,12 +910,10 @@ impl<M: Model> Journal<M> {
         let started = Instant::now();
         config.validate()?;
         let store = Store::open(&config.dir)?;
-        eprintln!("T store open {:?}", started.elapsed());
         let opened = recover::recover::<M>(&store)?;
         // The writer keeps its own copy (the mirror); M is not Clone, so the
         // caller's copy is the mirror through the snapshot codec.
         let model: M = roundtrip(&store, &opened.mirror, opened.last_seq)?;
-        eprintln!("T roundtrip {:?}", started.elapsed());
         let shared = Arc::new(Shared {
             durable: AtomicU64::new(opened.last_seq),
             appended: AtomicU64::new(opened.last_seq),
@@ -1101,7 +1128,10 @@ impl<M: Model> Inner<M> {
         }
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(handle) = writer.take() {
-            if handle.join().is_err() {
+            // The last handle may drop on the writer thread itself (one held
+            // by `on_durable`): it is ending anyway, and cannot join itself.
+            let on_writer = handle.thread().id() == std::thread::current().id();
+            if !on_writer && handle.join().is_err() {
                 self.shared
                     .fail("the journal writer thread panicked".into());
             }

@@ -1,7 +1,7 @@
 //! The bytes on disk: record and block framing, keys, the payload codec.
 //!
-//! Every record (a fact, a snapshot's header, an archive entry) is framed
-//! the same way:
+//! Every record (a fact, the header of a value stored in parts: a snapshot,
+//! an archive entry) is framed the same way:
 //!
 //! ```text
 //! [format version u8][kind u8][payload length u32 LE][crc32 of payload u32 LE][payload]

@@ -1,5 +1,5 @@
 //! Opening: read and check everything, then (only if all of it is sound)
-//! drop a torn last record, tidy what an interrupted snapshot left, archive
+//! drop a torn last block, tidy what an interrupted snapshot left, archive
 //! what the replay finished, count the incarnation, and fsync.
 
 use super::record::{self, Block, Checked, MAX_FACT_BYTES};
@@ -33,7 +33,6 @@ struct Torn {
 /// Opens the journal's state. Reads and checks first; writes only when
 /// everything read is sound, so a damaged journal is left as it was.
 pub(crate) fn recover<M: Model>(store: &Store) -> Result<Opened<M>, JournalError> {
-    let t0 = std::time::Instant::now();
     // Read.
     let format = read_format(store)?;
     let incarnation = read_meta(store, META_INCARNATION, |b| {
@@ -46,9 +45,7 @@ pub(crate) fn recover<M: Model>(store: &Store) -> Result<Opened<M>, JournalError
         None => M::default(),
     };
     let base = snapshot_seq.unwrap_or(0);
-    eprintln!("T snapshot loaded {:?}", t0.elapsed());
     let (last_seq, torn) = replay(store, base, &mut mirror)?;
-    eprintln!("T replayed {:?}", t0.elapsed());
     let stale_log = stale_log_keys(store, base)?;
     let stale_snapshot = stale_snapshot_keys(store, snapshot_seq)?;
     let next_incarnation = incarnation.checked_add(1).ok_or_else(|| {
@@ -60,7 +57,6 @@ pub(crate) fn recover<M: Model>(store: &Store) -> Result<Opened<M>, JournalError
         )
     })?;
 
-    eprintln!("T stale {:?}", t0.elapsed());
     // Write: everything below is fsynced together before returning.
     let mut log = sled::Batch::default();
     if let Some(torn) = &torn {
@@ -86,7 +82,7 @@ pub(crate) fn recover<M: Model>(store: &Store) -> Result<Opened<M>, JournalError
         .apply_batch(snapshot)
         .map_err(|e| store.err(e))?;
     // Entries the replay finished: their archive writes may not have been
-    // flushed before the crash; writing them again is harmless.
+    // flushed before the crash (those that were are left as they are).
     let archive = store.archive_batch(mirror.take_finished())?;
     store
         .archive
@@ -102,9 +98,7 @@ pub(crate) fn recover<M: Model>(store: &Store) -> Result<Opened<M>, JournalError
         .meta
         .insert(META_INCARNATION, &next_incarnation.to_be_bytes()[..])
         .map_err(|e| store.err(e))?;
-    eprintln!("T before flush {:?}", t0.elapsed());
     store.flush()?;
-    eprintln!("T flushed {:?}", t0.elapsed());
     Ok(Opened {
         mirror,
         incarnation: next_incarnation,

@@ -194,11 +194,15 @@ impl<M: Model> Writer<M> {
         Ok(())
     }
 
-    /// Publishes `seq` as durable.
+    /// Publishes `seq` as durable: the watermark first (so the callback
+    /// reads it), then the callback, then `wait_durable` callers wake.
     fn durable(&mut self, seq: Seq) {
         self.last_seq = seq;
-        self.shared.publish(seq);
+        self.shared
+            .durable
+            .store(seq, std::sync::atomic::Ordering::Release);
         (self.on_durable)(Ok(seq));
+        self.shared.wake();
     }
 
     /// Step 7 of the write path: the mirror at `last_seq` becomes the
@@ -214,7 +218,8 @@ impl<M: Model> Writer<M> {
             })?;
             // 7.1: the whole snapshot, then fsync.
             let mut batch = sled::Batch::default();
-            super::write_parts(&mut batch, &seq.to_be_bytes(), seq, &bytes);
+            let header = record::PartsHeader::of(seq, &bytes);
+            super::write_parts(&mut batch, &seq.to_be_bytes(), header, &bytes);
             self.store
                 .snapshot
                 .apply_batch(batch)
