@@ -211,8 +211,8 @@ pub const DEFAULT_MAX_BATCH: usize = 65_536;
 pub const DEFAULT_QUEUE_FACTS: usize = 65_536;
 
 /// Facts between snapshots, by default: bounds recovery to one snapshot
-/// plus at most this many facts (under half a second of replay: the
-/// benchmark replays about 450,000 frame facts/s), while a snapshot (which
+/// plus at most this many facts (about a quarter of a second of replay: the
+/// benchmark replays about 900,000 frame facts/s), while a snapshot (which
 /// writes the whole hot model) stays rare under load.
 pub const DEFAULT_SNAPSHOT_EVERY_FACTS: u64 = 200_000;
 
