@@ -920,3 +920,62 @@ fn a_higher_priority_job_overtakes_a_running_one() {
         "the low job's chunk was shrunk"
     );
 }
+
+/// A shader whose frames take minutes on lavapipe (llvmpipe ends a loop
+/// after 65,535 iterations, so the work is in the loop's body: 16 hash
+/// steps per iteration, per pixel of a 256x256 frame): it must not hold the
+/// farm.
+const RUNAWAY_SHADER: &str = "@fragment\nfn fs_main(@builtin(position) p: vec4<f32>) -> @location(0) vec4<f32> {\n    var x = p.x / drover.resolution.x + drover.time;\n    for (var i = 0u; i < 4000000000u; i = i + 1u) {\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n            x = fract(sin(x * 12.9898) * 43758.5453);\n    }\n    return vec4<f32>(x, 0.0, 0.0, 1.0);\n}\n";
+
+#[test]
+fn a_runaway_shader_is_killed_and_does_not_hold_a_later_job() {
+    let _g = serial();
+    let (_dir, c) = farm(2, &[]);
+    let client = c.client();
+    // Few frames: every frame hangs, and each is tried three times (one
+    // frame limit each) before the job fails naming it.
+    let mut runaway = spec("runaway", 4, 256, 256, "rings");
+    runaway["render"] = serde_json::json!({ "kind": "shader", "source": RUNAWAY_SHADER });
+    runaway["frame_timeout_s"] = serde_json::json!(3);
+    let runaway = client.submit_json(&runaway).unwrap();
+    wait_for(JOB_TIMEOUT, "the runaway job to start", || {
+        let j = client.job(runaway.id)?;
+        Ok(j.first_frame_at_ms.is_some().then_some(()))
+    })
+    .unwrap();
+    // A normal job submitted after it finishes, while the runaway frames
+    // are killed on the nodes (the agents stay up).
+    let normal = client
+        .submit_json(&spec("normal", 48, 128, 72, "rings"))
+        .unwrap();
+    let n = wait_done(&c, normal.id);
+    assert_eq!(n.frames_done, 48);
+    // The runaway job ends failed, or waits unschedulable once every node
+    // has failed it twice (a node that has not may yet join); either way
+    // its frames were killed at the limit and say so.
+    let r = wait_for(JOB_TIMEOUT, "the runaway job to give up", || {
+        let j = client.job(runaway.id)?;
+        let blocked = j.state == JobState::Unschedulable && j.blocklisted_nodes.len() == 2;
+        Ok((j.state.is_terminal() || blocked).then_some(j))
+    })
+    .unwrap_or_else(|e| {
+        let log = c.log("coordinator");
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        panic!(
+            "{e}: {:?}\ncoordinator log (last lines, newest first):\n{}",
+            client.job(runaway.id),
+            tail.join("\n")
+        )
+    });
+    assert_ne!(r.state, JobState::Done, "{r:?}");
+    let said = r
+        .chunks
+        .iter()
+        .filter_map(|c| c.last_error.clone())
+        .chain(r.error.clone())
+        .any(|e| e.contains("frame time limit of 3 s"));
+    assert!(said, "{r:?}");
+    // Both agents are still connected and working.
+    let nodes = client.nodes().unwrap();
+    assert!(nodes.iter().all(|n| n.connected), "{nodes:?}");
+}
