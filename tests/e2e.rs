@@ -805,10 +805,12 @@ fn a_fast_node_steals_from_a_slowed_one_and_beats_static_chunks() {
     assert_eq!(fixed.frames_stolen, 0);
     let (ours, theirs) = (makespan_ms(&stolen), makespan_ms(&fixed));
     eprintln!("makespan: stealing {ours} ms, static 48-frame chunks {theirs} ms");
-    // Well before: measured about 2x here (bench/RESULTS.md); 1.2x leaves
-    // room for a noisy machine.
+    // Well before: measured 1.2-2x here (bench/RESULTS.md); every
+    // assignment now waits for its journal fsync, which a machine busy
+    // with other builds makes slow and uneven, so 1.05x is what the test
+    // holds to and the bench measures the ratio.
     assert!(
-        ours * 6 < theirs * 5,
+        ours * 21 < theirs * 20,
         "stealing took {ours} ms, static chunks {theirs} ms"
     );
 }
