@@ -19,7 +19,8 @@ impl Core {
     /// - no chunk is on a node its job cannot run on;
     /// - a job is listed in a class's ready set exactly when it has waiting
     ///   frames, is under its node limit and the class can run it;
-    /// - a free node is connected, unquarantined and has a free slot;
+    /// - a free node is connected, unquarantined, not drained or leaving,
+    ///   and has a free slot;
     /// - `unschedulable` only while nothing of the job runs.
     pub fn check_invariants(&self) {
         for (id, j) in &self.jobs {
@@ -150,10 +151,8 @@ impl Core {
             let free = self.classes[n.class]
                 .free
                 .contains(&(n.held.len(), super::NodeId(ix as u32)));
-            let should = n.connected
-                && n.quarantined.is_none()
-                && n.awaiting_tail.is_none()
-                && n.held.len() < self.config.node_slots;
+            let should =
+                n.usable() && n.awaiting_tail.is_none() && n.held.len() < self.config.node_slots;
             assert_eq!(free, should, "{}: free set", n.name);
         }
         for (cl, class) in self.classes.iter().enumerate() {
@@ -161,7 +160,7 @@ impl Core {
                 .nodes
                 .iter()
                 .flatten()
-                .filter(|n| n.class == cl && n.connected && n.quarantined.is_none())
+                .filter(|n| n.class == cl && n.usable())
                 .count() as u32;
             assert_eq!(available, class.available, "class {cl} available count");
             let idle = class.free.iter().filter(|(h, _)| *h == 0).count() as u32;

@@ -741,9 +741,9 @@ impl Core {
             return;
         };
         self.modify_node(id, |n| n.drained = true);
-        if now {
-            self.hand_back(now_ms, id, true, cmds);
-        }
+        // What it has not started goes back either way; with `now`, the
+        // frames of its running chunk after the one it is on too.
+        self.hand_back(now_ms, id, now, cmds);
     }
 
     /// An admin returns a drained node to work.

@@ -1455,3 +1455,215 @@ mod props {
         }
     }
 }
+
+/// A hello with what the node kept from before.
+fn hello_with(
+    h: &mut Harness,
+    name: &str,
+    running: Vec<RunningReport>,
+    spooled: Vec<SpooledReport>,
+) -> Vec<Command> {
+    let session = h.next_session;
+    h.next_session += 1;
+    let ix = h.ix(name);
+    h.nodes[ix].session = session;
+    let (node_id, caps) = (h.nodes[ix].node_id.clone(), h.nodes[ix].caps.clone());
+    h.handle(Event::Hello {
+        session,
+        name: name.into(),
+        node_id,
+        caps: Box::new(caps),
+        running,
+        spooled,
+    })
+}
+
+#[test]
+fn a_restarted_core_readopts_running_chunks_and_takes_spooled_segments() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    h.connect("b", caps(false, 10.0));
+    let job = h.submit(spec(600, ""));
+    let (ka, sa, ea) = h.held("a")[0];
+    let (kb, sb, eb) = h.held("b")[0];
+    let (epa, epb) = (h.nodes[0].chunks[0].epoch, h.nodes[1].chunks[0].epoch);
+    h.progress("a", ka, 3);
+    h.progress("b", kb, 0);
+    // The coordinator dies: what the journal folded is all that is left.
+    let state = h.replayed.clone();
+    let cfg = CoreConfig {
+        incarnation: 2,
+        ..Default::default()
+    };
+    let (core, _) = Core::restore(cfg, state, h.now);
+    core.check_invariants();
+    h.core = core;
+    for n in &mut h.nodes {
+        n.chunks.clear();
+        n.id = None;
+    }
+    // a still renders its chunk; b finished its chunk while the
+    // coordinator was away and has it in its spool; a also reports a
+    // chunk the coordinator never gave it.
+    let cmds = hello_with(
+        &mut h,
+        "a",
+        vec![
+            RunningReport {
+                chunk: ka,
+                epoch: epa,
+                start: sa,
+                end: ea,
+                frames_done: 7,
+            },
+            RunningReport {
+                chunk: (job, 999),
+                epoch: epa,
+                start: 590,
+                end: 600,
+                frames_done: 0,
+            },
+        ],
+        Vec::new(),
+    );
+    let a = h.id("a");
+    // The simulated node still runs it.
+    h.nodes[0].chunks.insert(
+        0,
+        SimChunk {
+            key: ka,
+            epoch: epa,
+            start: sa,
+            end: ea,
+            started: 7,
+        },
+    );
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::Assign { assignment, .. } if assignment.chunk == ka)),
+        "re-adopted, not sent again"
+    );
+    assert!(cmds.iter().any(
+        |c| matches!(c, Command::Cancel { node, chunk, .. } if *node == a && *chunk == (job, 999))
+    ));
+    let v = h.view(job);
+    let adopted = v.chunks.iter().find(|c| c.index == Some(ka.1)).unwrap();
+    assert_eq!(adopted.node.as_deref(), Some("a"));
+    assert_eq!(adopted.frames_done, 7);
+    // b's segment: reserved at its hello, taken at its upload.
+    hello_with(
+        &mut h,
+        "b",
+        Vec::new(),
+        vec![SpooledReport {
+            chunk: kb,
+            epoch: epb,
+            start: sb,
+            end: eb,
+            hash: "hb".into(),
+        }],
+    );
+    let b = h.id("b");
+    assert_eq!(h.core.may_upload(b, kb, epb, sb, eb), UploadVerdict::Accept);
+    assert!(matches!(
+        h.core.may_upload(b, kb, epb + 1, sb, eb),
+        UploadVerdict::NotNeeded(_)
+    ));
+    h.handle(Event::SegmentStored {
+        node: b,
+        chunk: kb,
+        epoch: epb,
+        start: sb,
+        end: eb,
+        segment: "seg-b".into(),
+        hash: "hb".into(),
+    });
+    assert_eq!(h.view(job).frames_by_node["b"], eb - sb + 1);
+    // The epoch of the new run is the new incarnation; ids continue.
+    let fresh = h.held("b");
+    assert!(fresh.iter().all(|(k, _, _)| k.1 > kb.1.max(ka.1)));
+    h.drain();
+    h.assert_exact(job);
+}
+
+#[test]
+fn reserved_chunks_nobody_claims_wait_again_after_the_grace() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(100, ""));
+    let (ka, _, _) = h.held("a")[0];
+    h.progress("a", ka, 2);
+    let (core, _) = Core::restore(CoreConfig::default(), h.replayed.clone(), h.now);
+    h.core = core;
+    h.nodes[0].chunks.clear();
+    // Another node is there, but the reserved frames are not its own.
+    h.connect("b", caps(false, 10.0));
+    assert!(h.held("b").iter().all(|(k, _, _)| *k != ka));
+    h.advance(CoreConfig::default().adopt_grace_ms + 1);
+    h.drain();
+    h.assert_exact(job);
+}
+
+#[test]
+fn a_drained_node_finishes_its_chunk_takes_nothing_new_until_undrained() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(2_000, ""));
+    assert_eq!(h.held("a").len(), 2, "one running, one queued");
+    let (k, _, _) = h.held("a")[0];
+    h.progress("a", k, 1);
+    h.handle(Event::Drain {
+        name: "a".into(),
+        now: false,
+    });
+    // The queued chunk went back; the running one stays.
+    assert_eq!(h.held("a").iter().map(|c| c.0).collect::<Vec<_>>(), vec![k]);
+    assert!(h.core.node_views(h.now)[0].drained);
+    h.finish("a", k);
+    assert!(h.held("a").is_empty(), "drained: nothing new");
+    // Remembered across a restart.
+    let (core, _) = Core::restore(CoreConfig::default(), h.replayed.clone(), h.now);
+    h.core = core;
+    h.nodes[0].chunks.clear();
+    h.connect("a", caps(false, 10.0));
+    assert!(h.held("a").is_empty(), "still drained after a restart");
+    h.handle(Event::Undrain { name: "a".into() });
+    assert!(!h.held("a").is_empty());
+    // With `now`, the running chunk is shrunk to the frame it is on.
+    let (k, s, _) = h.held("a")[0];
+    h.progress("a", k, 4);
+    let cmds = h.handle(Event::Drain {
+        name: "a".into(),
+        now: true,
+    });
+    assert!(cmds.iter().any(
+        |c| matches!(c, Command::Shrink { chunk, proposed_end, .. } if *chunk == k && *proposed_end == s + 4)
+    ));
+    h.handle(Event::Undrain { name: "a".into() });
+    h.drain();
+    h.assert_exact(job);
+}
+
+#[test]
+fn a_retry_renders_only_what_a_failed_job_is_missing() {
+    let (mut h, job, _) = run_with_bad_frame("", 23, true);
+    let v = h.view(job);
+    assert_eq!(v.state, JobState::Failed, "{v:?}");
+    let kept = v.frames_done;
+    assert!(kept > 0);
+    assert!(h.core.may_retry(job).is_ok());
+    h.handle(Event::RetryJob { job });
+    let v = h.view(job);
+    assert!(
+        matches!(v.state, JobState::Running | JobState::Queued),
+        "{v:?}"
+    );
+    assert_eq!(v.frames_done, kept, "stored frames are kept");
+    assert!(v.error.is_none());
+    // The bad frame renders now (the retry is a user's call).
+    h.drain();
+    h.assert_exact(job);
+    assert!(h.core.may_retry(job).is_err(), "not failed any more");
+    assert!(h.core.may_retry(job + 100).is_err(), "unknown");
+}
