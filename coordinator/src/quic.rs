@@ -104,8 +104,61 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// File in the data dir holding the secret stateless resets are derived
+/// from.
+pub const RESET_KEY_FILE: &str = "quic-reset-key";
+
+/// The endpoint's stateless-reset key, kept in the data dir so a restarted
+/// coordinator derives the same reset tokens as the one that died: a node
+/// still talking to the dead one gets a valid reset at its next packet and
+/// reconnects at once, instead of waiting out its idle timeout (a
+/// SIGKILLed coordinator sends no close).
+fn endpoint_config(data_dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
+    let path = data_dir.join(RESET_KEY_FILE);
+    let secret = match std::fs::read(&path) {
+        Ok(s) if s.len() == 32 => s,
+        _ => {
+            let mut s = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s)
+                .map_err(|_| anyhow::anyhow!("no system randomness for the QUIC reset key"))?;
+            let _ = std::fs::remove_file(&path);
+            write_private(&path, &s)?;
+            s
+        }
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    // quinn's default connection ids carry a check keyed per process: a new
+    // endpoint would drop the old ids as invalid instead of resetting them.
+    config.cid_generator(|| Box::new(RandomCids));
+    Ok(config)
+}
+
+/// Random 8-byte connection ids that any endpoint accepts as its own, so
+/// a packet for a connection it does not know gets a stateless reset.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; 8];
+        // The system source cannot fail on Linux; zeros would still be a
+        // working (if guessable) id.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
 /// Binds the QUIC endpoint.
 pub fn bind(
+    data_dir: &Path,
     addr: SocketAddr,
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
@@ -121,7 +174,15 @@ pub fn bind(
             .expect("small timeout"),
     ));
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))
+    let socket =
+        std::net::UdpSocket::bind(addr).with_context(|| format!("binding QUIC on {addr}"))?;
+    quinn::Endpoint::new(
+        endpoint_config(data_dir)?,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("binding QUIC on {addr}"))
 }
 
 /// Accepts node connections until the endpoint closes. Runs on the actix

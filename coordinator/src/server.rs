@@ -83,7 +83,7 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let scheduler = Scheduler::new(core, journal.clone(), store.clone(), startup, cell).start();
 
     let (cert, key, fingerprint) = crate::quic::load_or_create_identity(&cfg.data_dir)?;
-    let endpoint = crate::quic::bind(cfg.quic_addr, cert, key)?;
+    let endpoint = crate::quic::bind(&cfg.data_dir, cfg.quic_addr, cert, key)?;
     let quic_addr = endpoint.local_addr()?;
     actix::spawn(crate::quic::serve(
         endpoint.clone(),

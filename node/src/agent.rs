@@ -704,7 +704,14 @@ async fn reconnect_loop(
                 error!("coordinator refused this node, retrying: {reason}");
                 backoff_ms = RECONNECT_MAX_MS;
             }
-            Ok(SessionEnd::Lost(why)) => warn!("connection to coordinator lost: {why}"),
+            Ok(SessionEnd::Lost(why)) => {
+                warn!("connection to coordinator lost: {why}");
+                // It was up a moment ago (a restart, a blip): try again
+                // soon, however short the session was. A coordinator
+                // killed every few seconds otherwise found its nodes
+                // backing off to the longest delay.
+                backoff_ms = RECONNECT_MIN_MS;
+            }
             Ok(SessionEnd::Left) => return Ok(()),
             Err(e) => warn!("cannot reach coordinator at {}: {e:#}", cfg.coordinator),
         }
