@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use drover_bench::WorkDir;
-use drover_coordinator::wal::{Journal, JournalConfig, Model, Recovered, Seq, Sync};
+use drover_coordinator::journal::{Journal, JournalConfig, Model, Recovered, Seq, Sync};
 use serde::{Deserialize, Serialize};
 
 /// Frames per job in every run (1,000 jobs make a million frames).

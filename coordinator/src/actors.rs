@@ -24,14 +24,14 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use crate::journal::Journal;
+use crate::journal::scheduler::SchedulerJournal as Journal;
+use crate::journal::Seq;
 use crate::sched::Fact;
 use crate::sched::{
     ChunkKey, ChunkReport, Command, Core, Event, NodeId, RunningReport, SpooledReport,
     UploadVerdict,
 };
 use crate::store::ArtifactStore;
-use crate::wal::Seq;
 
 /// Chunk entries read from one heartbeat: a node holds a handful of chunks,
 /// so a longer list is a broken or hostile peer and the rest is ignored.
@@ -56,9 +56,9 @@ pub fn now_ms() -> u64 {
 /// sets it when it starts.
 pub type DurableCell = Arc<OnceLock<Recipient<Durable>>>;
 
-/// The callback [`crate::journal::open`] takes: forwards each durable
+/// The callback [`crate::journal::scheduler::open`] takes: forwards each durable
 /// watermark (or the journal's failure) to the scheduler.
-pub fn durable_callback(cell: DurableCell) -> crate::wal::OnDurable {
+pub fn durable_callback(cell: DurableCell) -> crate::journal::OnDurable {
     Box::new(move |r| {
         if let Some(rc) = cell.get() {
             rc.do_send(Durable(r.map_err(|e| e.to_string())));
@@ -619,10 +619,12 @@ impl Handler<GetJob> for Scheduler {
         // for its retention (a disk read, off this thread).
         let journal = self.journal.clone();
         Box::pin(async move {
-            let r = tokio::task::spawn_blocking(move || crate::journal::archived(&journal, msg.0))
-                .await
-                .ok()?
-                .ok()??;
+            let r = tokio::task::spawn_blocking(move || {
+                crate::journal::scheduler::archived(&journal, msg.0)
+            })
+            .await
+            .ok()?
+            .ok()??;
             Some(crate::sched::views::record_view(&r))
         })
     }

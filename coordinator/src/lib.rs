@@ -20,4 +20,3 @@ pub mod quic;
 pub mod sched;
 pub mod server;
 pub mod store;
-pub mod wal;

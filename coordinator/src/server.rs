@@ -49,7 +49,7 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&addrs_path);
     let cell: DurableCell = Default::default();
     let (journal, recovered) =
-        crate::journal::open(&cfg.data_dir, |c| c, durable_callback(cell.clone()))
+        crate::journal::scheduler::open(&cfg.data_dir, |c| c, durable_callback(cell.clone()))
             .context("opening the journal")?;
     let stats = &recovered.stats;
     info!(

@@ -127,7 +127,8 @@ impl Coordinator {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, _) = drover_coordinator::quic::load_or_create_identity(dir.path()).unwrap();
         let endpoint =
-            drover_coordinator::quic::bind("127.0.0.1:0".parse().unwrap(), cert, key).unwrap();
+            drover_coordinator::quic::bind(dir.path(), "127.0.0.1:0".parse().unwrap(), cert, key)
+                .unwrap();
         let store = ArtifactStore::open(&dir.path().join("artifacts"))
             .unwrap()
             .with_min_free_disk_bytes(0);

@@ -1,4 +1,4 @@
-//! The scheduler's journal: the write-ahead log ([`crate::wal`]) over the
+//! The scheduler's journal: the write-ahead log ([`crate::journal`]) over the
 //! core's facts ([`Fact`]) folded into [`Recovery`], and the upgrade of a
 //! journal written by the version before it (whole job records).
 //!
@@ -12,11 +12,11 @@ use std::path::Path;
 
 use tracing::{info, warn};
 
+use super::{Journal, JournalConfig, JournalError, Model, OnDurable, Recovered};
 use crate::sched::{Fact, JobRecord, Recovery};
-use crate::wal::{self, JournalConfig, JournalError, Model, OnDurable, Recovered};
 
 /// The coordinator's journal.
-pub type Journal = wal::Journal<Recovery>;
+pub type SchedulerJournal = Journal<Recovery>;
 
 impl Model for Recovery {
     type Fact = Fact;
@@ -41,7 +41,7 @@ impl Model for Recovery {
 }
 
 /// Reads an archived (finished, evicted) job record.
-pub fn archived(journal: &Journal, job: u64) -> Result<Option<JobRecord>, JournalError> {
+pub fn archived(journal: &SchedulerJournal, job: u64) -> Result<Option<JobRecord>, JournalError> {
     let Some(bytes) = journal.archived(job)? else {
         return Ok(None);
     };
@@ -53,9 +53,9 @@ pub fn open(
     data_dir: &Path,
     config: impl FnOnce(JournalConfig) -> JournalConfig,
     on_durable: OnDurable,
-) -> anyhow::Result<(Journal, Recovered<Recovery>)> {
+) -> anyhow::Result<(SchedulerJournal, Recovered<Recovery>)> {
     let cfg = config(JournalConfig::new(data_dir.join("wal")));
-    let (journal, mut recovered) = Journal::open(cfg, on_durable)?;
+    let (journal, mut recovered) = SchedulerJournal::open(cfg, on_durable)?;
     let old = data_dir.join("journal");
     if old.join("db").exists() || old.join("conf").exists() {
         let records = legacy::load(&old)?;
@@ -256,7 +256,7 @@ mod tests {
     use crate::sched::{Core, CoreConfig};
     use drover_shared::api::JobState;
 
-    fn reopen(dir: &Path) -> (Journal, Recovered<Recovery>) {
+    fn reopen(dir: &Path) -> (SchedulerJournal, Recovered<Recovery>) {
         // sled's flusher thread lets go of the file lock shortly after the
         // last handle drops; wait for that condition, not a fixed time.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -1,6 +1,7 @@
 //! The write-ahead journal: an append-only log of small facts, generic over
 //! the domain ([`Model`]), with group commit, snapshots and an archive of
-//! finished entries. Only this module (and the older `journal`) writes sled.
+//! finished entries. Only this module writes sled. [`scheduler`] puts the
+//! scheduler's facts in it and upgrades a journal of the previous format.
 //!
 //! The caller appends facts ([`Journal::append`]) and learns when they are
 //! durable ([`Journal::open`]'s `on_durable`, or [`Journal::durable`]). One
@@ -15,6 +16,8 @@
 //!   incarnation count.
 //! - `writer`: the writer thread (group commit, archive, snapshots).
 //! - `tests`: the journal's tests, the crash loop among them.
+//! - [`scheduler`]: the journal of the scheduler's facts (the one the
+//!   coordinator opens), and the upgrade of the previous format.
 //!
 //! # Storage
 //! One sled database in [`JournalConfig::dir`], four trees:
@@ -134,6 +137,7 @@
 
 mod record;
 mod recover;
+pub mod scheduler;
 mod writer;
 
 #[cfg(test)]
