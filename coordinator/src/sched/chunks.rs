@@ -4,6 +4,7 @@
 use drover_shared::api::{ChunkKind, JobState};
 
 use super::facts::Fact;
+use super::record::RunningChunk;
 use super::state::{Chunk, Core, DoneSegment, Range, Timer};
 use super::types::{ChunkKey, ChunkReport, Command, JobId, NodeId, UploadVerdict};
 
@@ -438,13 +439,17 @@ impl Core {
     }
 
     /// Reserved chunks no node re-adopted wait again: all of them when the
-    /// adoption deadline passes, or those of `node` when it said hello
-    /// without them.
-    pub(crate) fn release_orphans(
+    /// adoption deadline passes.
+    pub(crate) fn release_orphans(&mut self, now_ms: u64, cmds: &mut Vec<Command>) {
+        self.release_orphans_where(now_ms, cmds, |_, _, _| true);
+    }
+
+    /// Reserved chunks for which `release` says so wait again.
+    pub(crate) fn release_orphans_where(
         &mut self,
         now_ms: u64,
-        node: Option<&str>,
         cmds: &mut Vec<Command>,
+        release: impl Fn(JobId, u32, &RunningChunk) -> bool,
     ) {
         let ids: Vec<JobId> = self
             .jobs
@@ -457,8 +462,8 @@ impl Core {
             let gone: Vec<u32> = j
                 .orphans
                 .iter()
-                .filter(|(_, o)| node.is_none_or(|n| n == o.node))
-                .map(|(id, _)| *id)
+                .filter(|(c, o)| release(job, **c, o))
+                .map(|(c, _)| *c)
                 .collect();
             if gone.is_empty() {
                 continue;

@@ -218,7 +218,7 @@ impl Core {
                 Timer::Aging(job, seq) => self.aging(now_ms, job, seq),
                 Timer::Speculate => self.speculate_check(now_ms, cmds),
                 Timer::Forget(node, session) => self.forget(node, session, cmds),
-                Timer::Orphans => self.release_orphans(now_ms, None, cmds),
+                Timer::Orphans => self.release_orphans(now_ms, cmds),
                 Timer::ChunkTimeout(job, id, epoch) => {
                     self.chunk_timeout(now_ms, job, id, epoch, cmds)
                 }

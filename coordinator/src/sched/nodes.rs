@@ -366,42 +366,9 @@ impl Core {
         keep: &[ChunkKey],
         cmds: &mut Vec<Command>,
     ) {
-        let ids: Vec<JobId> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| !j.orphans.is_empty())
-            .map(|(id, _)| *id)
-            .collect();
-        for job in ids {
-            let j = self.jobs.get_mut(&job).expect("listed");
-            let gone: Vec<u32> = j
-                .orphans
-                .iter()
-                .filter(|(c, o)| o.node == name && !keep.contains(&(job, **c)))
-                .map(|(c, _)| *c)
-                .collect();
-            if gone.is_empty() {
-                continue;
-            }
-            for c in gone {
-                let o = self
-                    .jobs
-                    .get_mut(&job)
-                    .expect("listed")
-                    .orphans
-                    .remove(&c)
-                    .expect("listed");
-                self.facts.push(Fact::Released { job, chunk: c });
-                let range = Range {
-                    end: o.end,
-                    failures: 0,
-                    attempts: 0,
-                };
-                self.return_range(job, o.start, range);
-            }
-            self.dirty.push(job);
-            self.offer_job(now_ms, job, cmds);
-        }
+        self.release_orphans_where(now_ms, cmds, |job, chunk, o| {
+            o.node == name && !keep.contains(&(job, chunk))
+        });
     }
 
     /// The class of nodes with these capabilities, made on first sight:
