@@ -981,3 +981,57 @@ fn a_runaway_shader_is_killed_and_does_not_hold_a_later_job() {
     let nodes = client.nodes().unwrap();
     assert!(nodes.iter().all(|n| n.connected), "{nodes:?}");
 }
+
+#[test]
+fn a_drained_node_takes_no_work_and_a_cancelled_job_is_retried_for_what_it_misses() {
+    let _g = serial();
+    let (dir, mut c) = farm(2, &["--chunk-frames", "12"]);
+    let url = c.url();
+    // Drained: node-1 takes nothing new, remembered across a restart.
+    let out = drover(&url, &["drain", "node-1"]);
+    assert!(out.status.success(), "{out:?}");
+    let nodes = c.client().nodes().unwrap();
+    assert!(
+        nodes.iter().any(|n| n.name == "node-1" && n.drained),
+        "{nodes:?}"
+    );
+    c.restart_coordinator().unwrap();
+    c.wait_nodes(2).unwrap();
+    let client = c.client();
+    let sub = client
+        .submit_json(&spec("drained", 48, 128, 72, "rings"))
+        .unwrap();
+    let j = wait_done(&c, sub.id);
+    assert_eq!(j.frames_by_node.get("node-1"), None, "{j:?}");
+    assert_eq!(j.frames_by_node["node-2"], 48);
+    let out = drover(&c.url(), &["undrain", "node-1"]);
+    assert!(out.status.success(), "{out:?}");
+    // Unknown nodes are named.
+    let out = drover(&c.url(), &["drain", "nobody"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
+    // A job cancelled halfway keeps its stored frames; a retry renders the
+    // rest and the output is whole.
+    let sub = client
+        .submit_json(&spec("retried", 240, 320, 180, "fractal"))
+        .unwrap();
+    wait_for(JOB_TIMEOUT, "some frames stored", || {
+        let j = client.job(sub.id)?;
+        Ok((j.frames_by_node.values().sum::<u64>() >= 24).then_some(()))
+    })
+    .unwrap();
+    let cancelled = client.cancel(sub.id).unwrap();
+    let kept: u64 = cancelled.frames_by_node.values().sum();
+    assert!(kept >= 24 && kept < 240, "{cancelled:?}");
+    let out = drover(&c.url(), &["retry", &sub.id.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let j = wait_done(&c, sub.id);
+    assert_eq!(j.frames_by_node.values().sum::<u64>(), 240);
+    let file = dir.path().join("retried.mp4");
+    client.download(sub.id, &file).unwrap();
+    assert_eq!(ffprobe(&file)["nb_read_frames"], "240");
+    // A done job has nothing to retry.
+    let out = drover(&c.url(), &["retry", &sub.id.to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to retry"));
+}
