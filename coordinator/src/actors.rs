@@ -20,7 +20,8 @@ use drover_protocol::{Assign, ChunkRef, CoordToNode, NodeToCoord};
 use drover_shared::api::{JobView, NodeView};
 use drover_shared::caps::Capabilities;
 use drover_shared::spec::JobSpec;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
@@ -830,7 +831,7 @@ pub struct NodeSession {
     name: String,
     session: u64,
     scheduler: Addr<Scheduler>,
-    out: UnboundedSender<CoordToNode>,
+    out: Sender<CoordToNode>,
 }
 
 impl NodeSession {
@@ -839,7 +840,7 @@ impl NodeSession {
         name: String,
         session: u64,
         scheduler: Addr<Scheduler>,
-        out: UnboundedSender<CoordToNode>,
+        out: Sender<CoordToNode>,
     ) -> Self {
         NodeSession {
             node: None,
@@ -882,8 +883,17 @@ pub struct Deliver(pub CoordToNode);
 impl Handler<Deliver> for NodeSession {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        if self.out.send(msg.0).is_err() {
-            ctx.stop();
+        match self.out.try_send(msg.0) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                warn!(
+                    node = %self.name,
+                    "node reads nothing while {} messages wait; closing its session",
+                    crate::quic::SESSION_QUEUE
+                );
+                ctx.stop();
+            }
+            Err(TrySendError::Closed(_)) => ctx.stop(),
         }
     }
 }

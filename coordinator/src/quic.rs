@@ -40,6 +40,11 @@ pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// keep-alives and heartbeats well inside it.
 pub const IDLE_TIMEOUT_MS: u64 = 10_000;
 
+/// Messages waiting for a node's connection at most. A node gets a few
+/// per chunk; one that reads nothing while this many pile up is cut off
+/// (it reconnects, keeping its work) rather than growing the queue.
+pub const SESSION_QUEUE: usize = 1_024;
+
 /// Streams a node may have open at once (control plus uploads).
 pub const MAX_STREAMS_PER_NODE: u32 = 8;
 
@@ -258,7 +263,7 @@ async fn connection(
         running = hello.running.len(), spooled = hello.spooled.len(), "hello");
     let (running, spooled) = held_work(&hello);
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CoordToNode>();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<CoordToNode>(SESSION_QUEUE);
     let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let name = hello.name.clone();
     let session = NodeSession::new(name.clone(), session_id, scheduler.clone(), tx).start();
