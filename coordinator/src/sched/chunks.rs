@@ -516,10 +516,7 @@ impl Core {
             .spec
             .frame_timeout_s
             .map_or(0, |s| u64::from(s) * 1000 * c.frames());
-        by_speed
-            .max(by_frame)
-            .max(self.config.min_chunk_timeout_ms)
-            .saturating_mul(2)
+        by_speed.max(by_frame).max(self.config.min_chunk_timeout_ms)
     }
 
     /// A chunk's overall limit passed: it is taken back as a failure. A
@@ -719,7 +716,6 @@ impl Core {
             }
             return;
         }
-        let _ = now_ms;
         let why = "node reported done but its segment was not stored with that range and hash";
         self.chunk_failed(now_ms, node, key, epoch, why.into(), None, cmds);
     }

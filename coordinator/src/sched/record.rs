@@ -370,29 +370,6 @@ impl Core {
         (id, cmds)
     }
 
-    /// Removes a job that was just submitted and could not be journaled, as
-    /// if it had never been; the driver calls this before carrying out any
-    /// command `submit` returned.
-    pub fn withdraw(&mut self, id: JobId) {
-        let Some(j) = self.jobs.get(&id) else { return };
-        let live: Vec<u32> = j.live.keys().copied().collect();
-        for c in live {
-            self.remove_chunk((id, c));
-        }
-        // Unlisted through the one path that keeps the ready sets and the
-        // project counts true.
-        let j = self.jobs.get_mut(&id).expect("exists");
-        j.ready.clear();
-        j.ready_frames = 0;
-        self.relist(id);
-        self.jobs.remove(&id);
-        self.dirty.retain(|d| *d != id);
-        self.facts.retain(|f| f.job() != Some(id));
-        if self.next_job_id == id + 1 {
-            self.next_job_id = id;
-        }
-    }
-
     pub(crate) fn record_of(&self, j: &Job) -> JobRecord {
         JobRecord {
             id: j.id,

@@ -1167,20 +1167,6 @@ fn restore_keeps_done_frames_and_waits_for_the_rest() {
 }
 
 #[test]
-fn a_withdrawn_submission_leaves_no_trace() {
-    let mut h = Harness::new(CoreConfig::default());
-    h.connect("a", caps(false, 10.0));
-    let (id, _) = h.core.submit(h.now, spec(48, ""));
-    h.core.withdraw(id);
-    h.core.check_invariants();
-    assert!(h.core.job_view(id).is_none());
-    assert!(h.core.node_views(h.now)[0].chunks.is_empty());
-    let (again, cmds) = h.core.submit(h.now, spec(48, ""));
-    assert_eq!(again, id, "the id is reused: nothing was acknowledged");
-    assert_eq!(assigns(&cmds).len(), 1);
-}
-
-#[test]
 fn speed_is_learned_from_real_frames() {
     let mut h = Harness::new(CoreConfig::default());
     // The node claims 10 frames/s but really does 40.
