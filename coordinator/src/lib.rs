@@ -20,3 +20,4 @@ pub mod quic;
 pub mod sched;
 pub mod server;
 pub mod store;
+pub mod webhook;

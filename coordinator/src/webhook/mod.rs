@@ -1,0 +1,1 @@
+//! Webhooks: signed, journaled, retried deliveries of job outcomes.
