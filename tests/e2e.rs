@@ -164,6 +164,10 @@ fn a_two_node_farm_renders_a_job_that_matches_local_renders() {
 /// Posts `body` and returns the status and problem document.
 fn post_raw(c: &Cluster, content_type: &str, body: &str) -> (u16, Option<Problem>) {
     let r = ureq::post(&format!("{}/v1/jobs", c.url()))
+        .set(
+            "authorization",
+            &format!("Bearer {}", c.admin_key().unwrap()),
+        )
         .set("content-type", content_type)
         .send_string(body);
     match r {
@@ -180,7 +184,7 @@ fn post_raw(c: &Cluster, content_type: &str, body: &str) -> (u16, Option<Problem
 }
 
 #[test]
-fn bad_specs_get_400_naming_the_field_and_store_nothing() {
+fn bad_specs_get_400_or_422_naming_the_field_and_store_nothing() {
     let _g = serial();
     let (_dir, c) = farm(0, &[]);
     let client = c.client();
@@ -199,54 +203,70 @@ fn bad_specs_get_400_naming_the_field_and_store_nothing() {
         s.to_string()
     };
     use serde_json::json;
-    let cases: Vec<(String, &str, &str)> = vec![
-        (with(&["colour"], json!("red")), "colour", "unknown field"),
+    // 400: not a spec at all (syntax, unknown fields or variants); 422: a
+    // spec whose values break a limit.
+    let cases: Vec<(String, &str, &str, u16)> = vec![
+        (
+            with(&["colour"], json!("red")),
+            "colour",
+            "unknown field",
+            400,
+        ),
         (
             with(&["frames", "end"], json!(0)),
             "frames.end",
             "before frames.start",
+            422,
         ),
         (
             with(&["frames", "end"], json!(5_000_000)),
             "frames",
             "limit is 100000",
+            422,
         ),
         (
             with(&["resolution", "width"], json!(100_000)),
             "resolution.width",
             "16..=7680",
+            422,
         ),
         (
             with(&["resolution", "height"], json!(99)),
             "resolution.height",
             "odd",
+            422,
         ),
-        (with(&["fps"], json!(1000)), "fps", "1..=240"),
-        (with(&["name"], json!("a/b")), "name", "contains '/'"),
+        (with(&["fps"], json!(1000)), "fps", "1..=240", 422),
+        (with(&["name"], json!("a/b")), "name", "contains '/'", 422),
         (
             with(&["render", "shader"], json!("teapot")),
             "render.shader",
             "not a built-in",
+            422,
         ),
         (
             with(&["render", "kind"], json!("blender")),
             "render.kind",
             "unknown variant",
+            400,
         ),
         (
             with(&["output"], json!({"codec": "prores"})),
             "output.codec",
             "not supported",
+            422,
         ),
         (
             with(&["output"], json!({"container": "avi"})),
             "output.container",
             "not supported",
+            422,
         ),
         (
             with(&["output"], json!({"quality": 99})),
             "output.quality",
             "0..=51",
+            422,
         ),
         (
             with(
@@ -255,14 +275,15 @@ fn bad_specs_get_400_naming_the_field_and_store_nothing() {
             ),
             "render.source",
             "line 3",
+            422,
         ),
-        ("{\"name\": \"x\",".to_string(), "spec", "EOF"),
+        ("{\"name\": \"x\",".to_string(), "spec", "EOF", 400),
     ];
     assert!(cases.len() >= 10);
-    for (body, field, msg) in &cases {
+    for (body, field, msg, want) in &cases {
         let (status, problem) = post_raw(&c, "application/json", body);
         let p = problem.unwrap_or_else(|| panic!("no problem document for {body}"));
-        assert_eq!(status, 400, "{body}: {p:?}");
+        assert_eq!(status, *want, "{body}: {p:?}");
         assert_eq!(p.field.as_deref(), Some(*field), "{body}: {p:?}");
         assert!(
             p.detail.contains(msg),
@@ -291,7 +312,12 @@ fn bad_specs_get_400_naming_the_field_and_store_nothing() {
         err.contains("404") && err.contains("job 999 does not exist"),
         "{err}"
     );
-    let r = ureq::get(&format!("{}/v1/jobs/abc", c.url())).call();
+    let r = ureq::get(&format!("{}/v1/jobs/abc", c.url()))
+        .set(
+            "authorization",
+            &format!("Bearer {}", c.admin_key().unwrap()),
+        )
+        .call();
     assert!(matches!(r, Err(ureq::Error::Status(400, _))));
 }
 

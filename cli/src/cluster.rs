@@ -173,6 +173,8 @@ impl Cluster {
             self.addrs.http.to_string(),
             "--quic".into(),
             self.addrs.quic.to_string(),
+            "--admin-key-file".into(),
+            self.admin_key_file().display().to_string(),
         ];
         args.extend(self.coordinator_args.iter().cloned());
         let log = self.root.join("coordinator.log");
@@ -280,9 +282,27 @@ impl Cluster {
         format!("http://{}", self.addrs.http)
     }
 
-    /// A REST client.
+    /// Where the coordinator wrote its first admin key.
+    pub fn admin_key_file(&self) -> PathBuf {
+        self.root.join("admin.key")
+    }
+
+    /// The admin API key.
+    pub fn admin_key(&self) -> anyhow::Result<String> {
+        let f = self.admin_key_file();
+        Ok(std::fs::read_to_string(&f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_string())
+    }
+
+    /// A REST client with the admin key.
     pub fn client(&self) -> Client {
-        Client::new(&self.url())
+        let c = Client::new(&self.url());
+        match self.admin_key() {
+            Ok(k) => c.with_key(k),
+            Err(_) => c,
+        }
     }
 
     /// Starts a node named `name` pinned to the coordinator's certificate.

@@ -58,6 +58,11 @@ enum Cmd {
         /// Largest chunk in frames.
         #[arg(long, default_value_t = 2_400, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         max_chunk_frames: u64,
+        /// First start only: write the first admin API key to this file
+        /// (mode 0600) instead of printing it; if the file already holds a
+        /// key, that key becomes the admin key (provisioned by a deployment).
+        #[arg(long, env = "DROVER_ADMIN_KEY_FILE")]
+        admin_key_file: Option<PathBuf>,
     },
     /// Run a node agent that renders and encodes chunks.
     #[command(
@@ -276,7 +281,7 @@ fn load_spec(file: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(value)
 }
 
-fn print_jobs(jobs: &[drover_shared::api::JobView]) {
+fn print_jobs(jobs: &[drover_shared::api::JobSummary]) {
     println!(
         "{:>5}  {:<10} {:>15}  {:<24} ERROR",
         "ID", "STATE", "FRAMES", "NAME"
@@ -358,6 +363,7 @@ fn main() -> anyhow::Result<()> {
             chunk_target_s,
             chunk_frames,
             max_chunk_frames,
+            admin_key_file,
         } => {
             init_logs("info");
             let data_dir = data.unwrap_or_else(|| default_data_dir().join("coordinator"));
@@ -381,6 +387,7 @@ fn main() -> anyhow::Result<()> {
                     max_chunk_frames: max_chunk_frames.max(chunk_frames),
                     ..Default::default()
                 },
+                admin_key_file,
             };
             actix::System::new().block_on(drover_coordinator::server::run(cfg))
         }
@@ -429,7 +436,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Submit { file, watch, url } => {
             init_logs("warn");
-            let client = Client::new(&url);
+            let client = Client::from_env(&url)?;
             let spec = load_spec(&file)?;
             let sub = client.submit_json(&spec)?;
             println!(
@@ -446,20 +453,20 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Watch { job, url } => {
             init_logs("warn");
-            let client = Client::new(&url);
+            let client = Client::from_env(&url)?;
             let job = watch::watch(&client, job, false)?;
             report_end(&url, &job)
         }
         Cmd::Status { job, json, url } => {
             init_logs("warn");
-            let client = Client::new(&url);
+            let client = Client::from_env(&url)?;
             match job {
                 Some(id) => {
                     let j = client.job(id)?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&j)?);
                     } else {
-                        print_jobs(std::slice::from_ref(&j));
+                        print_jobs(&[drover_shared::api::JobSummary::from(&j)]);
                         println!();
                         print_chunks(&j);
                         if let Some(u) = &j.output_url {
@@ -480,7 +487,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Retry { job, url } => {
             init_logs("warn");
-            let v = Client::new(&url).retry(job)?;
+            let v = Client::from_env(&url)?.retry(job)?;
             println!(
                 "job {job}: {:?} again, {} of {} frames already stored",
                 v.state, v.frames_done, v.frames_total
@@ -489,7 +496,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Drain { node, now, url } => {
             init_logs("warn");
-            Client::new(&url).drain(&node, Some(now))?;
+            Client::from_env(&url)?.drain(&node, Some(now))?;
             let how = if now {
                 "unrendered frames handed back"
             } else {
@@ -500,7 +507,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Undrain { node, url } => {
             init_logs("warn");
-            Client::new(&url).drain(&node, None)?;
+            Client::from_env(&url)?.drain(&node, None)?;
             println!("node {node}: takes work again");
             Ok(())
         }
@@ -511,11 +518,11 @@ fn main() -> anyhow::Result<()> {
         } => {
             init_logs("warn");
             if let Some(name) = clear_quarantine {
-                Client::new(&url).clear_quarantine(&name)?;
+                Client::from_env(&url)?.clear_quarantine(&name)?;
                 println!("node {name}: quarantine cleared");
                 return Ok(());
             }
-            let nodes = Client::new(&url).nodes()?;
+            let nodes = Client::from_env(&url)?.nodes()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
                 return Ok(());
@@ -565,7 +572,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Cancel { job, url } => {
             init_logs("warn");
-            let j = Client::new(&url).cancel(job)?;
+            let j = Client::from_env(&url)?.cancel(job)?;
             println!("job {} is {:?}", j.id, j.state);
             Ok(())
         }

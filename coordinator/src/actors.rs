@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use drover_protocol::{Assign, ChunkRef, CoordToNode, NodeToCoord};
-use drover_shared::api::{JobView, NodeView};
+use drover_shared::api::{JobState, JobView, NodeView};
 use drover_shared::caps::Capabilities;
 use drover_shared::spec::JobSpec;
 use tokio::sync::mpsc::error::TrySendError;
@@ -25,14 +25,25 @@ use tokio::sync::mpsc::Sender;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
+use crate::events::{EventBus, NewEvent};
 use crate::journal::scheduler::SchedulerJournal as Journal;
 use crate::journal::Seq;
 use crate::sched::Fact;
 use crate::sched::{
-    ChunkKey, ChunkReport, Command, Core, Event, NodeId, RunningReport, SpooledReport,
+    ChunkKey, ChunkReport, Command, Core, Event, NodeId, Owner, RunningReport, SpooledReport,
     UploadVerdict,
 };
 use crate::store::ArtifactStore;
+
+fn node_event(kind: &'static str, node: &str) -> NewEvent {
+    NewEvent {
+        kind,
+        job: None,
+        project: None,
+        node: Some(node.to_string()),
+        data: serde_json::json!({}),
+    }
+}
 
 /// Chunk entries read from one heartbeat: a node holds a handful of chunks,
 /// so a longer list is a broken or hostile peer and the rest is ignored.
@@ -74,6 +85,8 @@ struct Held {
     commands: Vec<Command>,
     /// Answers (to a client, an upload) released with them.
     waiters: Vec<oneshot::Sender<()>>,
+    /// Changes published to the event stream with them.
+    events: Vec<NewEvent>,
 }
 
 /// The scheduler actor.
@@ -98,6 +111,11 @@ pub struct Scheduler {
     durable_cell: DurableCell,
     /// False once shutdown began: no new jobs.
     accepting: bool,
+    /// The event stream.
+    events: EventBus,
+    /// Events of the change being committed that no fact carries (a node
+    /// connected or left).
+    pending_events: Vec<NewEvent>,
 }
 
 impl Scheduler {
@@ -109,6 +127,7 @@ impl Scheduler {
         store: ArtifactStore,
         startup: Vec<Command>,
         durable_cell: DurableCell,
+        events: EventBus,
     ) -> Self {
         let durable = journal.durable();
         Scheduler {
@@ -125,7 +144,87 @@ impl Scheduler {
             durable,
             durable_cell,
             accepting: true,
+            events,
+            pending_events: Vec::new(),
         }
+    }
+
+    /// What the event stream shows of a commit's facts.
+    fn events_of(&self, facts: &[Fact]) -> Vec<NewEvent> {
+        let mut out = self.pending_events.clone();
+        for f in facts {
+            let (kind, node, extra) = match f {
+                Fact::Accepted { .. } => ("job.submitted", None, None),
+                Fact::Started { .. } => ("job.started", None, None),
+                Fact::Stored {
+                    node, start, end, ..
+                } => (
+                    "job.progress",
+                    Some(node.clone()),
+                    Some(serde_json::json!({ "start": start, "end": end })),
+                ),
+                Fact::Joining { .. } => ("job.joining", None, None),
+                Fact::Output { .. } => ("job.done", None, None),
+                Fact::Ended { state, .. } => (
+                    if *state == JobState::Cancelled {
+                        "job.cancelled"
+                    } else {
+                        "job.failed"
+                    },
+                    None,
+                    None,
+                ),
+                Fact::Retried { .. } => ("job.retried", None, None),
+                Fact::Paused { paused, .. } => (
+                    if *paused { "job.paused" } else { "job.resumed" },
+                    None,
+                    None,
+                ),
+                Fact::Priority { .. } => ("job.priority", None, None),
+                Fact::Drained { node, drained } => {
+                    out.push(node_event(
+                        if *drained {
+                            "node.drained"
+                        } else {
+                            "node.undrained"
+                        },
+                        node,
+                    ));
+                    continue;
+                }
+                Fact::Quarantined { node, reason } => {
+                    let mut e = node_event(
+                        if reason.is_some() {
+                            "node.quarantined"
+                        } else {
+                            "node.cleared"
+                        },
+                        node,
+                    );
+                    e.data = serde_json::json!({ "reason": reason });
+                    out.push(e);
+                    continue;
+                }
+                _ => continue,
+            };
+            let Some(job) = f.job() else { continue };
+            let Some(view) = self.core.job_view(job) else {
+                continue;
+            };
+            let mut data = serde_json::to_value(drover_shared::api::JobSummary::from(&view))
+                .unwrap_or_default();
+            if let (Some(extra), Some(obj)) = (extra, data.as_object_mut()) {
+                obj.insert("chunk".into(), extra);
+            }
+            out.push(NewEvent {
+                kind,
+                job: Some(job),
+                project: Some(view.project.clone()),
+                node,
+                data,
+            });
+        }
+        out
     }
 
     fn apply(&mut self, event: Event, ctx: &mut Context<Self>) {
@@ -145,6 +244,8 @@ impl Scheduler {
         ctx: &mut Context<Self>,
     ) {
         let facts = self.core.take_facts();
+        let events = self.events_of(&facts);
+        self.pending_events.clear();
         let (now, later): (Vec<Command>, Vec<Command>) = cmds
             .into_iter()
             .partition(|c| matches!(c, Command::Welcome { .. } | Command::Refuse { .. }));
@@ -157,6 +258,7 @@ impl Scheduler {
         }
         if self.outbox.is_empty() && self.appended <= self.durable {
             self.execute(later, ctx);
+            self.events.publish(events);
             if let Some(w) = waiter {
                 let _ = w.send(());
             }
@@ -166,6 +268,7 @@ impl Scheduler {
             seq: self.appended,
             commands: later,
             waiters: waiter.into_iter().collect(),
+            events,
         });
         self.rearm(ctx);
     }
@@ -355,6 +458,7 @@ impl Handler<Durable> for Scheduler {
         while self.outbox.front().is_some_and(|h| h.seq <= self.durable) {
             let held = self.outbox.pop_front().expect("checked");
             self.execute(held.commands, ctx);
+            self.events.publish(held.events);
             for w in held.waiters {
                 let _ = w.send(());
             }
@@ -396,24 +500,63 @@ impl Actor for Scheduler {
     }
 }
 
-/// Submit a validated spec. Answers once its acceptance is durable.
+/// Why a submission was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitError {
+    /// The coordinator is stopping.
+    ShuttingDown,
+    /// The key has as many jobs queued or running as it may.
+    TooManyJobs {
+        /// Its limit.
+        limit: u32,
+    },
+    /// The scheduler stopped before the job was durable.
+    Stopped,
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::ShuttingDown => f.write_str(SHUTTING_DOWN),
+            SubmitError::TooManyJobs { limit } => write!(
+                f,
+                "this key has {limit} jobs queued or running, its limit (max_active_jobs); submit again when one ends"
+            ),
+            SubmitError::Stopped => f.write_str("the scheduler stopped"),
+        }
+    }
+}
+
+/// Submit a validated spec for a key. Answers once its acceptance is
+/// durable.
 #[derive(Message)]
-#[rtype(result = "Result<u64, String>")]
-pub struct Submit(pub JobSpec);
+#[rtype(result = "Result<u64, SubmitError>")]
+pub struct Submit {
+    /// The spec.
+    pub spec: JobSpec,
+    /// The key submitting it.
+    pub owner: Owner,
+    /// Jobs the key may have queued or running at once.
+    pub max_active_jobs: u32,
+}
 
 impl Handler<Submit> for Scheduler {
-    type Result = ResponseFuture<Result<u64, String>>;
+    type Result = ResponseFuture<Result<u64, SubmitError>>;
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         if !self.accepting {
-            return Box::pin(async { Err(SHUTTING_DOWN.to_string()) });
+            return Box::pin(async { Err(SubmitError::ShuttingDown) });
         }
-        let (id, cmds) = self.core.submit(now_ms(), msg.0);
+        if self.core.active_jobs_of(&msg.owner.key) >= msg.max_active_jobs as usize {
+            let limit = msg.max_active_jobs;
+            return Box::pin(async move { Err(SubmitError::TooManyJobs { limit }) });
+        }
+        let (id, cmds) = self.core.submit(now_ms(), msg.spec, msg.owner);
         // Durable first, then visible to nodes and to the client: the
         // assignments and the 201 wait behind the acceptance fact.
         let (tx, rx) = oneshot::channel();
         self.commit(cmds, Some(tx), ctx);
         Box::pin(async move {
-            rx.await.map_err(|_| "the scheduler stopped".to_string())?;
+            rx.await.map_err(|_| SubmitError::Stopped)?;
             info!(job = id, "job accepted");
             Ok(id)
         })
@@ -631,15 +774,211 @@ impl Handler<GetJob> for Scheduler {
     }
 }
 
-/// Read every job.
+/// Which jobs a list shows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs of this project.
+    pub project: Option<String>,
+    /// Only jobs submitted with this key (its id or its name).
+    pub submitter: Option<String>,
+}
+
+impl JobFilter {
+    /// Whether `v` passes.
+    pub fn admits(&self, v: &JobView) -> bool {
+        self.state.is_none_or(|s| v.state == s)
+            && self.project.as_deref().is_none_or(|p| v.project == p)
+            && self
+                .submitter
+                .as_deref()
+                .is_none_or(|s| v.submitter == s || v.submitter_key == s)
+    }
+}
+
+/// Archived records one list request reads at most: a filter that matches
+/// little ends the page early (with a cursor to go on) instead of reading
+/// the whole history.
+pub const LIST_SCAN_LIMIT: usize = 5_000;
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct JobPage {
+    /// The jobs.
+    pub jobs: Vec<JobView>,
+    /// The cursor of the next page (jobs with smaller ids), if any.
+    pub next: Option<u64>,
+}
+
+/// Read a page of jobs, newest first: those with ids below `before`
+/// passing `filter`, at most `limit`. Hot and recently finished jobs come
+/// from memory, older ones from the journal's archive.
 #[derive(Message)]
-#[rtype(result = "Vec<JobView>")]
-pub struct ListJobs;
+#[rtype(result = "JobPage")]
+pub struct ListJobs {
+    /// Filter.
+    pub filter: JobFilter,
+    /// Cursor: only ids below it.
+    pub before: Option<u64>,
+    /// Most jobs.
+    pub limit: usize,
+}
 
 impl Handler<ListJobs> for Scheduler {
-    type Result = MessageResult<ListJobs>;
-    fn handle(&mut self, _: ListJobs, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.core.job_views())
+    type Result = ResponseFuture<JobPage>;
+    fn handle(&mut self, msg: ListJobs, _: &mut Context<Self>) -> Self::Result {
+        let limit = msg.limit.max(1);
+        let before = msg.before.unwrap_or(u64::MAX);
+        let in_memory = self.core.job_ids_below(before);
+        // Memory matches, newest first, one more than a page (to know
+        // whether another page follows).
+        let mut mem: Vec<JobView> = Vec::new();
+        for id in in_memory.iter().rev() {
+            if let Some(v) = self.core.job_view(*id).filter(|v| msg.filter.admits(v)) {
+                mem.push(v);
+                if mem.len() > limit {
+                    break;
+                }
+            }
+        }
+        let journal = self.journal.clone();
+        Box::pin(async move {
+            let filter = msg.filter;
+            let floor = if mem.len() > limit { mem[limit].id } else { 0 };
+            let archived = tokio::task::spawn_blocking(move || {
+                scan_archive(&journal, &filter, before, floor, limit + 1, &in_memory)
+            })
+            .await
+            .unwrap_or_default();
+            merge_page(mem, archived, limit)
+        })
+    }
+}
+
+/// Archived jobs below `before` and above `floor` passing `filter`, newest
+/// first, at most `want`; skips ids still in memory. Returns them and, when
+/// the scan stopped at [`LIST_SCAN_LIMIT`], the id it stopped at.
+fn scan_archive(
+    journal: &Journal,
+    filter: &JobFilter,
+    before: u64,
+    floor: u64,
+    want: usize,
+    in_memory: &std::collections::BTreeSet<u64>,
+) -> (Vec<JobView>, Option<u64>) {
+    let mut out = Vec::new();
+    let mut cursor = before;
+    let mut scanned = 0usize;
+    loop {
+        let keys = match journal.archived_keys_before(Some(cursor), 256) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!("listing the archive: {e}");
+                return (out, None);
+            }
+        };
+        if keys.is_empty() {
+            return (out, None);
+        }
+        for key in keys {
+            cursor = key;
+            if key <= floor {
+                return (out, None);
+            }
+            if in_memory.contains(&key) {
+                continue;
+            }
+            scanned += 1;
+            if let Ok(Some(r)) = crate::journal::scheduler::archived(journal, key) {
+                let v = crate::sched::views::record_view(&r);
+                if filter.admits(&v) {
+                    out.push(v);
+                    if out.len() >= want {
+                        return (out, None);
+                    }
+                }
+            }
+            if scanned >= LIST_SCAN_LIMIT {
+                return (out, Some(key));
+            }
+        }
+    }
+}
+
+/// Merges memory and archive matches (each newest first) into one page.
+fn merge_page(mem: Vec<JobView>, archived: (Vec<JobView>, Option<u64>), limit: usize) -> JobPage {
+    let (arch, stopped_at) = archived;
+    let mut all: Vec<JobView> = mem.into_iter().chain(arch).collect();
+    all.sort_by(|a, b| b.id.cmp(&a.id));
+    all.dedup_by_key(|v| v.id);
+    // A scan that stopped early only vouches for ids above where it
+    // stopped.
+    if let Some(stop) = stopped_at {
+        all.retain(|v| v.id >= stop);
+    }
+    let next = if all.len() > limit {
+        all.truncate(limit);
+        all.last().map(|v| v.id)
+    } else {
+        stopped_at
+    };
+    JobPage { jobs: all, next }
+}
+
+/// An action on a job by a user.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JobAction {
+    /// No new chunk starts until resumed.
+    Pause,
+    /// Starts chunks again.
+    Resume,
+    /// A new priority, 0..=100.
+    Priority(u8),
+}
+
+/// Act on a hot job. Answers once durable with the job, or why not
+/// (`Err((status, why))`: 404 or 409).
+#[derive(Message)]
+#[rtype(result = "Result<JobView, (u16, String)>")]
+pub struct ActOnJob {
+    /// Job.
+    pub job: u64,
+    /// What to do.
+    pub action: JobAction,
+}
+
+impl Handler<ActOnJob> for Scheduler {
+    type Result = ResponseFuture<Result<JobView, (u16, String)>>;
+    fn handle(&mut self, msg: ActOnJob, ctx: &mut Context<Self>) -> Self::Result {
+        let id = msg.job;
+        if let Err(why) = self.core.may_change(id) {
+            let status = if self.core.job_state(id).is_none() {
+                404
+            } else {
+                409
+            };
+            return Box::pin(async move { Err((status, why)) });
+        }
+        info!(job = id, action = ?msg.action, "job changed by a user");
+        let event = match msg.action {
+            JobAction::Pause => Event::PauseJob {
+                job: id,
+                paused: true,
+            },
+            JobAction::Resume => Event::PauseJob {
+                job: id,
+                paused: false,
+            },
+            JobAction::Priority(priority) => Event::SetPriority { job: id, priority },
+        };
+        self.apply(event, ctx);
+        let view = self.core.job_view(id);
+        let rx = self.after_durable(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+            view.ok_or((404, format!("job {id} vanished")))
+        })
     }
 }
 
@@ -711,7 +1050,10 @@ impl Handler<SessionOpened> for Scheduler {
             .unwrap_or_else(|| Err("the scheduler did not answer the hello".into()));
         match &answer {
             Ok(_) => {
-                info!(node = %msg.name, session = msg.session, adapter = ?adapter, "node connected")
+                info!(node = %msg.name, session = msg.session, adapter = ?adapter, "node connected");
+                self.pending_events
+                    .push(node_event("node.connected", &msg.name));
+                self.commit(Vec::new(), None, ctx);
             }
             Err(reason) => {
                 warn!(node = %msg.name, node_id = %msg.node_id, "refused: {reason}");
@@ -738,10 +1080,10 @@ impl Handler<SessionClosed> for Scheduler {
         self.sessions.remove(&msg.session);
         let Some(node) = msg.node else { return };
         if self.by_node.get(&node) == Some(&msg.session) {
-            warn!(
-                node = self.core.node_name(node).unwrap_or("?"),
-                "node disconnected"
-            );
+            let name = self.core.node_name(node).unwrap_or("?").to_string();
+            warn!(node = %name, "node disconnected");
+            self.pending_events
+                .push(node_event("node.disconnected", &name));
             self.by_node.remove(&node);
         }
         self.apply(

@@ -13,6 +13,9 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod artifact;
+pub mod auth;
+pub mod events;
 pub mod api;
 pub mod journal;
 pub mod mux;

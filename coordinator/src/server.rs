@@ -25,6 +25,9 @@ pub struct CoordinatorConfig {
     pub quic_addr: SocketAddr,
     /// Scheduler tunables.
     pub core: CoreConfig,
+    /// On first start: where the first admin key goes (or, if the file
+    /// exists, the key to adopt). Without it the key is printed once.
+    pub admin_key_file: Option<PathBuf>,
 }
 
 /// What the coordinator really bound, written to [`ADDRS_FILE`] once it
@@ -62,6 +65,9 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         "journal replayed"
     );
     let store = ArtifactStore::open(&cfg.data_dir.join("artifacts"))?;
+    let auth = crate::auth::Auth::open(&cfg.data_dir)?;
+    auth.bootstrap(cfg.admin_key_file.as_deref())?;
+    let links = crate::api::links::Links::load_or_create(&cfg.data_dir)?;
     let mut state = recovered.model;
     // The store against the journal: a stored segment that is gone is
     // rendered again (that chunk only); files no record names (partial
@@ -80,7 +86,16 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         ..cfg.core.clone()
     };
     let (core, startup) = Core::restore(core_config, state, crate::actors::now_ms());
-    let scheduler = Scheduler::new(core, journal.clone(), store.clone(), startup, cell).start();
+    let events = crate::events::EventBus::new(recovered.incarnation);
+    let scheduler = Scheduler::new(
+        core,
+        journal.clone(),
+        store.clone(),
+        startup,
+        cell,
+        events.clone(),
+    )
+    .start();
 
     let (cert, key, fingerprint) = crate::quic::load_or_create_identity(&cfg.data_dir)?;
     let endpoint = crate::quic::bind(&cfg.data_dir, cfg.quic_addr, cert, key)?;
@@ -88,14 +103,25 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     actix::spawn(crate::quic::serve(
         endpoint.clone(),
         scheduler.clone(),
-        store,
+        store.clone(),
     ));
 
-    let data = actix_web::web::Data::new(scheduler.clone());
+    let gate = crate::auth::http::Gate::new(auth.clone());
+    let api = actix_web::web::Data::new(crate::api::Api {
+        sched: scheduler.clone(),
+        gate: gate.clone(),
+        links,
+        store,
+        events,
+        streams: Default::default(),
+    });
+    let gate = actix_web::web::Data::new(gate);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
-            .app_data(data.clone())
+            .app_data(api.clone())
+            .app_data(gate.clone())
             .configure(crate::api::configure)
+            .wrap(actix_web::middleware::from_fn(crate::api::gate))
     })
     .workers(2)
     .bind(cfg.http_addr)

@@ -208,6 +208,29 @@ impl ArtifactStore {
         self.root.join(format!("job-{job}"))
     }
 
+    /// Checks the store can take files: a probe file is written, synced
+    /// and removed, and the disk keeps its reserve free.
+    pub fn check_writable(&self) -> Result<(), String> {
+        use std::io::Write;
+        let probe = self.root.join(".ready-probe");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&probe)?;
+            f.write_all(b"ok")?;
+            f.sync_all()?;
+            std::fs::remove_file(&probe)
+        };
+        write().map_err(|e| format!("{} is not writable: {e}", self.root.display()))?;
+        match free_disk_bytes(&self.root) {
+            Ok(free) if free < self.min_free_disk_bytes => Err(format!(
+                "{} has {} MiB free, under the {} MiB reserve",
+                self.root.display(),
+                free >> 20,
+                self.min_free_disk_bytes >> 20
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Where a segment lives once stored.
     pub fn segment_path(&self, key: &SegmentKey) -> PathBuf {
         self.job_dir(key.job).join(format!(

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Life cycle of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Accepted; no chunk has started.
@@ -35,7 +35,7 @@ impl JobState {
 }
 
 /// Life cycle of a chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkState {
     /// Frames waiting for a node (not a chunk yet: chunks are carved from
@@ -52,7 +52,7 @@ pub enum ChunkState {
 }
 
 /// How a chunk came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkKind {
     /// Carved from the job's waiting frames.
@@ -65,7 +65,7 @@ pub enum ChunkKind {
 }
 
 /// One chunk as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkView {
     /// Chunk id within the job: stable, never reused, also after splits.
     /// Absent for frames still waiting for a node.
@@ -90,7 +90,7 @@ pub struct ChunkView {
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     /// Job id.
     pub id: u64,
@@ -141,10 +141,19 @@ pub struct JobView {
     pub output_path: Option<String>,
     /// URL path of the output download, once done.
     pub output_url: Option<String>,
+    /// Name of the API key that submitted it.
+    #[serde(default)]
+    pub submitter: String,
+    /// Id of that key.
+    #[serde(default)]
+    pub submitter_key: String,
+    /// Paused by a user: no new chunk starts until it is resumed.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A node as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     /// Node name.
     pub name: String,
@@ -178,7 +187,7 @@ pub struct NodeView {
 }
 
 /// The body of every API error (RFC 9457 problem details).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     /// Short summary.
     pub title: String,
@@ -192,10 +201,174 @@ pub struct Problem {
 }
 
 /// Response of `POST /v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Submitted {
     /// New job id.
     pub id: u64,
     /// URL path of its status.
     pub status_url: String,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything: keys, nodes, join tokens, every project's jobs.
+    Admin,
+    /// Submits jobs and acts on them (cancel, retry, pause, priority) in
+    /// its project; reads like a viewer.
+    Submitter,
+    /// Reads jobs, artifacts, nodes and events of its project.
+    Viewer,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "submitter" => Ok(Role::Submitter),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!(
+                "{other:?} is not a role: admin, submitter or viewer"
+            )),
+        }
+    }
+}
+
+/// An API key as the API shows it: never the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyView {
+    /// Public id.
+    pub id: String,
+    /// Who or what it is for.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The one project it may see and submit to; all when absent.
+    pub project: Option<String>,
+    /// Requests per second (burst twice this).
+    pub rate_per_s: u32,
+    /// Jobs it may have queued or running at once.
+    pub max_active_jobs: u32,
+    /// Created at, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Revoked at, if it is.
+    pub revoked_ms: Option<u64>,
+}
+
+/// Response of creating a key: the only time its secret is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyCreated {
+    /// The key as listed.
+    pub key: KeyView,
+    /// The whole key to send as `Authorization: Bearer ...`. Not stored:
+    /// keep it now.
+    pub secret: String,
+}
+
+/// A job in a list: what a table row needs, not its chunks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobSummary {
+    /// Job id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: JobState,
+    /// Paused by a user.
+    pub paused: bool,
+    /// Priority, 0..=100.
+    pub priority: u8,
+    /// Project.
+    pub project: String,
+    /// Name of the key that submitted it.
+    pub submitter: String,
+    /// Frames in the job.
+    pub frames_total: u64,
+    /// Frames rendered.
+    pub frames_done: u64,
+    /// Why it failed, or why no node can run it.
+    pub error: Option<String>,
+    /// Submitted at, ms since the Unix epoch.
+    pub submitted_at_ms: u64,
+    /// Ended at.
+    pub finished_at_ms: Option<u64>,
+    /// URL path of the whole job.
+    pub url: String,
+}
+
+impl From<&JobView> for JobSummary {
+    fn from(v: &JobView) -> JobSummary {
+        JobSummary {
+            id: v.id,
+            name: v.name.clone(),
+            state: v.state,
+            paused: v.paused,
+            priority: v.priority,
+            project: v.project.clone(),
+            submitter: v.submitter.clone(),
+            frames_total: v.frames_total,
+            frames_done: v.frames_done,
+            error: v.error.clone(),
+            submitted_at_ms: v.submitted_at_ms,
+            finished_at_ms: v.finished_at_ms,
+            url: format!("/v1/jobs/{}", v.id),
+        }
+    }
+}
+
+/// A page of `GET /v1/jobs`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobPage {
+    /// The jobs.
+    pub jobs: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+    /// URL path of the next page, filters kept; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// A job's chunks and waiting frame ranges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChunkList {
+    /// Job id.
+    pub job: u64,
+    /// In frame order.
+    pub chunks: Vec<ChunkView>,
+}
+
+/// One file a finished job produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArtifactView {
+    /// `output.mp4` or `poster.png`.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Size.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// A signed link that needs no key, valid until `expires_at`.
+    pub download_url: String,
+    /// When the link stops working, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// `GET /v1/jobs/{id}/artifacts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArtifactList {
+    /// Job id.
+    pub job: u64,
+    /// The output and its poster frame.
+    pub artifacts: Vec<ArtifactView>,
+}
+
+/// `PATCH /v1/jobs/{id}`: what may change on a job that runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobUpdate {
+    /// New priority, 0..=100.
+    pub priority: Option<u8>,
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{GpuRequirement, JobSpec};
 
 /// Kind of a graphics adapter, as wgpu reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum DeviceType {
     /// A discrete GPU.
     DiscreteGpu,
@@ -47,7 +47,7 @@ impl DeviceType {
 }
 
 /// One graphics adapter of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Adapter {
     /// Adapter name (`NVIDIA H100 80GB HBM3`, `llvmpipe (LLVM 15.0.6, 256 bits)`).
     pub name: String,
@@ -66,7 +66,7 @@ pub struct Adapter {
 
 /// The node's own measure of its speed, taken at start by rendering a short
 /// fixed sequence; the scheduler's first estimate before real frames exist.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Calibration {
     /// Frames per second rendered and encoded.
     pub frames_per_s: f64,
@@ -77,7 +77,7 @@ pub struct Calibration {
 }
 
 /// Everything a node reports about itself in its hello.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Capabilities {
     /// Host name of the machine.
     pub hostname: String,

@@ -312,7 +312,13 @@ pub fn run(p: &ThroughputParams) -> ThroughputReport {
         };
         frames_queued += frames;
         let (_, b) = kept_bytes(|| {
-            let cmds = core.submit(0, spec(j as u32, 1, frames, priority, gpu)).1;
+            let cmds = core
+                .submit(
+                    0,
+                    spec(j as u32, 1, frames, priority, gpu),
+                    Default::default(),
+                )
+                .1;
             // The acceptance fact leaves for the journal.
             drop(core.take_facts());
             cmds

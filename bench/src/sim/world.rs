@@ -388,7 +388,7 @@ impl<'a> World<'a> {
             SimEvent::Submit(j) => {
                 let spec = self.sc.jobs[j].spec();
                 let t = Instant::now();
-                let (id, cmds) = self.core.submit(self.now, spec);
+                let (id, cmds) = self.core.submit(self.now, spec, Default::default());
                 self.core_time += t.elapsed();
                 self.decisions += 1;
                 self.job_ids[j] = Some(id);

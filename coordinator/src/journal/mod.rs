@@ -1061,6 +1061,34 @@ impl<M: Model> Journal<M> {
         Ok(entry.map(|(_, bytes)| bytes))
     }
 
+    /// Keys of retained finished entries in decreasing order, from the
+    /// first below `before` (from the newest when `None`), at most `limit`.
+    pub fn archived_keys_before(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, JournalError> {
+        let store = &self.inner.store;
+        let end = match before {
+            Some(0) => return Ok(Vec::new()),
+            Some(key) => record::archive_key(key, 0),
+            // Past every entry key (the expiry index sorts after them and
+            // is skipped below).
+            None => record::archive_key(u64::MAX, u32::MAX),
+        };
+        let mut keys = Vec::new();
+        for item in store.archive.range(..end).keys().rev() {
+            if keys.len() >= limit {
+                break;
+            }
+            let k = item.map_err(|e| store.err(e))?;
+            if let Some((key, 0)) = record::parse_archive_key(&k) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
     /// Keys of retained finished entries in increasing order, from the first
     /// after `after` (from the start when `None`), at most `limit`.
     pub fn archived_keys(

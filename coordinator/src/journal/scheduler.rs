@@ -123,6 +123,7 @@ mod legacy {
             job,
             spec: Box::new(r.spec.clone()),
             at_ms: r.submitted_at_ms,
+            owner: Default::default(),
         }];
         if let Some(at_ms) = r.first_frame_at_ms {
             f.push(Fact::Started { job, at_ms });

@@ -20,7 +20,7 @@ use drover_shared::api::{ChunkKind, JobState};
 use drover_shared::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
-use super::record::{JobRecord, RunningChunk};
+use super::record::{JobRecord, Owner, RunningChunk};
 use super::state::DoneSegment;
 use super::types::JobId;
 
@@ -36,6 +36,9 @@ pub enum Fact {
         spec: Box<JobSpec>,
         /// Submission time.
         at_ms: u64,
+        /// The key that submitted it.
+        #[serde(default)]
+        owner: Owner,
     },
     /// Frames `start..=end` went to `node` as chunk `chunk` with `epoch`.
     Assigned {
@@ -184,6 +187,20 @@ pub enum Fact {
         /// Why, or cleared.
         reason: Option<String>,
     },
+    /// A user paused a job (no new chunks start) or resumed it.
+    Paused {
+        /// Job.
+        job: JobId,
+        /// Paused or resumed.
+        paused: bool,
+    },
+    /// A user changed a job's priority.
+    Priority {
+        /// Job.
+        job: JobId,
+        /// The new priority, 0..=100.
+        priority: u8,
+    },
 }
 
 impl Fact {
@@ -207,6 +224,8 @@ impl Fact {
             Fact::Blocklisted { .. } => 15,
             Fact::Drained { .. } => 16,
             Fact::Quarantined { .. } => 17,
+            Fact::Paused { .. } => 18,
+            Fact::Priority { .. } => 19,
         }
     }
 
@@ -227,7 +246,9 @@ impl Fact {
             | Fact::Retried { job }
             | Fact::Discarded { job }
             | Fact::Counters { job, .. }
-            | Fact::Blocklisted { job, .. } => Some(*job),
+            | Fact::Blocklisted { job, .. }
+            | Fact::Paused { job, .. }
+            | Fact::Priority { job, .. } => Some(*job),
             Fact::Drained { .. } | Fact::Quarantined { .. } => None,
         }
     }
@@ -259,9 +280,16 @@ impl Recovery {
     /// Folds one fact in. Facts about a job the state does not hold (it
     /// was archived) change nothing.
     pub fn apply(&mut self, fact: &Fact) {
-        if let Fact::Accepted { job, spec, at_ms } = fact {
-            self.jobs
-                .insert(*job, JobRecord::new(*job, (**spec).clone(), *at_ms));
+        if let Fact::Accepted {
+            job,
+            spec,
+            at_ms,
+            owner,
+        } = fact
+        {
+            let mut r = JobRecord::new(*job, (**spec).clone(), *at_ms);
+            r.owner = owner.clone();
+            self.jobs.insert(*job, r);
             return;
         }
         match fact {
@@ -395,6 +423,8 @@ impl Recovery {
                     r.blocklisted_nodes.push(node.clone());
                 }
             }
+            Fact::Paused { paused, .. } => r.paused = *paused,
+            Fact::Priority { priority, .. } => r.spec.priority = *priority,
         }
     }
 
@@ -451,6 +481,10 @@ mod tests {
                 job: 1,
                 spec: Box::new(spec(40)),
                 at_ms: 5,
+                owner: Owner {
+                    key: "k1".into(),
+                    name: "pipeline".into(),
+                },
             },
             assigned(0, 1, 20),
             Fact::Started { job: 1, at_ms: 6 },
@@ -499,6 +533,14 @@ mod tests {
                 node: "b".into(),
                 reason: Some("failing".into()),
             },
+            Fact::Paused {
+                job: 1,
+                paused: true,
+            },
+            Fact::Priority {
+                job: 1,
+                priority: 90,
+            },
             Fact::Discarded { job: 1 },
         ]
     }
@@ -510,7 +552,7 @@ mod tests {
         let mut kinds: Vec<u8> = facts.iter().map(Fact::kind).collect();
         kinds.sort_unstable();
         kinds.dedup();
-        assert_eq!(kinds, (1..=17).collect::<Vec<u8>>());
+        assert_eq!(kinds, (1..=19).collect::<Vec<u8>>());
         let mut r = Recovery::default();
         for (i, f) in facts.iter().enumerate() {
             r.apply(f);
@@ -553,6 +595,9 @@ mod tests {
         );
         assert!(r.nodes["a"].drained);
         assert_eq!(r.nodes["b"].quarantined.as_deref(), Some("failing"));
+        assert_eq!(j.owner.name, "pipeline");
+        assert!(j.paused);
+        assert_eq!(j.spec.priority, 90);
         // Discarded after its end: it leaves for the archive.
         let out = r.take_finished();
         assert_eq!(out.len(), 1);

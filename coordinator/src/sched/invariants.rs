@@ -103,7 +103,8 @@ impl Core {
             if j.state == JobState::Unschedulable {
                 assert!(j.live.is_empty(), "job {id} unschedulable while running");
             }
-            let want = j.ready_frames > 0 && !j.at_max_nodes() && !j.state.is_terminal();
+            let want =
+                j.ready_frames > 0 && !j.paused && !j.at_max_nodes() && !j.state.is_terminal();
             assert_eq!(j.listed, want, "job {id} listed");
             for (cl, class) in self.classes.iter().enumerate() {
                 let ok = j.class_ok.get(cl).copied().flatten();

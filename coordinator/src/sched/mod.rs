@@ -50,7 +50,7 @@ mod tests;
 
 pub use facts::{Fact, NodeRecord, Recovery};
 pub use nodes::{resolution_class, MAX_NODE_NAME_BYTES, RESOLUTION_CLASSES};
-pub use record::{JobRecord, RunningChunk};
+pub use record::{JobRecord, Owner, RunningChunk};
 pub use state::{Core, DoneSegment};
 pub use types::{
     Assignment, ChunkKey, ChunkReport, Chunking, Command, CoreConfig, Event, JobId, NodeId,
@@ -160,6 +160,10 @@ impl Core {
             Event::Drain { name, now } => self.drain(now_ms, &name, now, &mut cmds),
             Event::Undrain { name } => self.undrain(now_ms, &name, &mut cmds),
             Event::RetryJob { job } => self.retry(now_ms, job, &mut cmds),
+            Event::PauseJob { job, paused } => self.set_paused(now_ms, job, paused, &mut cmds),
+            Event::SetPriority { job, priority } => {
+                self.set_priority(now_ms, job, priority, &mut cmds)
+            }
             Event::Timeout => self.expire(now_ms, &mut cmds),
         }
         self.settle(now_ms, &mut cmds);

@@ -48,7 +48,7 @@ impl Core {
     /// another node.
     pub(crate) fn relist(&mut self, job: JobId) {
         let Some(j) = self.jobs.get(&job) else { return };
-        let want = j.ready_frames > 0 && !j.at_max_nodes() && !j.state.is_terminal();
+        let want = j.ready_frames > 0 && !j.paused && !j.at_max_nodes() && !j.state.is_terminal();
         if want == j.listed {
             return;
         }
@@ -503,6 +503,7 @@ impl Core {
             // listed, and for each new class as it appears).
             if j.class_ok.get(class).copied().flatten() != Some(true)
                 || j.finish_index.is_empty()
+                || j.paused
                 || j.state.is_terminal()
                 || j.blocklist.contains(&thief)
                 || (j.at_max_nodes() && !j.working.contains_key(&thief))
@@ -660,7 +661,8 @@ impl Core {
                 continue;
             }
             let j = &self.jobs[&job];
-            if j.live.is_empty() || j.state.is_terminal() || j.blocklist.contains(&node) {
+            if j.live.is_empty() || j.paused || j.state.is_terminal() || j.blocklist.contains(&node)
+            {
                 continue;
             }
             // Crawling chunks are judged near the job's end only (before,

@@ -31,6 +31,15 @@ pub struct RunningChunk {
     pub kind: ChunkKind,
 }
 
+/// The API key a job was submitted with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Key id.
+    pub key: String,
+    /// Key name.
+    pub name: String,
+}
+
 /// What the journal keeps of a job: enough to rebuild its state. Frames not
 /// in `done`, `running` or `missing` are waiting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +79,12 @@ pub struct JobRecord {
     /// Its segments are deleted (it ended and will not run again).
     #[serde(default)]
     pub discarded: bool,
+    /// Who submitted it.
+    #[serde(default)]
+    pub owner: Owner,
+    /// Paused by a user: no new chunk starts.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl JobRecord {
@@ -92,6 +107,8 @@ impl JobRecord {
             blocklisted_nodes: Vec::new(),
             running: BTreeMap::new(),
             discarded: false,
+            owner: Owner::default(),
+            paused: false,
         }
     }
 
@@ -181,6 +198,8 @@ impl Core {
     fn hot_job(&mut self, now_ms: u64, r: JobRecord, cmds: &mut Vec<Command>) {
         let id = r.id;
         let mut job = self.new_job(id, Arc::new(r.spec), r.submitted_at_ms);
+        job.owner = Arc::new(r.owner);
+        job.paused = r.paused;
         job.state = match r.state {
             JobState::Muxing => JobState::Muxing,
             _ if r.first_frame_at_ms.is_some() => JobState::Running,
@@ -243,6 +262,68 @@ impl Core {
             if !r.discarded && r.state != JobState::Done {
                 cmds.push(Command::Discard { job });
             }
+        }
+    }
+
+    /// A user pauses or resumes a hot job. Paused, it is listed nowhere: no
+    /// chunk of it starts and no idle node steals from it; chunks already
+    /// running finish and are stored.
+    pub(crate) fn set_paused(
+        &mut self,
+        now_ms: u64,
+        id: JobId,
+        paused: bool,
+        cmds: &mut Vec<Command>,
+    ) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if j.paused == paused || j.state.is_terminal() {
+            return;
+        }
+        j.paused = paused;
+        self.facts.push(Fact::Paused { job: id, paused });
+        self.offer_job(now_ms, id, cmds);
+    }
+
+    /// A user changes a hot job's priority: its place in every ready set
+    /// moves, and a raised job may take nodes from lower ones at once.
+    pub(crate) fn set_priority(
+        &mut self,
+        now_ms: u64,
+        id: JobId,
+        priority: u8,
+        cmds: &mut Vec<Command>,
+    ) {
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if j.spec.priority == priority || j.state.is_terminal() {
+            return;
+        }
+        let mut spec = (*j.spec).clone();
+        spec.priority = priority;
+        j.spec = Arc::new(spec);
+        // Aging restarts from the new priority.
+        j.aging_seq = j.aging_seq.wrapping_add(1);
+        j.aging_armed = false;
+        self.facts.push(Fact::Priority { job: id, priority });
+        self.set_eff_prio(id, priority);
+        self.offer_job(now_ms, id, cmds);
+    }
+
+    /// Whether a hot job may be paused, resumed or reprioritised: `Err`
+    /// says why not.
+    pub fn may_change(&self, id: JobId) -> Result<(), String> {
+        match self.jobs.get(&id) {
+            Some(j) if j.state == JobState::Muxing => Err(format!(
+                "job {id} has every frame and is joining its output"
+            )),
+            Some(_) => Ok(()),
+            None => match self.finished.get(&id) {
+                Some(r) => Err(format!("job {id} is {:?}; it no longer runs", r.state)),
+                None => Err(format!("job {id} does not exist")),
+            },
         }
     }
 
@@ -348,12 +429,14 @@ impl Core {
             streak: 0,
             orphans: BTreeMap::new(),
             blocklist_names: Vec::new(),
+            owner: Default::default(),
+            paused: false,
             spec,
         }
     }
 
     /// Accepts a validated spec and offers its frames to free nodes at once.
-    pub fn submit(&mut self, now_ms: u64, spec: JobSpec) -> (JobId, Vec<Command>) {
+    pub fn submit(&mut self, now_ms: u64, spec: JobSpec, owner: Owner) -> (JobId, Vec<Command>) {
         let id = self.next_job_id;
         self.next_job_id += 1;
         let spec = Arc::new(spec);
@@ -361,8 +444,10 @@ impl Core {
             job: id,
             spec: Box::new((*spec).clone()),
             at_ms: now_ms,
+            owner: owner.clone(),
         });
-        let job = self.new_job(id, spec, now_ms);
+        let mut job = self.new_job(id, spec, now_ms);
+        job.owner = Arc::new(owner);
         self.jobs.insert(id, job);
         let mut cmds = Vec::new();
         self.offer_job(now_ms, id, &mut cmds);
@@ -403,6 +488,8 @@ impl Core {
                 .chain(j.orphans.iter().map(|(id, c)| (*id, c.clone())))
                 .collect(),
             discarded: false,
+            owner: (*j.owner).clone(),
+            paused: j.paused,
         }
     }
 

@@ -252,6 +252,11 @@ pub(crate) struct Job {
     /// their node to re-adopt until the adoption deadline; their frames are
     /// in no other place.
     pub orphans: BTreeMap<u32, super::record::RunningChunk>,
+    /// The key that submitted it.
+    pub owner: Arc<super::record::Owner>,
+    /// Paused by a user: listed nowhere, so no new chunk starts; running
+    /// chunks finish.
+    pub paused: bool,
 }
 
 impl Job {

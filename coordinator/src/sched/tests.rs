@@ -268,7 +268,7 @@ impl Harness {
     }
 
     fn submit(&mut self, s: JobSpec) -> JobId {
-        let (id, cmds) = self.core.submit(self.now, s);
+        let (id, cmds) = self.core.submit(self.now, s, Default::default());
         self.after(&cmds);
         id
     }
@@ -1162,7 +1162,7 @@ fn restore_keeps_done_frames_and_waits_for_the_rest() {
         .map(|c| c.end - c.start + 1)
         .sum();
     assert_eq!(waiting + done, 1_000);
-    let (next, _) = core.submit(5, spec(5, ""));
+    let (next, _) = core.submit(5, spec(5, ""), Default::default());
     assert_eq!(next, job + 1, "ids continue after restored ones");
 }
 
@@ -1652,4 +1652,56 @@ fn a_retry_renders_only_what_a_failed_job_is_missing() {
     h.assert_exact(job);
     assert!(h.core.may_retry(job).is_err(), "not failed any more");
     assert!(h.core.may_retry(job + 100).is_err(), "unknown");
+}
+
+#[test]
+fn a_paused_job_starts_nothing_and_is_not_stolen_from_until_resumed() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(2_000, ""));
+    let (k, _, _) = h.held("a")[0];
+    h.progress("a", k, 1);
+    h.handle(Event::PauseJob { job, paused: true });
+    assert!(h.view(job).paused);
+    // A fresh idle node gets nothing: no new chunk, no stolen tail, no copy.
+    h.connect("b", caps(false, 10.0));
+    assert!(h.held("b").is_empty(), "paused: nothing starts");
+    // What was running finishes and is kept.
+    let held_a: Vec<_> = h.held("a").iter().map(|c| c.0).collect();
+    for c in held_a {
+        h.finish("a", c);
+    }
+    assert!(h.held("a").is_empty() && h.held("b").is_empty());
+    let done = h.view(job).frames_done;
+    assert!(done > 0);
+    // Paused is durable.
+    let (core, _) = Core::restore(CoreConfig::default(), h.replayed.clone(), h.now);
+    assert!(core.job_view(job).unwrap().paused);
+    h.handle(Event::PauseJob { job, paused: false });
+    assert!(!h.held("a").is_empty() || !h.held("b").is_empty());
+    h.drain();
+    h.assert_exact(job);
+    assert!(h.core.may_change(job).is_err(), "done: nothing to pause");
+}
+
+#[test]
+fn a_raised_priority_is_durable_and_wins_the_next_free_node() {
+    let mut h = Harness::new(CoreConfig::default());
+    let low = h.submit(spec(200, r#""priority":10"#));
+    let mid = h.submit(spec(200, r#""priority":50"#));
+    h.handle(Event::SetPriority {
+        job: low,
+        priority: 90,
+    });
+    assert_eq!(h.view(low).priority, 90);
+    let (core, _) = Core::restore(CoreConfig::default(), h.replayed.clone(), h.now);
+    assert_eq!(core.job_view(low).unwrap().priority, 90);
+    // The first node goes to the raised job.
+    h.connect("a", caps(false, 10.0));
+    let held = h.held("a");
+    assert!(!held.is_empty());
+    assert_eq!(held[0].0 .0, low, "{held:?}");
+    h.drain();
+    h.assert_exact(low);
+    h.assert_exact(mid);
 }

@@ -370,6 +370,21 @@ pub enum Event {
         /// Job.
         job: JobId,
     },
+    /// A user pauses a job (no new chunk starts; running ones finish) or
+    /// resumes it.
+    PauseJob {
+        /// Job.
+        job: JobId,
+        /// Pause or resume.
+        paused: bool,
+    },
+    /// A user changes a job's priority (0..=100).
+    SetPriority {
+        /// Job.
+        job: JobId,
+        /// New priority.
+        priority: u8,
+    },
     /// Time passed: the deadline [`crate::sched::Core::poll_timeout`]
     /// returned is due.
     Timeout,

@@ -138,7 +138,29 @@ impl Core {
             finished_at_ms: j.finished_at_ms,
             output_path,
             output_url,
+            submitter: j.owner.name.clone(),
+            submitter_key: j.owner.key.clone(),
+            paused: j.paused,
         })
+    }
+
+    /// Ids of the jobs in memory (hot, and finished ones still retained)
+    /// below `before`.
+    pub fn job_ids_below(&self, before: JobId) -> std::collections::BTreeSet<JobId> {
+        self.jobs
+            .keys()
+            .chain(self.finished.keys())
+            .copied()
+            .filter(|id| *id < before)
+            .collect()
+    }
+
+    /// Jobs of a key that are queued or running.
+    pub fn active_jobs_of(&self, key: &str) -> usize {
+        self.jobs
+            .values()
+            .filter(|j| !j.state.is_terminal() && j.owner.key == key)
+            .count()
     }
 
     /// Every job the core knows (hot, and finished ones still retained),
@@ -241,5 +263,8 @@ pub fn record_view(r: &JobRecord) -> JobView {
         finished_at_ms: r.finished_at_ms,
         output_path,
         output_url,
+        submitter: r.owner.name.clone(),
+        submitter_key: r.owner.key.clone(),
+        paused: r.paused,
     }
 }
