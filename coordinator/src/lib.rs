@@ -8,7 +8,13 @@
 //! - [`mux`]: joins encoded segments into the job's output by stream copy.
 //! - [`actors`]: the actix scheduler actor and one session actor per node.
 //! - [`quic`]: the quinn endpoint, TLS certificate, and per-connection tasks.
-//! - [`api`]: the actix-web REST API.
+//! - [`api`]: the actix-web REST API under `/v1`, its OpenAPI document,
+//!   signed download links and the event stream's SSE endpoint.
+//! - [`auth`]: API keys (roles, projects, rate limits) and the gate every
+//!   request passes.
+//! - [`events`]: the ordered, resumable stream of job and node changes.
+//! - [`artifact`]: a finished job's files, their checksums and poster frame.
+//! - [`webhook`]: signed, journaled, retried deliveries of job outcomes.
 //! - [`server`]: wires everything together for `drover coordinator`.
 #![warn(missing_docs)]
 

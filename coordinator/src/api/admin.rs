@@ -57,8 +57,8 @@ pub async fn list_nodes(
 )]
 #[get("/v1/nodes/{name}")]
 pub async fn get_node(
-    path: web::Path<String>,
     _caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<NodeView>> {
     let name = path.into_inner();
@@ -106,9 +106,9 @@ async fn node_admin(name: String, drain: Option<bool>, api: &Api) -> ApiResult {
 )]
 #[post("/v1/nodes/{name}/drain")]
 pub async fn drain_node(
+    caller: Caller,
     path: web::Path<String>,
     q: web::Query<DrainQuery>,
-    caller: Caller,
     api: web::Data<Api>,
 ) -> ApiResult {
     caller.require(Role::Admin)?;
@@ -123,8 +123,8 @@ pub async fn drain_node(
 )]
 #[post("/v1/nodes/{name}/undrain")]
 pub async fn undrain_node(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult {
     caller.require(Role::Admin)?;
@@ -139,8 +139,8 @@ pub async fn undrain_node(
 )]
 #[post("/v1/nodes/{name}/clear-quarantine")]
 pub async fn clear_quarantine(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<NodeView>> {
     caller.require(Role::Admin)?;
@@ -198,8 +198,8 @@ pub async fn create_key(body: web::Json<NewKey>, caller: Caller, api: web::Data<
 )]
 #[delete("/v1/keys/{id}")]
 pub async fn revoke_key(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<KeyView>> {
     caller.require(Role::Admin)?;

@@ -151,9 +151,9 @@ struct State {
 )]
 #[get("/v1/events")]
 pub async fn events(
+    caller: Caller,
     req: HttpRequest,
     q: web::Query<EventQuery>,
-    caller: Caller,
     api: web::Data<Api>,
 ) -> ApiResult {
     let q = q.into_inner();

@@ -66,9 +66,9 @@ fn content_type(req: &HttpRequest) -> Option<String> {
 )]
 #[post("/v1/jobs")]
 pub async fn submit(
+    caller: Caller,
     req: HttpRequest,
     mut payload: web::Payload,
-    caller: Caller,
     api: web::Data<Api>,
 ) -> ApiResult {
     use futures_util::StreamExt;
@@ -186,8 +186,8 @@ fn encode_query(pairs: &[(&str, String)]) -> String {
 )]
 #[get("/v1/jobs")]
 pub async fn list(
-    q: web::Query<ListQuery>,
     caller: Caller,
+    q: web::Query<ListQuery>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobPage>> {
     let q = q.into_inner();
@@ -264,8 +264,8 @@ pub async fn list(
 )]
 #[get("/v1/jobs/{id}")]
 pub async fn get(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobView>> {
     let id = parse_id(&path)?;
@@ -305,8 +305,8 @@ async fn do_cancel(id: u64, caller: &Caller, api: &Api) -> ApiResult<web::Json<J
 )]
 #[delete("/v1/jobs/{id}")]
 pub async fn cancel(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobView>> {
     do_cancel(parse_id(&path)?, &caller, &api).await
@@ -321,8 +321,8 @@ pub async fn cancel(
 )]
 #[post("/v1/jobs/{id}/cancel")]
 pub async fn cancel_post(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobView>> {
     do_cancel(parse_id(&path)?, &caller, &api).await
@@ -341,8 +341,8 @@ fn status_problem(status: u16, title: &str, why: String) -> Problem {
 )]
 #[post("/v1/jobs/{id}/retry")]
 pub async fn retry(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobView>> {
     let id = parse_id(&path)?;
@@ -378,8 +378,8 @@ async fn act(
 )]
 #[post("/v1/jobs/{id}/pause")]
 pub async fn pause(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobView>> {
     act(parse_id(&path)?, JobAction::Pause, &caller, &api).await
@@ -393,8 +393,8 @@ pub async fn pause(
 )]
 #[post("/v1/jobs/{id}/resume")]
 pub async fn resume(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobView>> {
     act(parse_id(&path)?, JobAction::Resume, &caller, &api).await
@@ -410,9 +410,9 @@ pub async fn resume(
 )]
 #[patch("/v1/jobs/{id}")]
 pub async fn update(
+    caller: Caller,
     path: web::Path<String>,
     body: web::Json<JobUpdate>,
-    caller: Caller,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobView>> {
     let id = parse_id(&path)?;
@@ -442,8 +442,8 @@ pub async fn update(
 )]
 #[get("/v1/jobs/{id}/chunks")]
 pub async fn chunks(
-    path: web::Path<String>,
     caller: Caller,
+    path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<ChunkList>> {
     let id = parse_id(&path)?;
@@ -472,9 +472,9 @@ pub struct LinkQuery {
 )]
 #[get("/v1/jobs/{id}/artifacts")]
 pub async fn artifacts(
+    caller: Caller,
     path: web::Path<String>,
     q: web::Query<LinkQuery>,
-    caller: Caller,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<ArtifactList>> {
     let id = parse_id(&path)?;
@@ -560,9 +560,9 @@ async fn serve_file(
 )]
 #[get("/v1/jobs/{id}/output")]
 pub async fn output(
+    caller: Caller,
     req: HttpRequest,
     path: web::Path<String>,
-    caller: Caller,
     api: web::Data<Api>,
 ) -> ApiResult {
     let id = parse_id(&path)?;

@@ -69,11 +69,13 @@ impl Links {
     /// path and its expiry (unix seconds).
     pub fn sign(&self, job: u64, name: &str, ttl_s: u64) -> (String, u64) {
         let expires = now_s() + ttl_s;
+        (self.sign_until(job, name, expires), expires)
+    }
+
+    /// A link to `name` of `job` that expires at `expires` (unix seconds).
+    pub fn sign_until(&self, job: u64, name: &str, expires: u64) -> String {
         let sig = hex::encode(self.mac(job, name, expires).finalize().into_bytes());
-        (
-            format!("/v1/downloads/{job}/{name}?expires={expires}&sig={sig}"),
-            expires,
-        )
+        format!("/v1/downloads/{job}/{name}?expires={expires}&sig={sig}")
     }
 
     /// Checks a link's signature, then its expiry: 403 for a link that was

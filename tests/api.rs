@@ -1,0 +1,527 @@
+//! The REST API from outside, against the real `drover` binary: every
+//! route in the OpenAPI document closed without a key, read-only for a
+//! viewer, invisible across projects; every URL the API hands out
+//! resolves; signed links; the error format; the event stream resumed
+//! without a gap.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use drover_cli::cluster::{wait_for, Cluster};
+use drover_shared::api::{JobState, KeyCreated, Problem};
+use serde_json::{json, Value};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+const BIN: &str = env!("CARGO_BIN_EXE_drover");
+const JOB_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One answer: status, headers we look at, body as JSON (or text).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    allow: Option<String>,
+    retry_after: Option<String>,
+    body: Value,
+    bytes: Vec<u8>,
+}
+
+fn call(base: &str, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Answer {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    let mut req = agent.request(method, &format!("{base}{path}"));
+    if let Some(k) = key {
+        req = req.set("authorization", &format!("Bearer {k}"));
+    }
+    let r = match body {
+        Some(b) => req.send_json(b.clone()),
+        None => req.call(),
+    };
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = resp.status();
+    let content_type = resp.header("content-type").unwrap_or_default().to_string();
+    let allow = resp.header("allow").map(str::to_string);
+    let retry_after = resp.header("retry-after").map(str::to_string);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status >= 400 {
+        assert_eq!(
+            content_type,
+            "application/problem+json",
+            "{method} {path}: {status} without a problem document: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let p: Problem = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(p.status, status);
+        assert!(!p.detail.is_empty());
+    }
+    Answer {
+        status,
+        content_type,
+        allow,
+        retry_after,
+        body,
+        bytes,
+    }
+}
+
+fn spec(name: &str, frames: u64, project: Option<&str>) -> Value {
+    let mut s = json!({
+        "name": name,
+        "frames": { "start": 1, "end": frames },
+        "fps": 24,
+        "resolution": { "width": 64, "height": 64 },
+        "render": { "kind": "shader", "shader": "rings" },
+    });
+    if let Some(p) = project {
+        s["project"] = json!(p);
+    }
+    s
+}
+
+fn create_key(
+    base: &str,
+    admin: &str,
+    name: &str,
+    role: &str,
+    project: Option<&str>,
+    rate: Option<u32>,
+) -> KeyCreated {
+    let mut body = json!({ "name": name, "role": role });
+    if let Some(p) = project {
+        body["project"] = json!(p);
+    }
+    if let Some(r) = rate {
+        body["rate_per_s"] = json!(r);
+    }
+    let a = call(base, "POST", "/v1/keys", Some(admin), Some(&body));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    serde_json::from_value(a.body).unwrap()
+}
+
+fn wait_state(base: &str, key: &str, id: u64, want: JobState) {
+    wait_for(JOB_TIMEOUT, "the job's state", || {
+        let a = call(base, "GET", &format!("/v1/jobs/{id}"), Some(key), None);
+        let state: JobState = serde_json::from_value(a.body["state"].clone())?;
+        Ok((state == want).then_some(()))
+    })
+    .unwrap();
+}
+
+/// Every string in a JSON document that is a URL path of this API.
+fn urls_in(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::String(s) if s.starts_with("/v1/") => {
+            out.insert(s.clone());
+        }
+        Value::Array(a) => a.iter().for_each(|x| urls_in(x, out)),
+        Value::Object(o) => o.values().for_each(|x| urls_in(x, out)),
+        _ => {}
+    }
+}
+
+fn fill(template: &str, params: &HashMap<&str, String>) -> String {
+    let mut out = template.to_string();
+    for (k, v) in params {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    assert!(!out.contains('{'), "unfilled parameter in {template}");
+    out
+}
+
+/// A body for each mutation, so that a 403 is about the role, not a body.
+fn body_for(method: &str, template: &str) -> Option<Value> {
+    match (method, template) {
+        ("POST", "/v1/jobs") => Some(spec("probe", 4, None)),
+        ("PATCH", "/v1/jobs/{id}") => Some(json!({ "priority": 60 })),
+        ("POST", "/v1/keys") => Some(json!({ "name": "probe", "role": "viewer" })),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_route_is_closed_without_a_key_read_only_for_viewers_and_invisible_across_projects() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), &[], &[]).unwrap();
+    c.add_node("node-1").unwrap();
+    c.wait_nodes(1).unwrap();
+    let base = c.url();
+    let admin = c.admin_key().unwrap();
+    let sub_a = create_key(&base, &admin, "pipe-a", "submitter", Some("alpha"), None);
+    let sub_b = create_key(&base, &admin, "pipe-b", "submitter", Some("beta"), None);
+    let viewer = create_key(&base, &admin, "wall", "viewer", None, None);
+    let throwaway = create_key(&base, &admin, "old", "viewer", None, None);
+
+    // A done job of project alpha, submitted by alpha's key (the spec names
+    // no project: the key's is used).
+    let a = call(
+        &base,
+        "POST",
+        "/v1/jobs",
+        Some(&sub_a.secret),
+        Some(&spec("alpha job", 8, None)),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let job = a.body["id"].as_u64().unwrap();
+    wait_state(&base, &admin, job, JobState::Done);
+    let v = call(&base, "GET", &format!("/v1/jobs/{job}"), Some(&admin), None).body;
+    assert_eq!(v["project"], "alpha");
+    assert_eq!(v["submitter"], "pipe-a");
+    // A spec naming another project than its key's is refused.
+    let a = call(
+        &base,
+        "POST",
+        "/v1/jobs",
+        Some(&sub_b.secret),
+        Some(&spec("x", 4, Some("alpha"))),
+    );
+    assert_eq!(a.status, 403);
+    assert_eq!(a.body["field"], "project");
+
+    // The document, fetched without a key.
+    let doc = call(&base, "GET", "/v1/openapi.json", None, None);
+    assert_eq!(doc.status, 200);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    let mut routes = Vec::new();
+    for (path, item) in doc.body["paths"].as_object().unwrap() {
+        for (m, op) in item.as_object().unwrap() {
+            let public = op["security"] == json!([{}]);
+            routes.push((m.to_uppercase(), path.clone(), public));
+        }
+    }
+    assert!(routes.len() >= 25, "{routes:?}");
+    let links = call(
+        &base,
+        "GET",
+        &format!("/v1/jobs/{job}/artifacts"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(links.status, 200, "{:?}", links.body);
+    let mut params: HashMap<&str, String> = HashMap::new();
+    params.insert("id", job.to_string());
+    params.insert("job", job.to_string());
+    params.insert("name", "node-1".into());
+
+    for (method, template, public) in &routes {
+        let mut p = params.clone();
+        if template.starts_with("/v1/keys/") {
+            p.insert("id", throwaway.key.id.clone());
+        }
+        if template.starts_with("/v1/downloads/") {
+            p.insert("name", "output.mp4".into());
+        }
+        let path = fill(template, &p);
+        let body = body_for(method, template);
+        // Without a key: 401 everywhere but the public routes.
+        let a = call(&base, method, &path, None, body.as_ref());
+        if *public {
+            assert_ne!(a.status, 401, "{method} {path} is public");
+        } else {
+            assert_eq!(a.status, 401, "{method} {path} without a key");
+        }
+        // A route that exists answers something other than 404/405 to the
+        // admin (a download without its signature is a 400).
+        if *method == "GET" {
+            let a = call(&base, method, &path, Some(&admin), None);
+            assert!(
+                ![404, 405].contains(&a.status),
+                "{method} {path} is documented but answers {}",
+                a.status
+            );
+        }
+        // A viewer may not change anything.
+        if *method != "GET" && !*public {
+            let a = call(&base, method, &path, Some(&viewer.secret), body.as_ref());
+            assert_eq!(a.status, 403, "{method} {path} as a viewer: {:?}", a.body);
+        }
+        // Another project's key does not see alpha's job, its artifacts or
+        // its events.
+        if template.contains("/v1/jobs/{id}") {
+            let a = call(&base, method, &path, Some(&sub_b.secret), body.as_ref());
+            assert_eq!(
+                a.status, 404,
+                "{method} {path} across projects: {:?}",
+                a.body
+            );
+        }
+    }
+    let a = call(
+        &base,
+        "GET",
+        &format!("/v1/events?job={job}"),
+        Some(&sub_b.secret),
+        None,
+    );
+    assert_eq!(a.status, 404);
+    let a = call(&base, "GET", "/v1/jobs", Some(&sub_b.secret), None);
+    assert!(
+        a.body["jobs"].as_array().unwrap().is_empty(),
+        "{:?}",
+        a.body
+    );
+    let a = call(
+        &base,
+        "GET",
+        "/v1/jobs?project=alpha",
+        Some(&sub_b.secret),
+        None,
+    );
+    assert_eq!(a.status, 403);
+
+    // Every URL in every answer resolves.
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<String> = [
+        "/v1/jobs",
+        "/v1/nodes",
+        "/v1/keys",
+        &format!("/v1/jobs/{job}"),
+        &format!("/v1/jobs/{job}/artifacts"),
+        &format!("/v1/jobs/{job}/chunks"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    while let Some(url) = todo.pop() {
+        if !seen.insert(url.clone()) || seen.len() > 200 {
+            continue;
+        }
+        let a = call(&base, "GET", &url, Some(&admin), None);
+        assert!(
+            a.status < 300,
+            "GET {url} handed out by the API answers {}: {:?}",
+            a.status,
+            a.body
+        );
+        let mut found = BTreeSet::new();
+        urls_in(&a.body, &mut found);
+        todo.extend(found.into_iter().filter(|u| !seen.contains(u)));
+    }
+    assert!(
+        seen.iter().any(|u| u.starts_with("/v1/downloads/")),
+        "{seen:?}"
+    );
+
+    // Signed links: the exact bytes; altered or expired ones refused.
+    let arts = links.body["artifacts"].as_array().unwrap();
+    assert_eq!(arts.len(), 2);
+    let out = arts.iter().find(|a| a["name"] == "output.mp4").unwrap();
+    let url = out["download_url"].as_str().unwrap();
+    let a = call(&base, "GET", url, None, None);
+    assert_eq!(a.status, 200);
+    let got = dir.path().join("got.mp4");
+    std::fs::write(&got, &a.bytes).unwrap();
+    assert_eq!(
+        drover_coordinator::artifact::sha256_file(&got).unwrap(),
+        out["sha256"].as_str().unwrap()
+    );
+    assert_eq!(a.bytes.len() as u64, out["bytes"].as_u64().unwrap());
+    let poster = arts.iter().find(|a| a["name"] == "poster.png").unwrap();
+    let a = call(
+        &base,
+        "GET",
+        poster["download_url"].as_str().unwrap(),
+        None,
+        None,
+    );
+    assert_eq!(&a.bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let tampered = url.replace(&format!("/{job}/"), &format!("/{}/", job + 1));
+    assert_eq!(call(&base, "GET", &tampered, None, None).status, 403);
+    let tampered = url.replace("sig=", "sig=00");
+    assert_eq!(call(&base, "GET", &tampered, None, None).status, 403);
+    let signer =
+        drover_coordinator::api::links::Links::load_or_create(&dir.path().join("coordinator"))
+            .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = signer.sign_until(job, "output.mp4", now - 5);
+    let a = call(&base, "GET", &expired, None, None);
+    assert_eq!(a.status, 410, "{:?}", a.body);
+    assert_eq!(a.body["field"], "expires");
+
+    // The error format: 404, 405 with Allow, 415, 422, 413, 429 with
+    // Retry-After, and a revoked key.
+    let a = call(&base, "GET", "/v1/nope", Some(&admin), None);
+    assert_eq!(a.status, 404);
+    let a = call(&base, "DELETE", "/v1/nodes", Some(&admin), None);
+    assert_eq!(a.status, 405);
+    assert_eq!(a.allow.as_deref(), Some("GET"));
+    let a = ureq::post(&format!("{base}/v1/jobs"))
+        .set("authorization", &format!("Bearer {admin}"))
+        .set("content-type", "text/plain")
+        .send_string("name = 1");
+    match a {
+        Err(ureq::Error::Status(415, r)) => {
+            assert_eq!(r.header("content-type"), Some("application/problem+json"))
+        }
+        other => panic!("text/plain spec: {other:?}"),
+    }
+    let a = call(
+        &base,
+        "PATCH",
+        &format!("/v1/jobs/{job}"),
+        Some(&admin),
+        Some(&json!({ "priority": 101 })),
+    );
+    assert_eq!(a.status, 422);
+    assert_eq!(a.body["field"], "priority");
+    let a = call(
+        &base,
+        "POST",
+        "/v1/keys",
+        Some(&admin),
+        Some(&json!({ "name": "x".repeat(100_000), "role": "viewer" })),
+    );
+    assert_eq!(a.status, 413);
+    let slow = create_key(&base, &admin, "slow", "viewer", None, Some(1));
+    let statuses: Vec<Answer> = (0..4)
+        .map(|_| call(&base, "GET", "/v1/nodes", Some(&slow.secret), None))
+        .collect();
+    let limited = statuses
+        .iter()
+        .find(|a| a.status == 429)
+        .expect("the 1/s key is limited");
+    assert!(limited
+        .retry_after
+        .as_deref()
+        .is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+    assert_eq!(limited.body["field"], "rate_per_s");
+    let a = call(
+        &base,
+        "DELETE",
+        &format!("/v1/keys/{}", throwaway.key.id),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(a.status, 200);
+    let a = call(&base, "GET", "/v1/nodes", Some(&throwaway.secret), None);
+    assert_eq!(a.status, 401);
+    assert!(a.body["detail"].as_str().unwrap().contains("revoked"));
+    assert!(a.content_type.contains("problem"));
+    c.stop();
+}
+
+/// Reads SSE events (id, kind) from a stream until `stop` says so.
+fn read_events(
+    reader: &mut impl BufRead,
+    mut stop: impl FnMut(&str, &str) -> bool,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let (mut id, mut kind) = (String::new(), String::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            return out;
+        }
+        let l = line.trim_end();
+        if let Some(v) = l.strip_prefix("id: ") {
+            id = v.to_string();
+        } else if let Some(v) = l.strip_prefix("event: ") {
+            kind = v.to_string();
+        } else if l.is_empty() && !kind.is_empty() {
+            out.push((id.clone(), kind.clone()));
+            let done = stop(&id, &kind);
+            kind.clear();
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+fn open_stream(
+    base: &str,
+    key: &str,
+    last: Option<&str>,
+) -> std::io::BufReader<Box<dyn std::io::Read + Send + Sync>> {
+    let mut req =
+        ureq::get(&format!("{base}/v1/events")).set("authorization", &format!("Bearer {key}"));
+    if let Some(l) = last {
+        req = req.set("last-event-id", l);
+    }
+    let r = req.call().unwrap();
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    std::io::BufReader::new(r.into_reader())
+}
+
+#[test]
+fn a_client_that_disconnects_and_resumes_with_last_event_id_misses_no_event() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), &["--chunk-frames", "4"], &[]).unwrap();
+    let base = c.url();
+    let admin = c.admin_key().unwrap();
+    let mut first = open_stream(&base, &admin, None);
+    c.add_node("node-1").unwrap();
+    c.wait_nodes(1).unwrap();
+    let a = call(
+        &base,
+        "POST",
+        "/v1/jobs",
+        Some(&admin),
+        Some(&spec("events", 48, None)),
+    );
+    let job = a.body["id"].as_u64().unwrap();
+    // Read a few events, then drop the connection mid-job.
+    let mut got = read_events(&mut first, |_, kind| kind == "job.started");
+    drop(first);
+    // More happens while nobody listens.
+    wait_state(&base, &admin, job, JobState::Done);
+    let last = got.last().unwrap().0.clone();
+    let mut again = open_stream(&base, &admin, Some(&last));
+    got.extend(read_events(&mut again, |_, kind| kind == "job.done"));
+    let kinds: Vec<&str> = got.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(kinds[0], "node.connected", "{kinds:?}");
+    assert!(
+        kinds.contains(&"job.submitted") && kinds.contains(&"job.progress"),
+        "{kinds:?}"
+    );
+    assert_eq!(*kinds.last().unwrap(), "job.done");
+    // No gap and no repeat: the ids of one run count up by one.
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|(id, _)| id.split_once('.').unwrap().1.parse().unwrap())
+        .collect();
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{got:?}");
+    }
+    // Stored chunks: one progress event each, frames adding up.
+    let v = call(
+        &base,
+        "GET",
+        &format!("/v1/jobs/{job}/chunks"),
+        Some(&admin),
+        None,
+    )
+    .body;
+    let chunks = v["chunks"].as_array().unwrap().len();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "job.progress").count(),
+        chunks,
+        "{kinds:?}"
+    );
+    // After a restart an old id cannot be resumed exactly: a reset comes
+    // first.
+    c.restart_coordinator().unwrap();
+    let mut after = open_stream(&base, &admin, Some(&last));
+    let first_after = read_events(&mut after, |_, _| true);
+    assert_eq!(first_after[0].1, "reset");
+    c.stop();
+}
