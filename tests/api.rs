@@ -55,7 +55,10 @@ fn call(base: &str, method: &str, path: &str, key: Option<&str>, body: Option<&V
     let allow = resp.header("allow").map(str::to_string);
     let retry_after = resp.header("retry-after").map(str::to_string);
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+    // An event stream never ends: its status and type are the answer.
+    if !content_type.starts_with("text/event-stream") {
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+    }
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if status >= 400 {
         assert_eq!(
@@ -523,5 +526,159 @@ fn a_client_that_disconnects_and_resumes_with_last_event_id_misses_no_event() {
     let mut after = open_stream(&base, &admin, Some(&last));
     let first_after = read_events(&mut after, |_, _| true);
     assert_eq!(first_after[0].1, "reset");
+    c.stop();
+}
+
+/// A webhook receiver on loopback: answers 500 to the first `fail`
+/// requests, then 200; keeps every request's signature header and body.
+struct Receiver {
+    url: String,
+    got: std::sync::Arc<Mutex<Vec<(String, Vec<u8>, u16)>>>,
+}
+
+fn receiver(fail: usize) -> Receiver {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got: std::sync::Arc<Mutex<Vec<(String, Vec<u8>, u16)>>> = Default::default();
+    let log = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 4096];
+            // Headers, then Content-Length bytes of body.
+            let (head_end, len) = loop {
+                let n = s.read(&mut tmp).unwrap_or(0);
+                if n == 0 {
+                    break (0, 0);
+                }
+                buf.extend_from_slice(&tmp[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break (i + 4, len);
+                }
+            };
+            if head_end == 0 {
+                continue;
+            }
+            while buf.len() < head_end + len {
+                let n = s.read(&mut tmp).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            let sig = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("drover-signature")
+                        .then(|| v.trim().to_string())
+                })
+                .unwrap_or_default();
+            let body = buf[head_end..head_end + len.min(buf.len() - head_end)].to_vec();
+            let mut g = log.lock().unwrap();
+            let status = if g.len() < fail { 500 } else { 200 };
+            g.push((sig, body, status));
+            drop(g);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    Receiver { url, got }
+}
+
+#[test]
+fn a_webhook_refused_twice_is_delivered_signed_after_a_coordinator_restart() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A 4 s base: the third try comes 2 to 8 s after the second (jitter),
+    // so the restart lands between them.
+    let mut c = Cluster::start(
+        Path::new(BIN),
+        dir.path(),
+        &["--webhook-retry-base-ms", "4000"],
+        &[],
+    )
+    .unwrap();
+    c.add_node("node-1").unwrap();
+    c.wait_nodes(1).unwrap();
+    let base = c.url();
+    let admin = c.admin_key().unwrap();
+    let rx = receiver(2);
+    let mut s = spec("hooked", 8, None);
+    s["webhooks"] = json!([rx.url]);
+    let a = call(&base, "POST", "/v1/jobs", Some(&admin), Some(&s));
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let job = a.body["id"].as_u64().unwrap();
+    wait_state(&base, &admin, job, JobState::Done);
+    // Two refusals, recorded, then the coordinator dies before the third
+    // try (deliveries are at least once: one killed between sending and
+    // recording an attempt sends it again).
+    wait_for(
+        Duration::from_secs(60),
+        "two refused deliveries recorded",
+        || {
+            let a = call(
+                &base,
+                "GET",
+                &format!("/v1/jobs/{job}/webhooks"),
+                Some(&admin),
+                None,
+            );
+            Ok((a.body[0]["attempts"].as_array().map_or(0, |a| a.len()) >= 2).then_some(()))
+        },
+    )
+    .unwrap();
+    assert_eq!(rx.got.lock().unwrap().len(), 2);
+    c.kill_coordinator().unwrap();
+    c.start_coordinator().unwrap();
+    wait_for(Duration::from_secs(120), "the delivery", || {
+        Ok((rx.got.lock().unwrap().len() >= 3).then_some(()))
+    })
+    .unwrap();
+    let got = rx.got.lock().unwrap().clone();
+    let secret =
+        drover_coordinator::webhook::load_or_create_secret(&dir.path().join("coordinator"))
+            .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (sig, body, _) in &got {
+        drover_coordinator::webhook::verify(&secret, sig, body, now, 300)
+            .unwrap_or_else(|e| panic!("signature {sig}: {e}"));
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["event"], "job.done");
+        assert_eq!(v["job"]["id"], job);
+    }
+    assert_eq!(got[0].1, got[2].1, "every attempt sends the same body");
+    assert_eq!(got.iter().map(|g| g.2).collect::<Vec<_>>(), [500, 500, 200]);
+    // The API shows each attempt.
+    let d = wait_for(Duration::from_secs(30), "the delivery recorded", || {
+        let a = call(
+            &base,
+            "GET",
+            &format!("/v1/jobs/{job}/webhooks"),
+            Some(&admin),
+            None,
+        );
+        Ok((a.body[0]["state"] == "delivered").then_some(a.body))
+    })
+    .unwrap();
+    let attempts = d[0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{d:?}");
+    assert_eq!(attempts[0]["status"], 500);
+    assert_eq!(attempts[2]["status"], 200);
+    assert_eq!(got.len(), 3, "delivered once: no repeat after success");
     c.stop();
 }

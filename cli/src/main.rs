@@ -63,6 +63,11 @@ enum Cmd {
         /// key, that key becomes the admin key (provisioned by a deployment).
         #[arg(long, env = "DROVER_ADMIN_KEY_FILE")]
         admin_key_file: Option<PathBuf>,
+        /// First wait, ms, before a failed webhook delivery is tried again;
+        /// it doubles per attempt (with jitter) up to 10 minutes, 12
+        /// attempts in all.
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+        webhook_retry_base_ms: u64,
     },
     /// Run a node agent that renders and encodes chunks.
     #[command(
@@ -364,6 +369,7 @@ fn main() -> anyhow::Result<()> {
             chunk_frames,
             max_chunk_frames,
             admin_key_file,
+            webhook_retry_base_ms,
         } => {
             init_logs("info");
             let data_dir = data.unwrap_or_else(|| default_data_dir().join("coordinator"));
@@ -388,6 +394,7 @@ fn main() -> anyhow::Result<()> {
                     ..Default::default()
                 },
                 admin_key_file,
+                webhook_retry_base_ms,
             };
             actix::System::new().block_on(drover_coordinator::server::run(cfg))
         }

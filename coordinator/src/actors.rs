@@ -87,6 +87,55 @@ struct Held {
     waiters: Vec<oneshot::Sender<()>>,
     /// Changes published to the event stream with them.
     events: Vec<NewEvent>,
+    /// Webhook deliveries enqueued with them.
+    hooks: Vec<HookCall>,
+}
+
+/// A job outcome to deliver to the job's webhooks.
+#[derive(Debug, Clone)]
+pub struct HookCall {
+    /// Job.
+    pub job: u64,
+    /// `job.done`, `job.failed` or `job.cancelled`.
+    pub event: &'static str,
+    /// The job's webhook URLs.
+    pub urls: Vec<String>,
+    /// The body: the event, the job's summary and where its files are.
+    pub body: serde_json::Value,
+}
+
+/// The body of a webhook call: what happened, the job as a list shows it,
+/// and the URL paths to read more.
+pub fn hook_body(event: &str, view: &JobView) -> serde_json::Value {
+    serde_json::json!({
+        "event": event,
+        "job": drover_shared::api::JobSummary::from(view),
+        "job_url": format!("/v1/jobs/{}", view.id),
+        "artifacts_url": (view.state == JobState::Done)
+            .then(|| format!("/v1/jobs/{}/artifacts", view.id)),
+    })
+}
+
+/// Enqueues webhook calls off the actor's thread (the enqueue waits for
+/// its journal's fsync).
+pub fn enqueue_hooks(hooks: &crate::webhook::Webhooks, calls: Vec<HookCall>) {
+    if calls.is_empty() {
+        return;
+    }
+    let hooks = hooks.clone();
+    tokio::task::spawn_blocking(move || {
+        for c in calls {
+            match hooks.enqueue(c.job, c.event, &c.urls, &c.body) {
+                Ok(()) => info!(
+                    job = c.job,
+                    event = c.event,
+                    urls = c.urls.len(),
+                    "webhooks enqueued"
+                ),
+                Err(e) => error!(job = c.job, event = c.event, "webhooks not enqueued: {e:#}"),
+            }
+        }
+    });
 }
 
 /// The scheduler actor.
@@ -116,6 +165,8 @@ pub struct Scheduler {
     /// Events of the change being committed that no fact carries (a node
     /// connected or left).
     pending_events: Vec<NewEvent>,
+    /// Webhook deliveries (`None`: webhooks off, in tests of the actors).
+    hooks: Option<crate::webhook::Webhooks>,
 }
 
 impl Scheduler {
@@ -128,6 +179,7 @@ impl Scheduler {
         startup: Vec<Command>,
         durable_cell: DurableCell,
         events: EventBus,
+        hooks: Option<crate::webhook::Webhooks>,
     ) -> Self {
         let durable = journal.durable();
         Scheduler {
@@ -146,6 +198,46 @@ impl Scheduler {
             accepting: true,
             events,
             pending_events: Vec::new(),
+            hooks,
+        }
+    }
+
+    /// The webhook calls a commit's facts make: a job done, failed or
+    /// cancelled that names webhooks.
+    fn hook_calls(&self, facts: &[Fact]) -> Vec<HookCall> {
+        let mut out = Vec::new();
+        for f in facts {
+            let (job, event) = match f {
+                Fact::Output { job, .. } => (*job, "job.done"),
+                Fact::Ended { job, state, .. } if *state == JobState::Cancelled => {
+                    (*job, "job.cancelled")
+                }
+                Fact::Ended { job, .. } => (*job, "job.failed"),
+                _ => continue,
+            };
+            let Some(r) = self.core.record(job) else {
+                continue;
+            };
+            if r.spec.webhooks.is_empty() {
+                continue;
+            }
+            let Some(view) = self.core.job_view(job) else {
+                continue;
+            };
+            out.push(HookCall {
+                job,
+                event,
+                urls: r.spec.webhooks.clone(),
+                body: hook_body(event, &view),
+            });
+        }
+        out
+    }
+
+    fn release(&mut self, events: Vec<NewEvent>, hooks: Vec<HookCall>) {
+        self.events.publish(events);
+        if let Some(h) = &self.hooks {
+            enqueue_hooks(h, hooks);
         }
     }
 
@@ -245,6 +337,7 @@ impl Scheduler {
     ) {
         let facts = self.core.take_facts();
         let events = self.events_of(&facts);
+        let hooks = self.hook_calls(&facts);
         self.pending_events.clear();
         let (now, later): (Vec<Command>, Vec<Command>) = cmds
             .into_iter()
@@ -258,7 +351,7 @@ impl Scheduler {
         }
         if self.outbox.is_empty() && self.appended <= self.durable {
             self.execute(later, ctx);
-            self.events.publish(events);
+            self.release(events, hooks);
             if let Some(w) = waiter {
                 let _ = w.send(());
             }
@@ -269,6 +362,7 @@ impl Scheduler {
             commands: later,
             waiters: waiter.into_iter().collect(),
             events,
+            hooks,
         });
         self.rearm(ctx);
     }
@@ -458,7 +552,7 @@ impl Handler<Durable> for Scheduler {
         while self.outbox.front().is_some_and(|h| h.seq <= self.durable) {
             let held = self.outbox.pop_front().expect("checked");
             self.execute(held.commands, ctx);
-            self.events.publish(held.events);
+            self.release(held.events, held.hooks);
             for w in held.waiters {
                 let _ = w.send(());
             }

@@ -19,10 +19,10 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod api;
 pub mod artifact;
 pub mod auth;
 pub mod events;
-pub mod api;
 pub mod journal;
 pub mod mux;
 pub mod quic;

@@ -28,6 +28,9 @@ pub struct CoordinatorConfig {
     /// On first start: where the first admin key goes (or, if the file
     /// exists, the key to adopt). Without it the key is printed once.
     pub admin_key_file: Option<PathBuf>,
+    /// First wait before a failed webhook delivery is tried again (it
+    /// doubles per attempt, with jitter, up to 10 minutes).
+    pub webhook_retry_base_ms: u64,
 }
 
 /// What the coordinator really bound, written to [`ADDRS_FILE`] once it
@@ -87,6 +90,37 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     };
     let (core, startup) = Core::restore(core_config, state, crate::actors::now_ms());
     let events = crate::events::EventBus::new(recovered.incarnation);
+    let secret = crate::webhook::load_or_create_secret(&cfg.data_dir)?;
+    let mut hook_cfg = crate::webhook::WebhookConfig::new(&cfg.data_dir, secret);
+    hook_cfg.base_backoff_ms = cfg.webhook_retry_base_ms;
+    let hooks = crate::webhook::Webhooks::start(hook_cfg).context("starting webhook deliveries")?;
+    // A job that ended just before a crash may not have had its webhooks
+    // enqueued yet: enqueue again (idempotent per job, event and URL) for
+    // jobs ended within the deliveries' retention.
+    let horizon = crate::actors::now_ms().saturating_sub(6 * 86_400_000);
+    let mut again = Vec::new();
+    for r in core.finished_records() {
+        if r.spec.webhooks.is_empty() || r.finished_at_ms.is_none_or(|t| t < horizon) {
+            continue;
+        }
+        let event = match r.state {
+            drover_shared::api::JobState::Done => "job.done",
+            drover_shared::api::JobState::Cancelled => "job.cancelled",
+            _ => "job.failed",
+        };
+        let view = crate::sched::views::record_view(r);
+        again.push(crate::actors::HookCall {
+            job: r.id,
+            event,
+            urls: r.spec.webhooks.clone(),
+            body: crate::actors::hook_body(event, &view),
+        });
+    }
+    for c in again {
+        if let Err(e) = hooks.enqueue(c.job, c.event, &c.urls, &c.body) {
+            warn!(job = c.job, "webhooks not enqueued again: {e:#}");
+        }
+    }
     let scheduler = Scheduler::new(
         core,
         journal.clone(),
@@ -94,6 +128,7 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         startup,
         cell,
         events.clone(),
+        Some(hooks.clone()),
     )
     .start();
 
@@ -114,6 +149,7 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         store,
         events,
         streams: Default::default(),
+        hooks,
     });
     let gate = actix_web::web::Data::new(gate);
     let server = actix_web::HttpServer::new(move || {

@@ -150,6 +150,37 @@ pub struct JobView {
     /// Paused by a user: no new chunk starts until it is resumed.
     #[serde(default)]
     pub paused: bool,
+    /// Where to read more about it.
+    #[serde(default)]
+    pub links: JobLinks,
+}
+
+/// URL paths about one job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobLinks {
+    /// The job.
+    pub job: String,
+    /// Its chunks.
+    pub chunks: String,
+    /// Its webhook deliveries.
+    pub webhooks: String,
+    /// Its events (Server-Sent Events).
+    pub events: String,
+    /// Its files with signed links, once done.
+    pub artifacts: Option<String>,
+}
+
+impl JobLinks {
+    /// The links of job `id` in `state`.
+    pub fn of(id: u64, state: JobState) -> JobLinks {
+        JobLinks {
+            job: format!("/v1/jobs/{id}"),
+            chunks: format!("/v1/jobs/{id}/chunks"),
+            webhooks: format!("/v1/jobs/{id}/webhooks"),
+            events: format!("/v1/events?job={id}"),
+            artifacts: (state == JobState::Done).then(|| format!("/v1/jobs/{id}/artifacts")),
+        }
+    }
 }
 
 /// A node as the API shows it.

@@ -267,6 +267,48 @@ pub struct JobSpec {
     /// node's default limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_timeout_s: Option<u32>,
+    /// URLs called (POST, signed) when the job is done, fails or is
+    /// cancelled: `http://` or `https://`, at most [`MAX_WEBHOOKS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<String>,
+}
+
+/// Webhook URLs per job at most.
+pub const MAX_WEBHOOKS: usize = 8;
+/// Longest webhook URL, bytes.
+pub const MAX_WEBHOOK_URL_BYTES: usize = 2_048;
+
+/// Checks a webhook URL: `http://` or `https://`, a host, no credentials,
+/// no whitespace or control characters, at most [`MAX_WEBHOOK_URL_BYTES`].
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_WEBHOOK_URL_BYTES {
+        return Err(format!(
+            "is {} bytes; the limit is {MAX_WEBHOOK_URL_BYTES}",
+            url.len()
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace or a control character".into());
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(
+            "must not carry credentials (user@host); sign with the webhook secret instead".into(),
+        );
+    }
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
 }
 
 /// Deserializes with the path of the failing field in the error.
@@ -431,6 +473,15 @@ impl JobSpec {
                     ),
                 ));
             }
+        }
+        if self.webhooks.len() > MAX_WEBHOOKS {
+            return Err(SpecError::new(
+                "webhooks",
+                format!("{} URLs; the limit is {MAX_WEBHOOKS}", self.webhooks.len()),
+            ));
+        }
+        for (i, url) in self.webhooks.iter().enumerate() {
+            check_webhook_url(url).map_err(|why| SpecError::new(&format!("webhooks[{i}]"), why))?;
         }
         if let Some(t) = self.chunk_target_s {
             if !CHUNK_TARGET_S_RANGE.contains(&t) {
@@ -693,6 +744,26 @@ mod tests {
             "1..=3600",
         );
         check(|v| v["project"] = json!("a/b"), "project", "contains '/'");
+        check(
+            |v| v["webhooks"] = json!(["ftp://x/y"]),
+            "webhooks[0]",
+            "not an http",
+        );
+        check(
+            |v| v["webhooks"] = json!(["http://ok/a", "https://u:p@host/x"]),
+            "webhooks[1]",
+            "credentials",
+        );
+        check(
+            |v| v["webhooks"] = json!(["http:///path"]),
+            "webhooks[0]",
+            "no host",
+        );
+        check(
+            |v| v["webhooks"] = json!(vec!["http://h/"; 9]),
+            "webhooks",
+            "limit is 8",
+        );
         check(
             |v| v["requirements"] = json!({"gpu_vendor": "3dfx"}),
             "requirements.gpu_vendor",

@@ -329,6 +329,7 @@ impl JobSim {
             chunk_target_s: None,
             allow_missing_frames: self.allow_missing_frames,
             frame_timeout_s: None,
+            webhooks: Vec::new(),
         }
     }
 

@@ -187,6 +187,7 @@ fn spec(j: u32, first: u64, frames: u64, priority: u8, gpu: bool) -> JobSpec {
         chunk_target_s: None,
         allow_missing_frames: false,
         frame_timeout_s: None,
+        webhooks: Vec::new(),
     }
 }
 

@@ -628,3 +628,21 @@ pub async fn download(
     )
     .await
 }
+
+/// Every webhook delivery of a job, with each attempt: time, HTTP status
+/// or error, and when the next try is due.
+#[utoipa::path(
+    tag = "jobs",
+    params(("id" = u64, Path, description = "Job id")),
+    responses((status = 200, body = Vec<crate::webhook::DeliveryView>), (status = 404, body = ProblemDoc))
+)]
+#[get("/v1/jobs/{id}/webhooks")]
+pub async fn webhooks(
+    caller: Caller,
+    path: web::Path<String>,
+    api: web::Data<Api>,
+) -> ApiResult<web::Json<Vec<crate::webhook::DeliveryView>>> {
+    let id = parse_id(&path)?;
+    visible_job(&api, &caller, id).await?;
+    Ok(web::Json(api.hooks.deliveries(id)))
+}

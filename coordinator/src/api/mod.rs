@@ -45,6 +45,8 @@ pub struct Api {
     pub events: crate::events::EventBus,
     /// Open event streams.
     pub streams: events::Streams,
+    /// Webhook deliveries.
+    pub hooks: crate::webhook::Webhooks,
 }
 
 /// Largest JSON body of any request but a job spec (which has its own
@@ -91,6 +93,7 @@ routes!(
     jobs::artifacts,
     jobs::output,
     jobs::download,
+    jobs::webhooks,
     events::events,
     admin::list_nodes,
     admin::get_node,

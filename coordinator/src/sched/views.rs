@@ -141,6 +141,7 @@ impl Core {
             submitter: j.owner.name.clone(),
             submitter_key: j.owner.key.clone(),
             paused: j.paused,
+            links: drover_shared::api::JobLinks::of(id, j.state),
         })
     }
 
@@ -153,6 +154,11 @@ impl Core {
             .copied()
             .filter(|id| *id < before)
             .collect()
+    }
+
+    /// Finished jobs still in memory, as their records.
+    pub fn finished_records(&self) -> impl Iterator<Item = &JobRecord> {
+        self.finished.values()
     }
 
     /// Jobs of a key that are queued or running.
@@ -266,5 +272,6 @@ pub fn record_view(r: &JobRecord) -> JobView {
         submitter: r.owner.name.clone(),
         submitter_key: r.owner.key.clone(),
         paused: r.paused,
+        links: drover_shared::api::JobLinks::of(r.id, r.state),
     }
 }

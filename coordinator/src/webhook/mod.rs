@@ -90,11 +90,9 @@
 //! the same (job, event, URL) after that would deliver it again.
 //!
 //! # HTTPS
-//! This build's HTTP client (ureq 2 without its `tls` feature) speaks plain
-//! HTTP only: [`check_url`] refuses `https://` URLs with a message saying
-//! so, and [`Webhooks::enqueue`] refuses them too. Put a TLS-terminating
-//! proxy on the receiver's side, or build with ureq's `tls` feature (and
-//! then allow `https` in [`check_url`]).
+//! `https://` receivers are verified against the bundled Mozilla root
+//! certificates (ureq's `tls` feature: rustls with webpki roots); plain
+//! `http://` is allowed for receivers on a private network.
 
 mod engine;
 mod secret;
@@ -551,17 +549,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
         return Err("it is not an absolute URL: it must start with http://".into());
     };
     match scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
-            return Err(
-                "https:// is not supported by this coordinator (its HTTP client is built \
-                 without TLS): use http://, e.g. behind a TLS-terminating proxy"
-                    .into(),
-            )
-        }
+        "http" | "https" => {}
         _ => {
             return Err(format!(
-                "the scheme `{}` is not supported: use http://",
+                "the scheme `{}` is not supported: use http:// or https://",
                 clip(scheme, 20)
             ))
         }
