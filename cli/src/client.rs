@@ -1,12 +1,21 @@
 //! A small blocking client of the coordinator's REST API, used by the client
-//! commands and `drover demo`.
+//! commands and `drover demo`: one typed method per route, and the event
+//! stream ([`crate::events`]).
 
 use anyhow::{bail, Context as _};
-use drover_shared::api::{JobPage, JobSummary, JobView, NodeView, Problem, Submitted};
+use drover_shared::api::{
+    ArtifactList, ChunkList, JobPage, JobState, JobSummary, JobUpdate, JobView, KeyCreated,
+    KeyView, NodeView, Problem, Role, Submitted,
+};
+use serde::{Deserialize, Serialize};
 
-/// `text` as one URL path segment: anything but unreserved characters is
-/// percent-encoded, so a node name with a space or `/` stays one segment.
-fn path_segment(text: &str) -> String {
+/// A webhook delivery of a job, as `GET /v1/jobs/{id}/webhooks` lists it.
+pub use drover_coordinator::webhook::DeliveryView;
+
+/// `text` as one URL path segment or query value: anything but unreserved
+/// characters is percent-encoded, so a node name with a space or `/` stays
+/// one segment.
+pub fn percent(text: &str) -> String {
     let mut out = String::new();
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -16,6 +25,133 @@ fn path_segment(text: &str) -> String {
         }
     }
     out
+}
+
+/// The most jobs [`Client::jobs_all`] gathers: a list past this is a
+/// mistake of the caller's (filter it), not something to hold in memory.
+pub const MAX_LISTED_JOBS: usize = 100_000;
+
+/// Filters of a job list (`GET /v1/jobs`); `None` is no filter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobQuery {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs of this project.
+    pub project: Option<String>,
+    /// Only jobs submitted with this key (its name or id).
+    pub submitter: Option<String>,
+    /// Jobs per page, 1..=500 (the API's default: 50).
+    pub limit: Option<usize>,
+}
+
+impl JobQuery {
+    /// The query string, without `?` (empty when there is no filter).
+    pub fn to_query(&self) -> String {
+        let mut pairs = Vec::new();
+        if let Some(s) = self.state {
+            pairs.push(format!("state={}", state_name(s)));
+        }
+        if let Some(p) = &self.project {
+            pairs.push(format!("project={}", percent(p)));
+        }
+        if let Some(k) = &self.submitter {
+            pairs.push(format!("submitter={}", percent(k)));
+        }
+        if let Some(l) = self.limit {
+            pairs.push(format!("limit={l}"));
+        }
+        pairs.join("&")
+    }
+}
+
+/// A job state as the API spells it (`running`).
+pub fn state_name(state: JobState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{state:?}").to_lowercase())
+}
+
+/// The body of `POST /v1/keys`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewKey {
+    /// Who or what it is for.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The one project it may see and submit to; all when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Requests per second (the coordinator's default when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_s: Option<u32>,
+    /// Jobs queued or running at once (the coordinator's default when
+    /// absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_active_jobs: Option<u32>,
+}
+
+/// What a drain or undrain answers: the node, or (202) that the node is
+/// known but not connected and the change is remembered for when it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NodeChange {
+    /// The node after the change.
+    Node(Box<NodeView>),
+    /// Remembered for a node that is not connected.
+    Remembered {
+        /// `remembered`.
+        status: String,
+        /// What will happen.
+        detail: String,
+    },
+}
+
+/// An error answer of the API: its status and problem document (RFC 9457),
+/// or the raw body when it was not one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// The problem document, when the body was one.
+    pub problem: Option<Problem>,
+    /// The body, when it was not (at most [`MAX_ERROR_BODY_CHARS`]).
+    pub body: String,
+}
+
+/// The most characters of a non-problem error body shown: enough to see
+/// what answered (a proxy's page, say), not a whole document.
+pub const MAX_ERROR_BODY_CHARS: usize = 500;
+
+impl ApiError {
+    /// The error for an answer with `status` and `body`.
+    pub fn from_body(status: u16, body: &str) -> ApiError {
+        match serde_json::from_str::<Problem>(body) {
+            Ok(p) => ApiError {
+                status,
+                problem: Some(p),
+                body: String::new(),
+            },
+            Err(_) => ApiError {
+                status,
+                problem: None,
+                body: body.chars().take(MAX_ERROR_BODY_CHARS).collect(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self.status;
+        match &self.problem {
+            Some(p) => match &p.field {
+                Some(field) => write!(f, "{} ({code}): {} [field: {field}]", p.title, p.detail),
+                None => write!(f, "{} ({code}): {}", p.title, p.detail),
+            },
+            None => write!(f, "HTTP {code}: {}", self.body),
+        }
+    }
 }
 
 /// The REST API at `base` (`http://127.0.0.1:8270`).
@@ -144,18 +280,18 @@ impl Client {
         }
     }
 
-    fn check(&self, r: Result<ureq::Response, ureq::Error>) -> anyhow::Result<ureq::Response> {
+    /// The response, or the API's problem document as an [`ApiError`]
+    /// (shown as its title, status, detail and field), or why the
+    /// coordinator could not be reached.
+    pub(crate) fn check(
+        &self,
+        r: Result<ureq::Response, ureq::Error>,
+    ) -> anyhow::Result<ureq::Response> {
         match r {
             Ok(resp) => Ok(resp),
-            Err(ureq::Error::Status(code, resp)) => {
+            Err(ureq::Error::Status(status, resp)) => {
                 let body = resp.into_string().unwrap_or_default();
-                match serde_json::from_str::<Problem>(&body) {
-                    Ok(p) => match p.field {
-                        Some(f) => bail!("{} ({code}): {} [field: {f}]", p.title, p.detail),
-                        None => bail!("{} ({code}): {}", p.title, p.detail),
-                    },
-                    Err(_) => bail!("HTTP {code}: {body}"),
-                }
+                Err(ApiError::from_body(status, &body).into())
             }
             Err(e) => Err(anyhow::Error::new(e)).with_context(|| {
                 format!(
@@ -234,26 +370,34 @@ impl Client {
         }
     }
 
+    /// `GET /v1/jobs` with `query`: the first page.
+    pub fn list_jobs(&self, query: &JobQuery) -> anyhow::Result<JobPage> {
+        self.jobs_page(&query.to_query())
+    }
+
+    /// `GET /v1/jobs` with `query`, following `next` to the last page (at
+    /// most [`MAX_LISTED_JOBS`] jobs), as one page with no `next`.
+    pub fn jobs_all(&self, query: &JobQuery) -> anyhow::Result<JobPage> {
+        let mut page = self.list_jobs(query)?;
+        let mut next = page.next.take();
+        page.next_cursor = None;
+        while let Some(path) = next.take() {
+            if page.jobs.len() >= MAX_LISTED_JOBS {
+                bail!(
+                    "more than {MAX_LISTED_JOBS} jobs match; narrow the list with --state, --project or --submitter"
+                );
+            }
+            let r = self.req("GET", &path).call();
+            let more: JobPage = self.check(r)?.into_json()?;
+            page.jobs.extend(more.jobs);
+            next = more.next;
+        }
+        Ok(page)
+    }
+
     /// `DELETE /v1/jobs/{id}`.
     pub fn cancel(&self, id: u64) -> anyhow::Result<JobView> {
         let r = self.req("DELETE", &format!("/v1/jobs/{id}")).call();
-        Ok(self.check(r)?.into_json()?)
-    }
-
-    /// `GET /v1/nodes`.
-    pub fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
-        let r = self.req("GET", "/v1/nodes").call();
-        Ok(self.check(r)?.into_json()?)
-    }
-
-    /// `POST /v1/nodes/{name}/clear-quarantine`.
-    pub fn clear_quarantine(&self, name: &str) -> anyhow::Result<NodeView> {
-        let r = self
-            .req(
-                "POST",
-                &format!("/v1/nodes/{}/clear-quarantine", path_segment(name)),
-            )
-            .call();
         Ok(self.check(r)?.into_json()?)
     }
 
@@ -263,16 +407,161 @@ impl Client {
         Ok(self.check(r)?.into_json()?)
     }
 
+    /// `POST /v1/jobs/{id}/pause`.
+    pub fn pause(&self, id: u64) -> anyhow::Result<JobView> {
+        let r = self.req("POST", &format!("/v1/jobs/{id}/pause")).call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `POST /v1/jobs/{id}/resume`.
+    pub fn resume(&self, id: u64) -> anyhow::Result<JobView> {
+        let r = self.req("POST", &format!("/v1/jobs/{id}/resume")).call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `PATCH /v1/jobs/{id}` with `{"priority": N}`.
+    pub fn set_priority(&self, id: u64, priority: u8) -> anyhow::Result<JobView> {
+        let body = JobUpdate {
+            priority: Some(priority),
+        };
+        let r = self
+            .req("PATCH", &format!("/v1/jobs/{id}"))
+            .send_json(&body);
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `GET /v1/jobs/{id}/chunks`.
+    pub fn chunks(&self, id: u64) -> anyhow::Result<ChunkList> {
+        let r = self.req("GET", &format!("/v1/jobs/{id}/chunks")).call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `GET /v1/jobs/{id}/artifacts`, links valid for `ttl_s` seconds (the
+    /// API's default, an hour, when `None`).
+    pub fn artifacts(&self, id: u64, ttl_s: Option<u64>) -> anyhow::Result<ArtifactList> {
+        let path = match ttl_s {
+            Some(t) => format!("/v1/jobs/{id}/artifacts?ttl_s={t}"),
+            None => format!("/v1/jobs/{id}/artifacts"),
+        };
+        let r = self.req("GET", &path).call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `GET /v1/jobs/{id}/webhooks`: every delivery with its attempts.
+    pub fn webhooks(&self, id: u64) -> anyhow::Result<Vec<DeliveryView>> {
+        let r = self.req("GET", &format!("/v1/jobs/{id}/webhooks")).call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// Opens a signed download link (`/v1/downloads/...`, as an artifact
+    /// list gives it, or a whole URL). No key is sent: the signature is the
+    /// permission, and a link may point elsewhere.
+    pub fn open_link(&self, link: &str) -> anyhow::Result<ureq::Response> {
+        let url = if link.starts_with("http://") || link.starts_with("https://") {
+            link.to_string()
+        } else {
+            self.url(link)
+        };
+        let r = self.agent.get(&url).call();
+        self.check(r)
+    }
+
+    /// `GET /v1/nodes`.
+    pub fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
+        let r = self.req("GET", "/v1/nodes").call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `GET /v1/nodes/{name}`.
+    pub fn node(&self, name: &str) -> anyhow::Result<NodeView> {
+        let r = self
+            .req("GET", &format!("/v1/nodes/{}", percent(name)))
+            .call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `POST /v1/nodes/{name}/clear-quarantine`.
+    pub fn clear_quarantine(&self, name: &str) -> anyhow::Result<NodeView> {
+        let r = self
+            .req(
+                "POST",
+                &format!("/v1/nodes/{}/clear-quarantine", percent(name)),
+            )
+            .call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
     /// `POST /v1/nodes/{name}/drain` (`Some(now)`) or `/undrain` (`None`).
-    pub fn drain(&self, name: &str, drain: Option<bool>) -> anyhow::Result<()> {
+    pub fn drain_node(&self, name: &str, drain: Option<bool>) -> anyhow::Result<NodeChange> {
         let path = match drain {
-            Some(true) => format!("/v1/nodes/{}/drain?now=true", path_segment(name)),
-            Some(false) => format!("/v1/nodes/{}/drain", path_segment(name)),
-            None => format!("/v1/nodes/{}/undrain", path_segment(name)),
+            Some(true) => format!("/v1/nodes/{}/drain?now=true", percent(name)),
+            Some(false) => format!("/v1/nodes/{}/drain", percent(name)),
+            None => format!("/v1/nodes/{}/undrain", percent(name)),
         };
         let r = self.req("POST", &path).call();
-        self.check(r)?;
-        Ok(())
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// [`Client::drain_node`], for callers that only need it done.
+    pub fn drain(&self, name: &str, drain: Option<bool>) -> anyhow::Result<()> {
+        self.drain_node(name, drain).map(drop)
+    }
+
+    /// `GET /v1/keys`: every key, revoked ones included (never secrets).
+    pub fn keys(&self) -> anyhow::Result<Vec<KeyView>> {
+        let r = self.req("GET", "/v1/keys").call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `POST /v1/keys`: the new key with its secret, shown this once.
+    pub fn create_key(&self, key: &NewKey) -> anyhow::Result<KeyCreated> {
+        let r = self.req("POST", "/v1/keys").send_json(key);
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `DELETE /v1/keys/{id}`.
+    pub fn revoke_key(&self, id: &str) -> anyhow::Result<KeyView> {
+        let r = self
+            .req("DELETE", &format!("/v1/keys/{}", percent(id)))
+            .call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `GET /v1/events`: the event stream, following on across dropped
+    /// connections (see [`crate::events::EventStream`]).
+    pub fn events(
+        &self,
+        job: Option<u64>,
+        last_event_id: Option<&str>,
+    ) -> crate::events::EventStream {
+        self.events_with(crate::events::EventQuery {
+            job,
+            kinds: Vec::new(),
+            last_event_id: last_event_id.map(str::to_string),
+        })
+    }
+
+    /// `GET /v1/events` with every filter.
+    pub fn events_with(&self, query: crate::events::EventQuery) -> crate::events::EventStream {
+        crate::events::EventStream::new(self.clone(), query)
+    }
+
+    /// Opens `GET /v1/events?query` resuming after `last_event_id`.
+    pub(crate) fn open_events(
+        &self,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<ureq::Response> {
+        let path = if query.is_empty() {
+            "/v1/events".to_string()
+        } else {
+            format!("/v1/events?{query}")
+        };
+        let mut req = self.req("GET", &path).set("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.set("last-event-id", id);
+        }
+        self.check(req.call())
     }
 
     /// `GET /v1/jobs/{id}/output`, written to `dest`.
@@ -291,9 +580,51 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    use drover_shared::api::JobState;
+
+    #[test]
+    fn job_filters_become_one_query_string() {
+        let check = |q: super::JobQuery, want: &str| assert_eq!(q.to_query(), want);
+        check(super::JobQuery::default(), "");
+        check(
+            super::JobQuery {
+                state: Some(JobState::Running),
+                limit: Some(10),
+                ..Default::default()
+            },
+            "state=running&limit=10",
+        );
+        check(
+            super::JobQuery {
+                project: Some("film a".into()),
+                submitter: Some("ci@x".into()),
+                ..Default::default()
+            },
+            "project=film%20a&submitter=ci%40x",
+        );
+    }
+
+    #[test]
+    fn an_error_answer_reads_as_its_problem_document() {
+        let check = |status: u16, body: &str, want: &str| {
+            assert_eq!(super::ApiError::from_body(status, body).to_string(), want)
+        };
+        check(
+            403,
+            r#"{"title":"forbidden","status":403,"detail":"a viewer key cannot cancel","field":"role"}"#,
+            "forbidden (403): a viewer key cannot cancel [field: role]",
+        );
+        check(
+            404,
+            r#"{"title":"no such job","status":404,"detail":"job 9 does not exist"}"#,
+            "no such job (404): job 9 does not exist",
+        );
+        check(502, "Bad Gateway", "HTTP 502: Bad Gateway");
+    }
+
     #[test]
     fn names_stay_one_path_segment() {
-        let check = |name: &str, want: &str| assert_eq!(super::path_segment(name), want);
+        let check = |name: &str, want: &str| assert_eq!(super::percent(name), want);
         check("gpu-07", "gpu-07");
         check("render box/2", "render%20box%2F2");
         check("a?b#c", "a%3Fb%23c");

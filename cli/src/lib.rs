@@ -3,8 +3,13 @@
 //! and the end-to-end tests.
 //!
 //! # Layout
-//! - [`client`]: blocking REST client.
-//! - [`watch`]: progress display until a job ends.
+//! - [`client`]: blocking REST client, one typed method per route.
+//! - [`commands`]: the client commands' flags and output (text or the
+//!   API's JSON).
+//! - [`events`]: the event stream (Server-Sent Events), resumed across
+//!   dropped connections.
+//! - [`download`]: artifacts by signed link, checked against their SHA-256.
+//! - [`watch`]: progress display until a job ends, driven by its events.
 //! - [`cluster`]: a coordinator and nodes as real processes on loopback.
 //! - [`demo`]: `drover demo`.
 //! - [`chaos`]: seeded process kills against a local farm, and the node-log
@@ -16,6 +21,9 @@
 pub mod chaos;
 pub mod client;
 pub mod cluster;
+pub mod commands;
 pub mod demo;
+pub mod download;
+pub mod events;
 pub mod media_check;
 pub mod watch;

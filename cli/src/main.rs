@@ -1,15 +1,15 @@
 //! `drover`: the one binary of the farm. Servers (`coordinator`, `node`),
-//! client commands (`submit`, `status`, `nodes`, `cancel`) and `demo`.
+//! client commands (`submit`, `jobs`, `status`, `watch`, `download`,
+//! `nodes`, `keys`, `events`, ...; their flags and output are in
+//! [`drover_cli::commands`]), `completions` and `demo`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use drover_shared::config::{CERT_FILE, DEFAULT_HTTP_ADDR, DEFAULT_QUIC_ADDR};
 
-use drover_cli::client::Client;
-use drover_cli::{demo, watch};
+use drover_cli::{commands, demo};
 
 #[derive(Parser)]
 #[command(
@@ -137,91 +137,83 @@ enum Cmd {
     },
     /// Submit a job spec (TOML or JSON).
     #[command(after_help = "Example:\n  drover submit shot.toml --watch")]
-    Submit {
-        /// The spec file.
-        file: PathBuf,
-        /// Follow the job with a progress bar until it ends.
-        #[arg(long)]
-        watch: bool,
-        /// Coordinator REST URL.
-        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
-        url: String,
-    },
-    /// Show one job, or list all jobs.
+    Submit(commands::SubmitArgs),
+    /// List jobs, newest first: filter by state, project or submitter.
+    #[command(
+        after_help = "Example:\n  drover jobs --state running\n  drover jobs --project film --all --json"
+    )]
+    Jobs(commands::JobsArgs),
+    /// Show one job with its chunks, or list all jobs.
     #[command(after_help = "Example:\n  drover status 12\n  drover status --json")]
-    Status {
-        /// Job id.
-        job: Option<u64>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Coordinator REST URL.
-        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
-        url: String,
-    },
-    /// Follow a job until it ends.
+    Status(commands::StatusArgs),
+    /// Follow a job until it ends (by its event stream).
     #[command(after_help = "Example:\n  drover watch 12")]
-    Watch {
-        /// Job id.
-        job: u64,
-        /// Coordinator REST URL.
-        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
-        url: String,
-    },
-    /// List the nodes (speed, load, chunks, quarantine), or clear one's
-    /// quarantine.
-    #[command(after_help = "Example:\n  drover nodes\n  drover nodes --clear-quarantine gpu-07")]
-    Nodes {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Let a quarantined node take work again.
-        #[arg(long, value_name = "NODE")]
-        clear_quarantine: Option<String>,
-        /// Coordinator REST URL.
-        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
-        url: String,
-    },
-    /// Cancel a job.
+    Watch(commands::JobArgs),
+    /// Cancel a job: running chunks stop, stored frames are kept.
     #[command(after_help = "Example:\n  drover cancel 12")]
-    Cancel {
-        /// Job id.
-        job: u64,
-        /// Coordinator REST URL.
-        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
-        url: String,
-    },
+    Cancel(commands::JobArgs),
     /// Re-run what a failed or cancelled job is missing (its stored frames
     /// are kept).
     #[command(after_help = "Example:\n  drover retry 12")]
-    Retry {
-        /// Job id.
-        job: u64,
-        /// Coordinator REST URL.
-        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
-        url: String,
-    },
+    Retry(commands::JobArgs),
+    /// Pause a job: no new chunk starts; running chunks finish.
+    #[command(after_help = "Example:\n  drover pause 12")]
+    Pause(commands::JobArgs),
+    /// Resume a paused job.
+    #[command(after_help = "Example:\n  drover resume 12")]
+    Resume(commands::JobArgs),
+    /// Change a job's priority (0..=100, higher first).
+    #[command(after_help = "Example:\n  drover priority 12 90")]
+    Priority(commands::PriorityArgs),
+    /// A job's chunks: frames, state, kind, node, failures.
+    #[command(after_help = "Example:\n  drover chunks 12")]
+    Chunks(commands::JobArgs),
+    /// A done job's files with size, SHA-256 and signed links (no key
+    /// needed to fetch them).
+    #[command(after_help = "Example:\n  drover artifacts 12 --ttl-s 86400")]
+    Artifacts(commands::ArtifactsArgs),
+    /// Download a done job's video (or poster), checked against its SHA-256.
+    #[command(
+        after_help = "Example:\n  drover download 12\n  drover download 12 -o shot.mp4\n  drover download 12 --poster -o posters/"
+    )]
+    Download(commands::DownloadArgs),
+    /// A job's webhook deliveries and their attempts.
+    #[command(after_help = "Example:\n  drover webhooks 12")]
+    Webhooks(commands::JobArgs),
+    /// List the nodes (speed, load, chunks, quarantine), or show one.
+    #[command(
+        after_help = "Example:\n  drover nodes\n  drover nodes gpu-07 --json\n  drover nodes --clear-quarantine gpu-07"
+    )]
+    Nodes(commands::NodesArgs),
     /// Stop new work on a node: its current chunk finishes, or with --now
     /// what it has not rendered goes back to the queue at once.
     #[command(after_help = "Example:\n  drover drain gpu-07\n  drover drain gpu-07 --now")]
-    Drain {
-        /// Node name.
-        node: String,
-        /// Hand back the unrendered rest of its chunks at once.
-        #[arg(long)]
-        now: bool,
-        /// Coordinator REST URL.
-        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
-        url: String,
-    },
+    Drain(commands::DrainArgs),
     /// Let a drained node take work again.
     #[command(after_help = "Example:\n  drover undrain gpu-07")]
-    Undrain {
-        /// Node name.
-        node: String,
-        /// Coordinator REST URL.
-        #[arg(long, env = "DROVER_URL", default_value = "http://127.0.0.1:8270")]
-        url: String,
+    Undrain(commands::NodeArgs),
+    /// Let a quarantined node take work again.
+    #[command(after_help = "Example:\n  drover clear-quarantine gpu-07")]
+    ClearQuarantine(commands::NodeArgs),
+    /// API keys: list, create (the secret is shown once), revoke.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  drover keys list\n  drover keys create ci --role viewer\n  drover keys revoke 3f2a9c1d"
+    )]
+    Keys(commands::KeysCmd),
+    /// Follow the coordinator's events (job and node changes), one line
+    /// each.
+    #[command(
+        after_help = "Example:\n  drover events\n  drover events --job 12 --json\n  drover events --kinds job.done,job.failed,node"
+    )]
+    Events(commands::EventsArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  drover completions bash > ~/.local/share/bash-completion/completions/drover\n  drover completions zsh > ~/.zfunc/_drover"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Start a coordinator and local nodes, render a sample job, report.
     #[command(after_help = "Example:\n  drover demo --frames 240 --nodes 2 --out demo.mp4 --json")]
@@ -259,88 +251,6 @@ fn init_logs(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-/// Reads a spec file, resolving `render.path` relative to it, into the JSON
-/// the API takes. The spec is validated by the coordinator, which names the
-/// field at fault.
-fn load_spec(file: &Path) -> anyhow::Result<serde_json::Value> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let is_toml = file.extension().is_some_and(|e| e == "toml");
-    let mut value: serde_json::Value = if is_toml {
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", file.display()))?
-    } else {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", file.display()))?
-    };
-    if let Some(render) = value.get_mut("render").and_then(|r| r.as_object_mut()) {
-        if let Some(p) = render.remove("path") {
-            let p = p.as_str().context("render.path must be a string")?;
-            let full = file.parent().unwrap_or(Path::new(".")).join(p);
-            let src = std::fs::read_to_string(&full)
-                .with_context(|| format!("render.path: reading shader {}", full.display()))?;
-            render.insert("source".into(), serde_json::Value::String(src));
-        }
-    }
-    Ok(value)
-}
-
-fn print_jobs(jobs: &[drover_shared::api::JobSummary]) {
-    println!(
-        "{:>5}  {:<10} {:>15}  {:<24} ERROR",
-        "ID", "STATE", "FRAMES", "NAME"
-    );
-    for j in jobs {
-        println!(
-            "{:>5}  {:<10} {:>15}  {:<24} {}",
-            j.id,
-            format!("{:?}", j.state).to_lowercase(),
-            format!("{}/{}", j.frames_done, j.frames_total),
-            j.name,
-            j.error.as_deref().unwrap_or("")
-        );
-    }
-}
-
-/// A job's chunks: which node rendered which frames, and how each chunk
-/// came to be (stolen tails and speculative copies are marked).
-fn print_chunks(j: &drover_shared::api::JobView) {
-    println!(
-        "priority {}  project {}  encoder {}  stolen {} frames  wasted {} frames{}{}",
-        j.priority,
-        j.project,
-        j.encoder,
-        j.frames_stolen,
-        j.frames_wasted,
-        if j.missing_frames.is_empty() {
-            String::new()
-        } else {
-            format!("  missing frames {:?}", j.missing_frames)
-        },
-        if j.blocklisted_nodes.is_empty() {
-            String::new()
-        } else {
-            format!("  blocklisted {}", j.blocklisted_nodes.join(","))
-        }
-    );
-    println!(
-        "{:>6} {:>13} {:<10} {:<12} {:<12} {:>8} {:>8}  LAST ERROR",
-        "CHUNK", "FRAMES", "STATE", "KIND", "NODE", "DONE", "FAILURES"
-    );
-    for c in &j.chunks {
-        println!(
-            "{:>6} {:>13} {:<10} {:<12} {:<12} {:>8} {:>8}  {}",
-            c.index.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-            format!("{}-{}", c.start, c.end),
-            format!("{:?}", c.state).to_lowercase(),
-            format!("{:?}", c.kind).to_lowercase(),
-            c.node.as_deref().unwrap_or("-"),
-            c.frames_done,
-            c.attempts,
-            c.last_error.as_deref().unwrap_or("")
-        );
-    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -441,146 +351,85 @@ fn main() -> anyhow::Result<()> {
             };
             tokio::runtime::Runtime::new()?.block_on(drover_node::agent::run(cfg))
         }
-        Cmd::Submit { file, watch, url } => {
+        Cmd::Submit(a) => {
             init_logs("warn");
-            let client = Client::from_env(&url)?;
-            let spec = load_spec(&file)?;
-            let sub = client.submit_json(&spec)?;
-            println!(
-                "job {} submitted: {}{}",
-                sub.id,
-                url.trim_end_matches('/'),
-                sub.status_url
-            );
-            if watch {
-                let job = watch::watch(&client, sub.id, false)?;
-                return report_end(&url, &job);
-            }
-            Ok(())
+            commands::submit(a)
         }
-        Cmd::Watch { job, url } => {
+        Cmd::Jobs(a) => {
             init_logs("warn");
-            let client = Client::from_env(&url)?;
-            let job = watch::watch(&client, job, false)?;
-            report_end(&url, &job)
+            commands::jobs(a)
         }
-        Cmd::Status { job, json, url } => {
+        Cmd::Status(a) => {
             init_logs("warn");
-            let client = Client::from_env(&url)?;
-            match job {
-                Some(id) => {
-                    let j = client.job(id)?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&j)?);
-                    } else {
-                        print_jobs(&[drover_shared::api::JobSummary::from(&j)]);
-                        println!();
-                        print_chunks(&j);
-                        if let Some(u) = &j.output_url {
-                            println!("\noutput: {}{u}", url.trim_end_matches('/'));
-                        }
-                    }
-                }
-                None => {
-                    let jobs = client.jobs()?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&jobs)?);
-                    } else {
-                        print_jobs(&jobs);
-                    }
-                }
-            }
-            Ok(())
+            commands::status(a)
         }
-        Cmd::Retry { job, url } => {
+        Cmd::Watch(a) => {
             init_logs("warn");
-            let v = Client::from_env(&url)?.retry(job)?;
-            println!(
-                "job {job}: {:?} again, {} of {} frames already stored",
-                v.state, v.frames_done, v.frames_total
-            );
-            Ok(())
+            commands::watch(a)
         }
-        Cmd::Drain { node, now, url } => {
+        Cmd::Cancel(a) => {
             init_logs("warn");
-            Client::from_env(&url)?.drain(&node, Some(now))?;
-            let how = if now {
-                "unrendered frames handed back"
-            } else {
-                "its current chunks finish"
-            };
-            println!("node {node}: drained ({how})");
-            Ok(())
+            commands::cancel(a)
         }
-        Cmd::Undrain { node, url } => {
+        Cmd::Retry(a) => {
             init_logs("warn");
-            Client::from_env(&url)?.drain(&node, None)?;
-            println!("node {node}: takes work again");
-            Ok(())
+            commands::retry(a)
         }
-        Cmd::Nodes {
-            json,
-            clear_quarantine,
-            url,
-        } => {
+        Cmd::Pause(a) => {
             init_logs("warn");
-            if let Some(name) = clear_quarantine {
-                Client::from_env(&url)?.clear_quarantine(&name)?;
-                println!("node {name}: quarantine cleared");
-                return Ok(());
-            }
-            let nodes = Client::from_env(&url)?.nodes()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&nodes)?);
-                return Ok(());
-            }
-            println!(
-                "{:<16} {:<11} {:<40} {:>6} {:>8} {:>8}  {:<24} CHUNKS",
-                "NAME", "STATE", "ADAPTER", "CPU%", "HB AGE", "FRAMES", "SPEED (frames/s)"
-            );
-            for n in nodes {
-                let adapter = n
-                    .capabilities
-                    .render_adapter
-                    .as_ref()
-                    .map(|a| format!("{} ({:?})", a.name, a.device_type))
-                    .unwrap_or_default();
-                let speed: Vec<String> = n
-                    .speed_fps
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect();
-                let state = match (n.connected, &n.quarantined) {
-                    (_, Some(_)) => "quarantined",
-                    (true, None) if n.drained => "drained",
-                    (true, None) => "up",
-                    (false, None) => "down",
-                };
-                let adapter = match &n.capabilities.test_override {
-                    Some(t) => format!("{adapter} [test: {t}]"),
-                    None => adapter,
-                };
-                println!(
-                    "{:<16} {:<11} {:<40} {:>6.1} {:>7}ms {:>8}  {:<24} {}",
-                    n.name,
-                    state,
-                    adapter,
-                    n.cpu_load_pct,
-                    n.heartbeat_age_ms,
-                    n.frames_rendered,
-                    speed.join(", "),
-                    n.chunks.join(" ")
-                );
-                if let Some(q) = &n.quarantined {
-                    println!("{:<16} quarantined: {q}", "");
-                }
-            }
-            Ok(())
+            commands::pause(a, true)
         }
-        Cmd::Cancel { job, url } => {
+        Cmd::Resume(a) => {
             init_logs("warn");
-            let j = Client::from_env(&url)?.cancel(job)?;
-            println!("job {} is {:?}", j.id, j.state);
+            commands::pause(a, false)
+        }
+        Cmd::Priority(a) => {
+            init_logs("warn");
+            commands::priority(a)
+        }
+        Cmd::Chunks(a) => {
+            init_logs("warn");
+            commands::chunks(a)
+        }
+        Cmd::Artifacts(a) => {
+            init_logs("warn");
+            commands::artifacts(a)
+        }
+        Cmd::Download(a) => {
+            init_logs("warn");
+            commands::download(a)
+        }
+        Cmd::Webhooks(a) => {
+            init_logs("warn");
+            commands::webhooks(a)
+        }
+        Cmd::Nodes(a) => {
+            init_logs("warn");
+            commands::nodes(a)
+        }
+        Cmd::Drain(a) => {
+            init_logs("warn");
+            commands::drain(a)
+        }
+        Cmd::Undrain(a) => {
+            init_logs("warn");
+            commands::undrain(a)
+        }
+        Cmd::ClearQuarantine(a) => {
+            init_logs("warn");
+            commands::clear_quarantine(a)
+        }
+        Cmd::Keys(cmd) => {
+            init_logs("warn");
+            commands::keys(cmd)
+        }
+        Cmd::Events(a) => {
+            init_logs("warn");
+            commands::events(a)
+        }
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "drover", &mut std::io::stdout());
             Ok(())
         }
         Cmd::Demo(args) => {
@@ -592,26 +441,5 @@ fn main() -> anyhow::Result<()> {
             init_logs("info");
             drover_node::exec::worker::run()
         }
-    }
-}
-
-fn report_end(url: &str, job: &drover_shared::api::JobView) -> anyhow::Result<()> {
-    match job.state {
-        drover_shared::api::JobState::Done => {
-            println!(
-                "job {} done: {} frames; output {}{}",
-                job.id,
-                job.frames_total,
-                url.trim_end_matches('/'),
-                job.output_url.as_deref().unwrap_or("")
-            );
-            Ok(())
-        }
-        state => anyhow::bail!(
-            "job {} ended {:?}: {}",
-            job.id,
-            state,
-            job.error.as_deref().unwrap_or("no reason recorded")
-        ),
     }
 }
