@@ -9,6 +9,7 @@ packages=(
   libavfilter-dev libavdevice-dev       # FFmpeg development libraries
   ffmpeg                                # ffprobe, used by the tests
   mesa-vulkan-drivers libvulkan1        # Vulkan loader + lavapipe (CPU Vulkan)
+  python3-venv                          # the OpenAPI client generator's venv (tests)
 )
 
 missing=()
@@ -32,3 +33,17 @@ else
 fi
 
 command -v cargo >/dev/null || { echo "setup: Rust (cargo) is required: https://rustup.rs" >&2; exit 1; }
+
+# The OpenAPI client generator the API tests use to show a typed client can
+# be generated from /v1/openapi.json (a Python client, pinned version), in a
+# venv under target/ so nothing is installed system-wide.
+venv="${DROVER_OPENAPI_VENV:-target/openapi-venv}"
+generator_version="0.29.1"
+if [ ! -x "$venv/bin/openapi-python-client" ] \
+  || ! "$venv/bin/openapi-python-client" --version 2>/dev/null | grep -q "$generator_version"; then
+  echo "setup: installing openapi-python-client $generator_version into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "openapi-python-client==$generator_version"
+else
+  echo "setup: openapi-python-client present"
+fi

@@ -151,6 +151,8 @@ fn body_for(method: &str, template: &str) -> Option<Value> {
         ("POST", "/v1/jobs") => Some(spec("probe", 4, None)),
         ("PATCH", "/v1/jobs/{id}") => Some(json!({ "priority": 60 })),
         ("POST", "/v1/keys") => Some(json!({ "name": "probe", "role": "viewer" })),
+        ("POST", "/v1/join-tokens") => Some(json!({ "note": "probe" })),
+        ("PUT", "/v1/nodes/{name}/tags") => Some(json!({ "tags": ["probe"] })),
         _ => None,
     }
 }
@@ -357,6 +359,33 @@ fn every_route_is_closed_without_a_key_read_only_for_viewers_and_invisible_acros
     let a = call(&base, "GET", &expired, None, None);
     assert_eq!(a.status, 410, "{:?}", a.body);
     assert_eq!(a.body["field"], "expires");
+
+    // Tags an admin sets replace the node's own, and can be given back.
+    let a = call(
+        &base,
+        "PUT",
+        "/v1/nodes/node-1/tags",
+        Some(&admin),
+        Some(&json!({ "tags": ["4k", "fast"] })),
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["capabilities"]["tags"], json!(["4k", "fast"]));
+    let a = call(
+        &base,
+        "PUT",
+        "/v1/nodes/node-1/tags",
+        Some(&admin),
+        Some(&json!({ "tags": ["no space"] })),
+    );
+    assert_eq!((a.status, a.body["field"].as_str()), (422, Some("tags[0]")));
+    let a = call(
+        &base,
+        "PUT",
+        "/v1/nodes/node-1/tags",
+        Some(&admin),
+        Some(&json!({ "tags": null })),
+    );
+    assert_eq!(a.body["capabilities"]["tags"], json!([]));
 
     // The error format: 404, 405 with Allow, 415, 422, 413, 429 with
     // Retry-After, and a revoked key.
@@ -680,5 +709,294 @@ fn a_webhook_refused_twice_is_delivered_signed_after_a_coordinator_restart() {
     assert_eq!(attempts[0]["status"], 500);
     assert_eq!(attempts[2]["status"], 200);
     assert_eq!(got.len(), 3, "delivered once: no repeat after success");
+    c.stop();
+}
+
+/// Runs `drover node` with `args` until it exits (bounded); returns its
+/// exit status and output.
+fn node_until_exit(args: &[&str], dir: &Path) -> (std::process::ExitStatus, String) {
+    let log = dir.join(format!("node-{}.log", rand_suffix()));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("node")
+        .args(args)
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+        )
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(120), "the refused node to exit", || {
+        Ok(child.try_wait()?)
+    });
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = child.kill();
+            panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+    };
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[test]
+fn nodes_join_only_with_a_token_and_a_revoked_node_is_cut_off_and_its_chunk_requeued() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), &["--chunk-frames", "8"], &[]).unwrap();
+    let base = c.url();
+    let admin = c.admin_key().unwrap();
+    let quic = c.addrs.quic.to_string();
+    let fp = c.addrs.cert_sha256.clone();
+
+    // No token: refused at the handshake, both sides say why.
+    let d1 = dir.path().join("rogue");
+    let (status, out) = node_until_exit(
+        &[
+            "--coordinator",
+            &quic,
+            "--cert-sha256",
+            &fp,
+            "--data",
+            d1.to_str().unwrap(),
+            "--name",
+            "rogue",
+        ],
+        dir.path(),
+    );
+    assert!(!status.success());
+    assert!(
+        out.contains("not admitted") && out.contains("--join"),
+        "{out}"
+    );
+    assert!(
+        c.log("coordinator").contains("not admitted"),
+        "the coordinator logs the refusal"
+    );
+
+    // A revoked token: refused, naming the revocation.
+    let a = call(
+        &base,
+        "POST",
+        "/v1/join-tokens",
+        Some(&admin),
+        Some(&json!({ "note": "old" })),
+    );
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let old = a.body["secret"].as_str().unwrap().to_string();
+    let old_id = a.body["token"]["id"].as_str().unwrap().to_string();
+    assert!(old.starts_with("drj1_") && old.contains(&fp));
+    assert_eq!(
+        call(
+            &base,
+            "DELETE",
+            &format!("/v1/join-tokens/{old_id}"),
+            Some(&admin),
+            None
+        )
+        .status,
+        200
+    );
+    let d2 = dir.path().join("late");
+    let (status, out) = node_until_exit(
+        &[
+            "--join",
+            &old,
+            "--data",
+            d2.to_str().unwrap(),
+            "--name",
+            "late",
+        ],
+        dir.path(),
+    );
+    assert!(!status.success());
+    assert!(out.contains("revoked"), "{out}");
+
+    // Two real nodes join with the farm's token (it is the only flag they
+    // need besides the test's own); a job runs on both.
+    c.add_node_with("n1", &["--slowdown", "20"]).unwrap();
+    c.add_node("n2").unwrap();
+    c.wait_nodes(2).unwrap();
+    let ids = call(&base, "GET", "/v1/identities", Some(&admin), None).body;
+    assert_eq!(ids.as_array().unwrap().len(), 2, "{ids:?}");
+    let a = call(
+        &base,
+        "POST",
+        "/v1/jobs",
+        Some(&admin),
+        Some(&spec("revoke", 96, None)),
+    );
+    let job = a.body["id"].as_u64().unwrap();
+    // n1 (slow) holds a chunk.
+    wait_for(Duration::from_secs(60), "n1 to hold a chunk", || {
+        let n = call(&base, "GET", "/v1/nodes/n1", Some(&admin), None).body;
+        Ok((!n["chunks"].as_array().unwrap().is_empty()).then_some(()))
+    })
+    .unwrap();
+    let a = call(&base, "DELETE", "/v1/identities/n1", Some(&admin), None);
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert!(a.body["revoked_ms"].is_u64());
+    // Cut off at once: not connected, holding nothing; its frames run
+    // elsewhere and the job completes.
+    wait_for(Duration::from_secs(30), "n1 to be cut off", || {
+        let n = call(&base, "GET", "/v1/nodes/n1", Some(&admin), None).body;
+        Ok(
+            (n["connected"] == false && n["chunks"].as_array().is_none_or(|c| c.is_empty()))
+                .then_some(()),
+        )
+    })
+    .unwrap();
+    wait_state(&base, &admin, job, JobState::Done);
+    let v = call(&base, "GET", &format!("/v1/jobs/{job}"), Some(&admin), None).body;
+    assert_eq!(v["frames_done"], 96);
+    // The revoked node stops, saying why, and stays out.
+    wait_for(Duration::from_secs(60), "n1 to stop", || {
+        Ok(c.log("n1").contains("revoked").then_some(()))
+    })
+    .unwrap();
+    c.stop();
+}
+
+#[test]
+fn quic_submission_has_the_same_auth_validation_and_errors_as_rest() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), &[], &[]).unwrap();
+    let base = c.url();
+    let admin = c.admin_key().unwrap();
+    let viewer = create_key(&base, &admin, "eyes", "viewer", None, None);
+    let trust = drover_node::tls::Trust::Fingerprint(c.addrs.cert_sha256.clone());
+    let quic = c.addrs.quic;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use drover_cli::quic_client::QuicClient;
+        let mut q = QuicClient::connect(quic, &trust, &admin).await.unwrap();
+        // A job submitted over QUIC is the same job over REST.
+        let sub = q.submit_json(&spec("over quic", 4, None)).await.unwrap();
+        let v = call(&base, "GET", &sub.status_url, Some(&admin), None).body;
+        assert_eq!(v["name"], "over quic");
+        assert_eq!(v["submitter"], "admin");
+        // Reads and acts through the same operations.
+        let a = q
+            .call("GET", &format!("/v1/jobs/{}", sub.id), "", vec![])
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+        let a = q
+            .call(
+                "PATCH",
+                &format!("/v1/jobs/{}", sub.id),
+                "application/json",
+                br#"{"priority": 70}"#.to_vec(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        // The same errors, field and all, as REST.
+        let mut bad = spec("bad", 4, None);
+        bad["fps"] = json!(1000);
+        let over_quic = q
+            .call(
+                "POST",
+                "/v1/jobs",
+                "application/json",
+                serde_json::to_vec(&bad).unwrap(),
+            )
+            .await
+            .unwrap();
+        let over_rest = call(&base, "POST", "/v1/jobs", Some(&admin), Some(&bad));
+        assert_eq!(over_quic.status, 422);
+        assert_eq!(over_quic.status, over_rest.status);
+        let pq: Value = serde_json::from_slice(&over_quic.body).unwrap();
+        assert_eq!(pq, over_rest.body);
+        let a = q
+            .call("POST", "/v1/jobs", "text/plain", b"x".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(a.status, 415);
+        q.close();
+        // No key, a viewer's key: 401 and 403.
+        let mut anon = QuicClient::connect(quic, &trust, "").await.unwrap();
+        let a = anon.call("GET", "/v1/jobs", "", vec![]).await.unwrap();
+        assert_eq!(a.status, 401);
+        let mut eyes = QuicClient::connect(quic, &trust, &viewer.secret)
+            .await
+            .unwrap();
+        let a = eyes.call("GET", "/v1/jobs", "", vec![]).await.unwrap();
+        assert_eq!(a.status, 200);
+        let err = eyes
+            .submit_json(&spec("x", 4, None))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("403"), "{err}");
+    });
+    c.stop();
+}
+
+/// The generator's venv (scripts/setup.sh makes it).
+fn openapi_generator() -> std::path::PathBuf {
+    let venv = std::env::var("DROVER_OPENAPI_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/openapi-venv"));
+    let bin = venv.join("bin/openapi-python-client");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/setup.sh (it installs the OpenAPI client generator)",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn a_python_client_generated_from_the_openapi_document_works() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), &[], &[]).unwrap();
+    let base = c.url();
+    let admin = c.admin_key().unwrap();
+    let doc = call(&base, "GET", "/v1/openapi.json", None, None);
+    let doc_path = dir.path().join("openapi.json");
+    std::fs::write(&doc_path, &doc.bytes).unwrap();
+    let pkg = dir.path().join("gen").join("drover_client");
+    let out = std::process::Command::new(openapi_generator())
+        .args(["generate", "--meta", "none", "--path"])
+        .arg(&doc_path)
+        .arg("--output-path")
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && pkg.join("client.py").exists(),
+        "generation failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python = openapi_generator().with_file_name("python");
+    let out = std::process::Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/openapi/client_check.py"))
+        .arg(&base)
+        .arg(&admin)
+        .env("PYTHONPATH", dir.path().join("gen"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("python client ok"),
+        "{text}"
+    );
     c.stop();
 }

@@ -519,6 +519,7 @@ fn run_one(
         .context("the coordinator process is not in /proc")?;
     let trust = Trust::CertFile(cluster.addrs.cert_path.clone());
     let quic = cluster.addrs.quic;
+    let token: Arc<str> = cluster.join_token().unwrap_or_default().into();
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -545,9 +546,13 @@ fn run_one(
             let cfg = cfg.clone();
             let stats = stats.clone();
             let stop_rx = stop_rx.clone();
+            let (trust, token) = (trust.clone(), token.clone());
             set.spawn(async move {
                 let permit = gate.acquire_owned().await.expect("never closed");
-                let c = connect(&ep, quic, i, &cfg).await?;
+                // Each synthetic node is a node of its own: its own
+                // certificate, enrolled with the farm's join token.
+                let own = client_config(&trust)?;
+                let c = connect(&ep, own, quic, i, &cfg, &token).await?;
                 drop(permit);
                 anyhow::Ok(tokio::spawn(run_node(c, stats, cfg, stop_rx)))
             });
@@ -774,12 +779,14 @@ struct Connected {
 /// node agent does (`open_control` in `node/src/agent.rs`).
 async fn connect(
     endpoint: &quinn::Endpoint,
+    tls: quinn::ClientConfig,
     addr: SocketAddr,
     index: usize,
     cfg: &RunCfg,
+    token: &str,
 ) -> anyhow::Result<Connected> {
     let name = format!("syn-{:04}", index + 1);
-    let connecting = endpoint.connect(addr, CERT_SERVER_NAME)?;
+    let connecting = endpoint.connect_with(tls, addr, CERT_SERVER_NAME)?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| anyhow::anyhow!("{name}: no QUIC handshake within {CONNECT_TIMEOUT:?}"))?
@@ -792,7 +799,9 @@ async fn connect(
         if theirs != PROTOCOL_VERSION {
             bail!("coordinator speaks protocol {theirs}, this bench {PROTOCOL_VERSION}");
         }
-        codec::write_msg(&mut send, &NodeToCoord::Hello(Box::new(hello(&name, cfg)))).await?;
+        let mut h = hello(&name, cfg);
+        h.join_token = token.to_string();
+        codec::write_msg(&mut send, &NodeToCoord::Hello(Box::new(h))).await?;
         match codec::read_msg::<_, CoordToNode>(&mut recv, MAX_CONTROL_FRAME_BYTES).await? {
             Some(CoordToNode::Welcome {
                 heartbeat_interval_ms,
@@ -861,6 +870,7 @@ fn hello(name: &str, cfg: &RunCfg) -> Hello {
         },
         running: vec![],
         spooled: vec![],
+        join_token: String::new(),
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Cluster {
     pub addrs: Addrs,
     extra_env: Vec<(String, String)>,
     coordinator_args: Vec<String>,
+    /// The join token nodes start with (made on the first start).
+    join_token: Option<String>,
 }
 
 fn spawn_logged(
@@ -156,8 +158,13 @@ impl Cluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
+            join_token: None,
         };
         cluster.spawn_coordinator()?;
+        let token = cluster
+            .create_join_token(None)
+            .context("creating the farm's join token")?;
+        cluster.join_token = Some(token);
         Ok(cluster)
     }
 
@@ -277,6 +284,26 @@ impl Cluster {
         self.restart_coordinator()
     }
 
+    /// Creates a join token (for `pool`, or the node's own) with the admin
+    /// key; returns the whole token.
+    pub fn create_join_token(&self, pool: Option<&str>) -> anyhow::Result<String> {
+        let mut body = serde_json::json!({ "note": "test farm" });
+        if let Some(p) = pool {
+            body["pool"] = serde_json::json!(p);
+        }
+        let resp = ureq::post(&format!("{}/v1/join-tokens", self.url()))
+            .set("authorization", &format!("Bearer {}", self.admin_key()?))
+            .send_json(body)
+            .context("POST /v1/join-tokens")?;
+        let created: drover_shared::api::JoinTokenCreated = resp.into_json()?;
+        Ok(created.secret)
+    }
+
+    /// The join token the farm's nodes start with.
+    pub fn join_token(&self) -> Option<&str> {
+        self.join_token.as_deref()
+    }
+
     /// The REST base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addrs.http)
@@ -329,10 +356,10 @@ impl Cluster {
     fn spawn_node(&self, name: &str, extra: &[String]) -> anyhow::Result<Child> {
         let mut args: Vec<String> = vec![
             "node".into(),
+            "--join".into(),
+            self.join_token.clone().unwrap_or_default(),
             "--coordinator".into(),
             self.addrs.quic.to_string(),
-            "--cert".into(),
-            self.addrs.cert_path.display().to_string(),
             "--data".into(),
             self.root.join(name).display().to_string(),
             "--name".into(),

@@ -25,5 +25,7 @@ pub mod commands;
 pub mod demo;
 pub mod download;
 pub mod events;
+pub mod join;
 pub mod media_check;
+pub mod quic_client;
 pub mod watch;

@@ -68,15 +68,27 @@ enum Cmd {
         /// attempts in all.
         #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
         webhook_retry_base_ms: u64,
+        /// The QUIC address join tokens point nodes at (host:port), when
+        /// it differs from --quic (a wildcard bind, NAT, a DNS name).
+        #[arg(long, env = "DROVER_ADVERTISE_QUIC")]
+        advertise_quic: Option<String>,
     },
     /// Run a node agent that renders and encodes chunks.
     #[command(
         after_help = "Example:\n  drover node --coordinator 10.0.0.5:8271 --cert coordinator-cert.der --name gpu-07 --tags fast,4k --pool studio\n\nTest aids (--slowdown, --test-gpu, --fail-frame) make a node pretend to be slower, another GPU or faulty, for testing a farm; such a node says so in its capabilities (test_override). Never use them in production."
     )]
     Node {
-        /// The coordinator's QUIC address.
-        #[arg(long, env = "DROVER_COORDINATOR", default_value = DEFAULT_QUIC_ADDR)]
-        coordinator: SocketAddr,
+        /// A join token from an admin (`drover join-tokens create`): it
+        /// carries the coordinator's address and certificate fingerprint,
+        /// so it is the only flag a new node needs. Kept in the data dir's
+        /// `coordinator.json` (address and fingerprint only) for later
+        /// starts; once joined, the node's own certificate is its identity.
+        #[arg(long, env = "DROVER_JOIN_TOKEN", value_name = "TOKEN")]
+        join: Option<String>,
+        /// The coordinator's QUIC address, host:port (default: the join
+        /// token's, the one saved at the first join, or 127.0.0.1:8271).
+        #[arg(long, env = "DROVER_COORDINATOR")]
+        coordinator: Option<String>,
         /// Data directory (spool of segments not yet confirmed).
         #[arg(long, env = "DROVER_NODE_DATA")]
         data: Option<PathBuf>,
@@ -280,6 +292,7 @@ fn main() -> anyhow::Result<()> {
             max_chunk_frames,
             admin_key_file,
             webhook_retry_base_ms,
+            advertise_quic,
         } => {
             init_logs("info");
             let data_dir = data.unwrap_or_else(|| default_data_dir().join("coordinator"));
@@ -305,10 +318,12 @@ fn main() -> anyhow::Result<()> {
                 },
                 admin_key_file,
                 webhook_retry_base_ms,
+                quic_advertise: advertise_quic,
             };
             actix::System::new().block_on(drover_coordinator::server::run(cfg))
         }
         Cmd::Node {
+            join,
             coordinator,
             data,
             name,
@@ -331,23 +346,25 @@ fn main() -> anyhow::Result<()> {
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| "node".into());
             let data_dir = data.unwrap_or_else(|| default_data_dir().join(format!("node-{name}")));
-            let trust = match (cert, cert_sha256) {
-                (_, Some(fp)) => drover_node::tls::Trust::Fingerprint(fp),
-                (Some(p), None) => drover_node::tls::Trust::CertFile(p),
-                (None, None) => drover_node::tls::Trust::CertFile(
-                    default_data_dir().join("coordinator").join(CERT_FILE),
-                ),
-            };
+            let joined = drover_cli::join::resolve(
+                &data_dir,
+                join.as_deref(),
+                coordinator.as_deref(),
+                cert.as_deref(),
+                cert_sha256.as_deref(),
+                &default_data_dir().join("coordinator").join(CERT_FILE),
+            )?;
             let cfg = drover_node::agent::AgentConfig {
-                coordinator,
+                coordinator: joined.address,
                 name,
                 data_dir,
-                trust,
+                trust: joined.trust,
                 tags,
                 pool: pool.unwrap_or_default(),
                 slowdown_factor: slowdown,
                 test_gpu,
                 fail_frames: fail_frame,
+                join_token: join,
             };
             tokio::runtime::Runtime::new()?.block_on(drover_node::agent::run(cfg))
         }

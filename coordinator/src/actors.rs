@@ -777,6 +777,42 @@ impl Handler<DrainNode> for Scheduler {
     }
 }
 
+/// Set a node's tags (`Some`, replacing its own) or give it back its own
+/// (`None`). Answers once durable with the node, `Ok(None)` if it is not
+/// connected (remembered for when it is), or 404.
+#[derive(Message)]
+#[rtype(result = "Result<Option<NodeView>, (u16, String)>")]
+pub struct SetNodeTags {
+    /// Node name.
+    pub name: String,
+    /// The tags.
+    pub tags: Option<Vec<String>>,
+}
+
+impl Handler<SetNodeTags> for Scheduler {
+    type Result = ResponseFuture<Result<Option<NodeView>, (u16, String)>>;
+    fn handle(&mut self, msg: SetNodeTags, ctx: &mut Context<Self>) -> Self::Result {
+        if !self.core.knows_node(&msg.name) {
+            let why = format!("no node named {:?} is known", msg.name);
+            return Box::pin(async move { Err((404, why)) });
+        }
+        info!(node = %msg.name, tags = ?msg.tags, "tags set by an admin");
+        self.apply(
+            Event::SetTags {
+                name: msg.name.clone(),
+                tags: msg.tags,
+            },
+            ctx,
+        );
+        let view = self.core.node_view(&msg.name, now_ms());
+        let rx = self.after_durable(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+            Ok(view)
+        })
+    }
+}
+
 /// Shutdown (SIGTERM): no new jobs, node sessions closed, the journal
 /// drained, fsynced and closed. Nodes keep their work and reconnect.
 #[derive(Message)]
@@ -1405,6 +1441,7 @@ impl Handler<Inbound> for NodeSession {
                     epoch: f.chunk.epoch,
                     reason: f.reason,
                     failed_frame: f.failed_frame,
+                    log_tail: f.log_tail,
                 }
             }
         };

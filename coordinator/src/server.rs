@@ -31,6 +31,23 @@ pub struct CoordinatorConfig {
     /// First wait before a failed webhook delivery is tried again (it
     /// doubles per attempt, with jitter, up to 10 minutes).
     pub webhook_retry_base_ms: u64,
+    /// The QUIC address join tokens send nodes to (`host:port`); the bound
+    /// address when it is a specific one, else this host's name.
+    pub quic_advertise: Option<String>,
+}
+
+/// The address nodes reach a QUIC endpoint bound to `bound` at: itself, or
+/// for a wildcard bind this host's name and the port.
+fn advertised(bound: SocketAddr) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", bound.port())
 }
 
 /// What the coordinator really bound, written to [`ADDRS_FILE`] once it
@@ -135,14 +152,13 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let (cert, key, fingerprint) = crate::quic::load_or_create_identity(&cfg.data_dir)?;
     let endpoint = crate::quic::bind(&cfg.data_dir, cfg.quic_addr, cert, key)?;
     let quic_addr = endpoint.local_addr()?;
-    actix::spawn(crate::quic::serve(
-        endpoint.clone(),
-        scheduler.clone(),
-        store.clone(),
-    ));
+    let quic_advertise = match &cfg.quic_advertise {
+        Some(a) => a.clone(),
+        None => advertised(quic_addr),
+    };
 
     let gate = crate::auth::http::Gate::new(auth.clone());
-    let api = actix_web::web::Data::new(crate::api::Api {
+    let api = std::sync::Arc::new(crate::api::Api {
         sched: scheduler.clone(),
         gate: gate.clone(),
         links,
@@ -150,7 +166,18 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         events,
         streams: Default::default(),
         hooks,
+        connections: Default::default(),
+        cert_sha256: fingerprint.clone(),
+        quic_advertise,
     });
+    actix::spawn(crate::quic::serve(
+        endpoint.clone(),
+        crate::quic::Quic {
+            api: api.clone(),
+            limits: Default::default(),
+        },
+    ));
+    let api = actix_web::web::Data::from(api);
     let gate = actix_web::web::Data::new(gate);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()

@@ -139,6 +139,9 @@ pub struct AgentConfig {
     pub test_gpu: Option<String>,
     /// Test aid: frames (job frame numbers) whose render fails on purpose.
     pub fail_frames: Vec<u64>,
+    /// The join token (`drj1_...`) for the first connection, before the
+    /// coordinator knows this node's certificate.
+    pub join_token: Option<String>,
 }
 
 /// Bounds of the agent that have defaults (the `--spool-limit-mb`-style
@@ -599,7 +602,10 @@ pub async fn run_until(
     tokio::spawn(events_loop(agent.clone(), ev_rx));
     tokio::spawn(upload_loop(agent.clone()));
 
-    let client = crate::tls::client_config(&cfg.trust)?;
+    // The node's identity: its own certificate, kept in its data dir.
+    let identity = crate::tls::Identity::load_or_create(&cfg.data_dir)?;
+    info!(fingerprint = %identity.fingerprint(), "node identity");
+    let client = crate::tls::client_config_with(&cfg.trust, &identity)?;
     let bind: SocketAddr = if cfg.coordinator.is_ipv6() {
         "[::]:0"
     } else {
@@ -752,6 +758,7 @@ async fn session(
         capabilities: caps.into(),
         running,
         spooled,
+        join_token: cfg.join_token.clone().unwrap_or_default(),
     };
     let heartbeat_ms = match open_control(&mut send, &mut recv, hello).await? {
         Opened::Welcome {
@@ -823,11 +830,8 @@ async fn session(
             }
             // After the welcome a refusal is the coordinator's to give,
             // never a version matter (the preambles settled that).
-            Some(Ok(Some(CoordToNode::Refused { reason }))) => {
-                break SessionEnd::Refused {
-                    reason,
-                    permanent: false,
-                }
+            Some(Ok(Some(CoordToNode::Refused { reason, permanent }))) => {
+                break SessionEnd::Refused { reason, permanent }
             }
             Some(Ok(Some(CoordToNode::Welcome { .. }))) => warn!("unexpected second welcome"),
             Some(Ok(None)) | None => {
@@ -1256,12 +1260,11 @@ where
         }) => Ok(Opened::Welcome {
             heartbeat_interval_ms,
         }),
-        // A refusal after equal preambles (a name in use, say) may clear:
-        // the node retries.
-        Some(CoordToNode::Refused { reason }) => Ok(Opened::Ended(SessionEnd::Refused {
-            reason,
-            permanent: false,
-        })),
+        // A refusal after equal preambles may clear (a name in use: the
+        // node retries) or not (not admitted: it stops).
+        Some(CoordToNode::Refused { reason, permanent }) => {
+            Ok(Opened::Ended(SessionEnd::Refused { reason, permanent }))
+        }
         Some(other) => anyhow::bail!("expected welcome, got {other:?}"),
         None => Ok(Opened::Ended(SessionEnd::Lost(
             "coordinator closed the stream during the handshake".into(),
@@ -1356,6 +1359,7 @@ mod tests {
             capabilities: (&Capabilities::default()).into(),
             running: vec![],
             spooled: vec![],
+            join_token: String::new(),
         };
         let opened = open_control(&mut send, &mut recv, hello).await.unwrap();
         (opened, peer.await.unwrap())
@@ -1418,6 +1422,7 @@ mod tests {
         // A refusal of the same version (a name in use) is retried.
         let refusal = CoordToNode::Refused {
             reason: "name n1 is in use".into(),
+            permanent: false,
         };
         let (opened, _) = open_against(Coordinator::Preamble(
             preamble::encode(PROTOCOL_VERSION),
@@ -1425,6 +1430,17 @@ mod tests {
         ))
         .await;
         assert_eq!(refused(&opened), ("name n1 is in use", false));
+        // Not admitted: the node stops, saying why.
+        let refusal = CoordToNode::Refused {
+            reason: "not admitted: no join token".into(),
+            permanent: true,
+        };
+        let (opened, _) = open_against(Coordinator::Preamble(
+            preamble::encode(PROTOCOL_VERSION),
+            Some(refusal),
+        ))
+        .await;
+        assert_eq!(refused(&opened), ("not admitted: no join token", true));
     }
 
     #[test]

@@ -220,6 +220,7 @@ fn start_node(c: &Coordinator, data: &Path, drain_timeout_ms: u64) -> Node {
         slowdown_factor: 25.0,
         test_gpu: None,
         fail_frames: vec![],
+        join_token: None,
     };
     let limits = AgentLimits {
         drain_timeout_ms,

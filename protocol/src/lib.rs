@@ -12,6 +12,12 @@
 //!   control stream, so peers of any two versions learn each other's version.
 //! - [`convert`]: wire types to and from `drover_shared` domain types; the
 //!   scheduler never sees a wire type.
+//! - [`validate`]: the limits on every string and list a node sends, and
+//!   the checks of a decoded message against them
+//!   ([`NodeToCoord::validate`], [`Hello::validate`]).
+//! - [`fuzzing`]: entry points shared by the cargo-fuzz targets (`fuzz/`)
+//!   and the proptest runs (`tests/fuzz.rs`): untrusted bytes through
+//!   exactly the reads, decodes and checks a peer's bytes go through.
 //!
 //! # Streams
 //! A node opens one bidirectional *control* stream right after the QUIC
@@ -42,12 +48,15 @@
 
 pub mod codec;
 pub mod convert;
+pub mod fuzzing;
 #[allow(missing_docs)] // for the types rkyv derives; the wire types themselves are documented
 pub mod messages;
 pub mod preamble;
+pub mod validate;
 
 pub use codec::{read_msg, write_msg, WireError, MAX_CONTROL_FRAME_BYTES};
 pub use messages::*;
+pub use validate::{check_node_name, ProtocolViolation, MAX_HEARTBEAT_ENTRIES};
 
 /// What a freshly opened stream carries; its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +66,9 @@ pub enum StreamKind {
     Control = 1,
     /// One artifact upload.
     Upload = 2,
+    /// A client's requests (`drover submit --quic`): API calls over the
+    /// coordinator's QUIC endpoint, each with an API key.
+    Client = 3,
 }
 
 impl StreamKind {
@@ -65,6 +77,7 @@ impl StreamKind {
         match b {
             1 => Some(StreamKind::Control),
             2 => Some(StreamKind::Upload),
+            3 => Some(StreamKind::Client),
             _ => None,
         }
     }

@@ -4,7 +4,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this wire format. A peer with another version is refused in
 /// the handshake with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Chunks a hello may list in [`Hello::running`]. A node holds a handful
 /// (its slots plus what the coordinator queued); a longer list is a broken
@@ -39,6 +39,50 @@ pub mod close_code {
     /// The coordinator is shutting down; nodes keep their work and spool
     /// and reconnect with backoff until it is back.
     pub const COORDINATOR_SHUTTING_DOWN: u32 = 4;
+    /// The node was not admitted (no identity and no valid join token, or
+    /// its identity revoked): it stops, the reason says what to do.
+    pub const NOT_ADMITTED: u32 = 5;
+    /// An admin revoked the node's identity while it was connected.
+    pub const REVOKED: u32 = 6;
+}
+
+/// Largest client frame (a request or a response): a job spec with the
+/// largest shader fits, and so does a page of jobs.
+pub const MAX_CLIENT_FRAME_BYTES: usize = 4 << 20;
+
+/// A request on a [`crate::StreamKind::Client`] stream: one API call, as it
+/// would go over REST, with the caller's API key. Requests on one stream
+/// are answered in order.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ClientRequest {
+    /// Echoed in the response.
+    pub id: u64,
+    /// The API key (`drv_...`).
+    pub api_key: String,
+    /// `GET`, `POST`, `PATCH` or `DELETE`.
+    pub method: String,
+    /// The REST path with its query, e.g. `/v1/jobs?state=running`.
+    pub path: String,
+    /// The body's media type (`application/json`, `application/toml`), or
+    /// empty without a body.
+    pub content_type: String,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// The answer to a [`ClientRequest`]: what REST would have answered.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ClientResponse {
+    /// The request's id.
+    pub id: u64,
+    /// HTTP status code.
+    pub status: u16,
+    /// `application/json`, or `application/problem+json` for an error.
+    pub content_type: String,
+    /// `Retry-After` in seconds, for a 429 (0: none).
+    pub retry_after_s: u32,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
 /// Identifies one attempt at one chunk. `epoch` grows with every assignment
@@ -130,6 +174,9 @@ pub struct Hello {
     /// stored, at most [`MAX_HELLO_SPOOLED`]. The node offers each for
     /// upload after the welcome.
     pub spooled: Vec<SpooledSegment>,
+    /// A join token (`drj1_...`), for a node whose certificate the
+    /// coordinator does not know yet; empty once it has joined.
+    pub join_token: String,
 }
 
 /// A chunk a node holds, as its hello reports it.
@@ -285,6 +332,9 @@ pub enum CoordToNode {
     Refused {
         /// Why, in words.
         reason: String,
+        /// Retrying cannot help (not admitted, revoked): the node stops
+        /// and says why.
+        permanent: bool,
     },
     /// Run a chunk.
     Assign(Assign),
@@ -475,6 +525,7 @@ mod tests {
             },
             running,
             spooled,
+            join_token: "j".repeat(512),
         }))
     }
 
@@ -510,6 +561,7 @@ mod tests {
         check(
             CoordToNode::Refused {
                 reason: "name n1 is in use".into(),
+                permanent: false,
             },
             l,
         );

@@ -87,6 +87,10 @@ pub struct ChunkView {
     pub attempts: u32,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// The end of the executor's output (stderr) at the job's last failure,
+    /// on chunks whose frames failed before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
 }
 
 /// A job as the API shows it.
@@ -402,4 +406,77 @@ pub struct ArtifactList {
 pub struct JobUpdate {
     /// New priority, 0..=100.
     pub priority: Option<u8>,
+}
+
+/// A join token as the API shows it: never the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JoinTokenView {
+    /// Public id.
+    pub id: String,
+    /// The pool nodes joining with it belong to; the node's own `--pool`
+    /// when absent.
+    pub pool: Option<String>,
+    /// What it is for.
+    pub note: String,
+    /// Created at, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// No node may join with it after this.
+    pub expires_ms: Option<u64>,
+    /// Revoked at, if it is.
+    pub revoked_ms: Option<u64>,
+    /// Nodes that joined with it.
+    pub joined: u64,
+}
+
+/// Response of creating a join token: the only time it is shown whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JoinTokenCreated {
+    /// The token as listed.
+    pub token: JoinTokenView,
+    /// The whole token, for `drover node --join`: it carries the
+    /// coordinator's address and certificate fingerprint. Not stored.
+    pub secret: String,
+}
+
+/// `POST /v1/join-tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJoinToken {
+    /// Pool of the nodes that join with it (1..=64 bytes of letters,
+    /// digits, `-`, `_`, `.`); the node's own when absent.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Seconds it stays valid, 60..=31536000; forever when absent.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+    /// What it is for, at most 256 bytes.
+    #[serde(default)]
+    pub note: String,
+}
+
+/// A node's identity: the certificate it joined with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IdentityView {
+    /// SHA-256 of the node's certificate, hex: the identity's id.
+    pub fingerprint: String,
+    /// The node name it is bound to.
+    pub name: String,
+    /// Its pool, from the join token.
+    pub pool: Option<String>,
+    /// The join token it joined with.
+    pub token: String,
+    /// Joined at, ms since the Unix epoch.
+    pub enrolled_ms: u64,
+    /// Revoked at, if it is: the node is refused at the handshake.
+    pub revoked_ms: Option<u64>,
+}
+
+/// `PUT /v1/nodes/{name}/tags`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeTags {
+    /// The node's tags from now on, replacing what it reports itself (at
+    /// most 16, each 1..=64 bytes of letters, digits, `-`, `_`, `.`); `null`
+    /// gives it back its own.
+    pub tags: Option<Vec<String>>,
 }

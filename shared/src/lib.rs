@@ -7,10 +7,15 @@
 //! - [`caps`]: node capabilities and requirement matching.
 //! - [`api`]: REST response bodies.
 //! - [`config`]: defaults every binary agrees on (ports, timeouts).
+//! - [`fuzzing`]: the job spec's fuzzing entry point (a request body through
+//!   what `POST /v1/jobs` does with it) and the per-thread peak-counting
+//!   allocator the fuzz tests bound memory with.
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod caps;
 pub mod config;
+pub mod fuzzing;
+pub mod join;
 pub mod shader;
 pub mod spec;

@@ -711,6 +711,7 @@ impl<'a> World<'a> {
                                         "frame {frame} fails to render (simulated bad frame)"
                                     ),
                                     failed_frame: Some(frame),
+                                    log_tail: String::new(),
                                 },
                             );
                         }
@@ -783,6 +784,7 @@ impl<'a> World<'a> {
                     epoch: h.epoch,
                     reason: "renderer crashed (simulated)".into(),
                     failed_frame: Some(h.next.min(h.end)),
+                    log_tail: String::new(),
                 },
             );
         }

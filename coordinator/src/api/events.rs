@@ -141,7 +141,7 @@ struct State {
 /// Reconnect with `Last-Event-ID` to get every event after it; a `reset`
 /// event means some were missed (re-read the state). A key scoped to a
 /// project sees its project's jobs and every node.
-#[utoipa::path(
+#[utoipa::path(operation_id = "follow_events", 
     tag = "events",
     params(EventQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses(

@@ -15,7 +15,7 @@ use crate::actors::{
     ActOnJob, CancelJob, CancelOutcome, GetJob, JobAction, JobFilter, ListJobs, RetryJob, Submit,
     SubmitError,
 };
-use crate::auth::http::Caller;
+use crate::auth::http::{Caller, SubmitterCaller};
 use crate::sched::Owner;
 
 /// Jobs per page by default, and at most.
@@ -50,7 +50,7 @@ fn content_type(req: &HttpRequest) -> Option<String> {
 /// Submit a job: a JSON spec (`application/json`) or TOML
 /// (`application/toml`). A key scoped to a project submits to it (a spec
 /// naming another project is refused). Answers once the job is durable.
-#[utoipa::path(
+#[utoipa::path(operation_id = "submit_job", 
     tag = "jobs",
     request_body(content = Object, description = "The job spec (see README: the job spec)", content_type = "application/json"),
     responses(
@@ -73,18 +73,7 @@ pub async fn submit(
 ) -> ApiResult {
     use futures_util::StreamExt;
     caller.require(Role::Submitter)?;
-    let is_toml = match content_type(&req).as_deref() {
-        None | Some("application/json") => false,
-        Some("application/toml" | "text/toml" | "application/x-toml" | "text/x-toml") => true,
-        Some(other) => {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported media type",
-                format!("{other} is not a job spec: send application/json or application/toml"),
-                Some("content-type"),
-            ))
-        }
-    };
+    let is_toml = spec_is_toml(content_type(&req).as_deref())?;
     // Read by hand so that an oversize body is refused before it is all
     // buffered, with the limit named.
     let mut body = web::BytesMut::new();
@@ -93,16 +82,53 @@ pub async fn submit(
             Problem::bad_request("invalid job spec", format!("reading the body: {e}"), "spec")
         })?;
         if body.len() + chunk.len() > MAX_SPEC_BYTES {
-            return Err(Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large",
-                format!("the job spec limit is {MAX_SPEC_BYTES} bytes"),
-                Some("spec"),
-            ));
+            return Err(spec_too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    let text = std::str::from_utf8(&body).map_err(|_| {
+    let sub = submit_spec(&api, &caller, is_toml, &body).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("location", sub.status_url.clone()))
+        .json(sub))
+}
+
+fn spec_too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request body too large",
+        format!("the job spec limit is {MAX_SPEC_BYTES} bytes"),
+        Some("spec"),
+    )
+}
+
+/// Whether a spec of this media type is TOML (else JSON); 415 for any
+/// other type.
+pub fn spec_is_toml(content_type: Option<&str>) -> ApiResult<bool> {
+    match content_type {
+        None | Some("" | "application/json") => Ok(false),
+        Some("application/toml" | "text/toml" | "application/x-toml" | "text/x-toml") => Ok(true),
+        Some(other) => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported media type",
+            format!("{other} is not a job spec: send application/json or application/toml"),
+            Some("content-type"),
+        )),
+    }
+}
+
+/// Parses, checks and submits a spec for `caller`: what `POST /v1/jobs`
+/// does, over any transport.
+pub async fn submit_spec(
+    api: &Api,
+    caller: &Caller,
+    is_toml: bool,
+    body: &[u8],
+) -> ApiResult<Submitted> {
+    caller.require(Role::Submitter)?;
+    if body.len() > MAX_SPEC_BYTES {
+        return Err(spec_too_large());
+    }
+    let text = std::str::from_utf8(body).map_err(|_| {
         Problem::bad_request("invalid job spec", "body is not UTF-8".into(), "spec")
     })?;
     let parsed = if is_toml {
@@ -129,12 +155,10 @@ pub async fn submit(
         max_active_jobs: caller.max_active_jobs,
     };
     match api.sched.send(msg).await {
-        Ok(Ok(id)) => {
-            let status_url = format!("/v1/jobs/{id}");
-            Ok(HttpResponse::Created()
-                .insert_header(("location", status_url.clone()))
-                .json(Submitted { id, status_url }))
-        }
+        Ok(Ok(id)) => Ok(Submitted {
+            id,
+            status_url: format!("/v1/jobs/{id}"),
+        }),
         Ok(Err(e @ SubmitError::TooManyJobs { .. })) => {
             Err(Problem::too_many(e.to_string(), "max_active_jobs", 10))
         }
@@ -155,15 +179,15 @@ pub async fn submit(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only jobs in this state.
-    state: Option<JobState>,
+    pub state: Option<JobState>,
     /// Only jobs of this project.
-    project: Option<String>,
+    pub project: Option<String>,
     /// Only jobs submitted with this key (its name or id).
-    submitter: Option<String>,
+    pub submitter: Option<String>,
     /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
+    pub cursor: Option<String>,
     /// Jobs per page, 1..=500 (default 50).
-    limit: Option<usize>,
+    pub limit: Option<usize>,
 }
 
 fn encode_query(pairs: &[(&str, String)]) -> String {
@@ -176,7 +200,7 @@ fn encode_query(pairs: &[(&str, String)]) -> String {
 
 /// List jobs, newest first, a page at a time; filter by state, project
 /// and submitter. A key scoped to a project sees only that project.
-#[utoipa::path(
+#[utoipa::path(operation_id = "list_jobs", 
     tag = "jobs",
     params(ListQuery),
     responses(
@@ -190,7 +214,11 @@ pub async fn list(
     q: web::Query<ListQuery>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobPage>> {
-    let q = q.into_inner();
+    Ok(web::Json(list_jobs(&api, &caller, q.into_inner()).await?))
+}
+
+/// A page of jobs for `caller`: what `GET /v1/jobs` does.
+pub async fn list_jobs(api: &Api, caller: &Caller, q: ListQuery) -> ApiResult<JobPage> {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(Problem::bad_request(
@@ -249,15 +277,15 @@ pub async fn list(
         }
         format!("/v1/jobs?{}", encode_query(&pairs))
     });
-    Ok(web::Json(JobPage {
+    Ok(JobPage {
         jobs: page.jobs.iter().map(JobSummary::from).collect(),
         next_cursor: page.next.map(|n| n.to_string()),
         next,
-    }))
+    })
 }
 
 /// One job with its chunks.
-#[utoipa::path(
+#[utoipa::path(operation_id = "get_job", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = ProblemDoc), (status = 401, body = ProblemDoc))
@@ -272,7 +300,8 @@ pub async fn get(
     Ok(web::Json(visible_job(&api, &caller, id).await?))
 }
 
-async fn do_cancel(id: u64, caller: &Caller, api: &Api) -> ApiResult<web::Json<JobView>> {
+/// Cancels a job for `caller`: what `DELETE /v1/jobs/{id}` does.
+pub async fn do_cancel(id: u64, caller: &Caller, api: &Api) -> ApiResult<web::Json<JobView>> {
     caller.require(Role::Submitter)?;
     visible_job(api, caller, id).await?;
     match api.sched.send(CancelJob(id)).await {
@@ -298,7 +327,7 @@ async fn do_cancel(id: u64, caller: &Caller, api: &Api) -> ApiResult<web::Json<J
 
 /// Cancel a job: running chunks stop, stored frames are kept (a retry
 /// renders only the rest).
-#[utoipa::path(
+#[utoipa::path(operation_id = "cancel_job", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc, description = "already ended, or joining its output"))
@@ -314,7 +343,7 @@ pub async fn cancel(
 
 /// Cancel a job (the same as `DELETE /v1/jobs/{id}`, for clients that
 /// cannot send DELETE).
-#[utoipa::path(
+#[utoipa::path(operation_id = "cancel_job_post", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc))
@@ -334,7 +363,7 @@ fn status_problem(status: u16, title: &str, why: String) -> Problem {
 }
 
 /// Run again the frames a failed or cancelled job is missing.
-#[utoipa::path(
+#[utoipa::path(operation_id = "retry_job", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc, description = "done, still running, or its frames were deleted"))
@@ -345,17 +374,22 @@ pub async fn retry(
     path: web::Path<String>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobView>> {
-    let id = parse_id(&path)?;
+    Ok(web::Json(do_retry(parse_id(&path)?, &caller, &api).await?))
+}
+
+/// Retries a job for `caller`.
+pub async fn do_retry(id: u64, caller: &Caller, api: &Api) -> ApiResult<JobView> {
     caller.require(Role::Submitter)?;
-    visible_job(&api, &caller, id).await?;
+    visible_job(api, caller, id).await?;
     match api.sched.send(RetryJob(id)).await {
-        Ok(Ok(job)) => Ok(web::Json(job)),
+        Ok(Ok(job)) => Ok(job),
         Ok(Err((status, why))) => Err(status_problem(status, "cannot retry", why)),
         Err(e) => Err(Problem::unavailable(e)),
     }
 }
 
-async fn act(
+/// Pauses, resumes or reprioritises a job for `caller`.
+pub async fn act(
     id: u64,
     action: JobAction,
     caller: &Caller,
@@ -371,7 +405,7 @@ async fn act(
 }
 
 /// Pause a job: no new chunk starts; running chunks finish and are kept.
-#[utoipa::path(
+#[utoipa::path(operation_id = "pause_job", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc, description = "ended or joining"))
@@ -386,7 +420,7 @@ pub async fn pause(
 }
 
 /// Resume a paused job.
-#[utoipa::path(
+#[utoipa::path(operation_id = "resume_job", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = JobView), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc))
@@ -402,7 +436,7 @@ pub async fn resume(
 
 /// Change a running job: its priority (0..=100). A raised job takes free
 /// nodes first and may shrink lower-priority chunks at once.
-#[utoipa::path(
+#[utoipa::path(operation_id = "update_job", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     request_body = JobUpdate,
@@ -410,12 +444,23 @@ pub async fn resume(
 )]
 #[patch("/v1/jobs/{id}")]
 pub async fn update(
-    caller: Caller,
+    caller: SubmitterCaller,
     path: web::Path<String>,
     body: web::Json<JobUpdate>,
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JobView>> {
-    let id = parse_id(&path)?;
+    Ok(web::Json(
+        update_job(parse_id(&path)?, body.into_inner(), &caller.0, &api).await?,
+    ))
+}
+
+/// Changes a job for `caller`: what `PATCH /v1/jobs/{id}` does.
+pub async fn update_job(
+    id: u64,
+    body: JobUpdate,
+    caller: &Caller,
+    api: &Api,
+) -> ApiResult<JobView> {
     let Some(priority) = body.priority else {
         return Err(Problem::unprocessable(
             "nothing to change",
@@ -430,12 +475,12 @@ pub async fn update(
             "priority",
         ));
     }
-    act(id, JobAction::Priority(priority), &caller, &api).await
+    Ok(act(id, JobAction::Priority(priority), caller, api).await?.0)
 }
 
 /// A job's chunks and waiting frame ranges, with state, node, attempts
 /// and the last error.
-#[utoipa::path(
+#[utoipa::path(operation_id = "job_chunks", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = ChunkList), (status = 404, body = ProblemDoc))
@@ -465,7 +510,7 @@ pub struct LinkQuery {
 
 /// A done job's files (the output and a poster frame) with their size,
 /// SHA-256, and signed download links that expire.
-#[utoipa::path(
+#[utoipa::path(operation_id = "job_artifacts", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id"), LinkQuery),
     responses((status = 200, body = ArtifactList), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc, description = "not done yet"), (status = 410, body = ProblemDoc, description = "the output is gone"))
@@ -553,7 +598,7 @@ async fn serve_file(
 }
 
 /// A done job's output video, with a key.
-#[utoipa::path(
+#[utoipa::path(operation_id = "job_output", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, description = "the MP4", content_type = "video/mp4"), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc), (status = 410, body = ProblemDoc))
@@ -584,7 +629,7 @@ pub struct SignedQuery {
 
 /// A file by signed link (no key: the signature is the permission).
 /// Refused when altered (403) or expired (410).
-#[utoipa::path(
+#[utoipa::path(operation_id = "download_artifact", 
     tag = "jobs",
     params(("job" = u64, Path, description = "Job id"), ("name" = String, Path, description = "output.mp4 or poster.png"), SignedQuery),
     responses((status = 200, description = "the file"), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 410, body = ProblemDoc)),
@@ -631,7 +676,7 @@ pub async fn download(
 
 /// Every webhook delivery of a job, with each attempt: time, HTTP status
 /// or error, and when the next try is due.
-#[utoipa::path(
+#[utoipa::path(operation_id = "job_webhooks", 
     tag = "jobs",
     params(("id" = u64, Path, description = "Job id")),
     responses((status = 200, body = Vec<crate::webhook::DeliveryView>), (status = 404, body = ProblemDoc))

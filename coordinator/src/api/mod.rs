@@ -18,6 +18,7 @@ pub mod events;
 pub mod jobs;
 pub mod links;
 pub mod problem;
+pub mod rpc;
 
 use actix::Addr;
 use actix_web::http::StatusCode;
@@ -47,6 +48,12 @@ pub struct Api {
     pub streams: events::Streams,
     /// Webhook deliveries.
     pub hooks: crate::webhook::Webhooks,
+    /// Live node connections, to cut off a revoked node.
+    pub connections: crate::quic::Connections,
+    /// SHA-256 of the coordinator's certificate, for join tokens.
+    pub cert_sha256: String,
+    /// The QUIC address join tokens send nodes to.
+    pub quic_advertise: String,
 }
 
 /// Largest JSON body of any request but a job spec (which has its own
@@ -100,9 +107,15 @@ routes!(
     admin::drain_node,
     admin::undrain_node,
     admin::clear_quarantine,
+    admin::set_tags,
     admin::list_keys,
     admin::create_key,
     admin::revoke_key,
+    admin::list_tokens,
+    admin::create_token,
+    admin::revoke_token,
+    admin::list_identities,
+    admin::revoke_identity,
 );
 
 struct BearerAuth;
@@ -273,7 +286,7 @@ fn json_error(e: actix_web::error::JsonPayloadError) -> Problem {
 pub use crate::auth::http::gate;
 
 /// Liveness: the process answers.
-#[utoipa::path(tag = "health", responses((status = 200, description = "alive")))]
+#[utoipa::path(operation_id = "healthz", tag = "health", responses((status = 200, description = "alive")))]
 #[get("/healthz")]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
@@ -281,7 +294,7 @@ async fn healthz() -> HttpResponse {
 
 /// Readiness: the scheduler answers and the artifact store is writable.
 /// A failing check is named.
-#[utoipa::path(tag = "health", responses(
+#[utoipa::path(operation_id = "readyz", tag = "health", responses(
     (status = 200, description = "ready"),
     (status = 503, description = "a check failed", body = drover_shared::api::Problem),
 ))]
@@ -306,14 +319,14 @@ async fn readyz(api: web::Data<Api>) -> ApiResult {
 }
 
 /// This document.
-#[utoipa::path(tag = "health", responses((status = 200, description = "the OpenAPI 3.1 document")))]
+#[utoipa::path(operation_id = "openapi_document", tag = "health", responses((status = 200, description = "the OpenAPI 3.1 document")))]
 #[get("/v1/openapi.json")]
 async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(openapi())
 }
 
 /// A browsable page of the API, rendered from the document (no scripts).
-#[utoipa::path(tag = "health", responses((status = 200, description = "HTML")))]
+#[utoipa::path(operation_id = "docs_page", tag = "health", responses((status = 200, description = "HTML")))]
 #[get("/v1/docs")]
 async fn docs() -> HttpResponse {
     HttpResponse::Ok()

@@ -84,6 +84,11 @@ impl Problem {
     pub fn body(&self) -> &api::Problem {
         &self.body
     }
+
+    /// `Retry-After`, for a 429.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        self.retry_after_s
+    }
 }
 
 impl std::fmt::Display for Problem {

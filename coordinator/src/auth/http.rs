@@ -222,3 +222,48 @@ impl FromRequest for Caller {
         )
     }
 }
+
+/// A caller whose role is admin, checked before the request's body is
+/// read (so a viewer gets 403, not a complaint about its body).
+#[derive(Debug, Clone)]
+pub struct AdminCaller(pub Caller);
+
+/// A caller whose role is submitter or admin, checked before the body.
+#[derive(Debug, Clone)]
+pub struct SubmitterCaller(pub Caller);
+
+fn with_role(req: &HttpRequest, role: Role) -> Result<Caller, Problem> {
+    let c = req
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .map(Caller)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                AuthError::Missing.to_string(),
+                Some("authorization"),
+            )
+        })?;
+    c.require(role)?;
+    Ok(c)
+}
+
+impl FromRequest for AdminCaller {
+    type Error = Problem;
+    type Future = std::future::Ready<Result<AdminCaller, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(with_role(req, Role::Admin).map(AdminCaller))
+    }
+}
+
+impl FromRequest for SubmitterCaller {
+    type Error = Problem;
+    type Future = std::future::Ready<Result<SubmitterCaller, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(with_role(req, Role::Submitter).map(SubmitterCaller))
+    }
+}

@@ -1,6 +1,15 @@
 //! Who may do what: API keys (roles and projects), join tokens for new
 //! nodes, and the identities nodes get when they join.
 //!
+//! # Node admission
+//! Every node presents a client certificate of its own (made on its first
+//! start, mutual TLS on QUIC). A certificate the coordinator knows (an
+//! identity) is admitted as the node it was enrolled for; an unknown one is
+//! admitted only with a valid join token, which enrolls it. A revoked
+//! identity, a revoked or expired token, a name already bound to another
+//! identity, or no token at all are refused at the handshake, with the
+//! reason sent to the node.
+//!
 //! # Secrets
 //! Every secret is random (32 bytes from the system), handed out once, and
 //! stored only as its SHA-256. A key reads `drv_<id>_<secret>`: the id finds
@@ -23,7 +32,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use drover_shared::api::{KeyView, Role};
+use drover_shared::api::{IdentityView, JoinTokenView, KeyView, NewJoinToken, Role};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -97,13 +106,105 @@ pub enum AuthFact {
         /// When.
         at_ms: u64,
     },
+    /// A join token was created.
+    TokenCreated(TokenRecord),
+    /// A join token was revoked.
+    TokenRevoked {
+        /// Token id.
+        id: String,
+        /// When.
+        at_ms: u64,
+    },
+    /// A node joined: its certificate is its identity from now on.
+    Enrolled(IdentityRecord),
+    /// A node's identity was revoked.
+    IdentityRevoked {
+        /// Certificate fingerprint.
+        fingerprint: String,
+        /// When.
+        at_ms: u64,
+    },
 }
+
+/// A join token as stored: never the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id.
+    pub id: String,
+    /// Pool of the nodes joining with it.
+    pub pool: Option<String>,
+    /// What it is for.
+    pub note: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    /// Created at.
+    pub created_ms: u64,
+    /// Valid until.
+    pub expires_ms: Option<u64>,
+    /// Revoked at.
+    pub revoked_ms: Option<u64>,
+}
+
+/// A node's identity as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    /// SHA-256 of its certificate, hex.
+    pub fingerprint: String,
+    /// Node name it is bound to.
+    pub name: String,
+    /// Pool, from its token.
+    pub pool: Option<String>,
+    /// Token it joined with.
+    pub token: String,
+    /// Joined at.
+    pub enrolled_ms: u64,
+    /// Revoked at.
+    pub revoked_ms: Option<u64>,
+}
+
+impl IdentityRecord {
+    /// What the API shows.
+    pub fn view(&self) -> IdentityView {
+        IdentityView {
+            fingerprint: self.fingerprint.clone(),
+            name: self.name.clone(),
+            pool: self.pool.clone(),
+            token: self.token.clone(),
+            enrolled_ms: self.enrolled_ms,
+            revoked_ms: self.revoked_ms,
+        }
+    }
+}
+
+/// Who a node is, once admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    /// Its pool, when its token set one.
+    pub pool: Option<String>,
+    /// Enrolled just now (with a token), rather than known.
+    pub enrolled: bool,
+}
+
+/// Longest join token note.
+pub const MAX_NOTE_BYTES: usize = 256;
+/// Join tokens at most.
+pub const MAX_TOKENS: usize = 10_000;
+/// Node identities at most.
+pub const MAX_IDENTITIES: usize = 100_000;
+/// A join token's lifetime bounds, seconds.
+pub const TOKEN_TTL_S: std::ops::RangeInclusive<u64> = 60..=31_536_000;
 
 /// Everything the auth journal knows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuthModel {
     /// Keys by id.
     pub keys: BTreeMap<String, KeyRecord>,
+    /// Join tokens by id.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
+    /// Node identities by certificate fingerprint.
+    #[serde(default)]
+    pub identities: BTreeMap<String, IdentityRecord>,
 }
 
 impl Model for AuthModel {
@@ -113,6 +214,10 @@ impl Model for AuthModel {
         match fact {
             AuthFact::KeyCreated(_) => 1,
             AuthFact::KeyRevoked { .. } => 2,
+            AuthFact::TokenCreated(_) => 3,
+            AuthFact::TokenRevoked { .. } => 4,
+            AuthFact::Enrolled(_) => 5,
+            AuthFact::IdentityRevoked { .. } => 6,
         }
     }
 
@@ -124,6 +229,22 @@ impl Model for AuthModel {
             AuthFact::KeyRevoked { id, at_ms } => {
                 if let Some(k) = self.keys.get_mut(id) {
                     k.revoked_ms.get_or_insert(*at_ms);
+                }
+            }
+            AuthFact::TokenCreated(t) => {
+                self.tokens.insert(t.id.clone(), t.clone());
+            }
+            AuthFact::TokenRevoked { id, at_ms } => {
+                if let Some(t) = self.tokens.get_mut(id) {
+                    t.revoked_ms.get_or_insert(*at_ms);
+                }
+            }
+            AuthFact::Enrolled(i) => {
+                self.identities.insert(i.fingerprint.clone(), i.clone());
+            }
+            AuthFact::IdentityRevoked { fingerprint, at_ms } => {
+                if let Some(i) = self.identities.get_mut(fingerprint) {
+                    i.revoked_ms.get_or_insert(*at_ms);
                 }
             }
         }
@@ -469,6 +590,225 @@ impl Auth {
         Ok(Some(record.id))
     }
 
+    /// Creates a join token for the coordinator at `address` whose
+    /// certificate is `cert_sha256`; returns it and the whole token (shown
+    /// once).
+    pub fn create_token(
+        &self,
+        new: &NewJoinToken,
+        cert_sha256: &str,
+        address: &str,
+    ) -> Result<(TokenRecord, String), FieldError> {
+        if let Some(p) = &new.pool {
+            check_name("pool", p)?;
+        }
+        if new.note.len() > MAX_NOTE_BYTES {
+            return Err(field_error(
+                "note",
+                format!("{} bytes; the limit is {MAX_NOTE_BYTES}", new.note.len()),
+            ));
+        }
+        if let Some(t) = new.ttl_s {
+            if !TOKEN_TTL_S.contains(&t) {
+                return Err(field_error(
+                    "ttl_s",
+                    format!(
+                        "{t}; it must be {}..={}",
+                        TOKEN_TTL_S.start(),
+                        TOKEN_TTL_S.end()
+                    ),
+                ));
+            }
+        }
+        let _w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.model().tokens.len() >= MAX_TOKENS {
+            return Err(field_error(
+                "token",
+                format!("{MAX_TOKENS} join tokens exist, the most kept"),
+            ));
+        }
+        let token = drover_shared::join::JoinToken {
+            id: hex::encode(secret::random_bytes(secret::ID_BYTES)),
+            secret: hex::encode(secret::random_bytes(secret::SECRET_BYTES)),
+            cert_sha256: cert_sha256.to_string(),
+            address: address.to_string(),
+        };
+        let now = now_ms();
+        let record = TokenRecord {
+            id: token.id.clone(),
+            pool: new.pool.clone(),
+            note: new.note.clone(),
+            hash: secret::sha256_hex(token.secret.as_bytes()),
+            created_ms: now,
+            expires_ms: new.ttl_s.map(|t| now + t * 1000),
+            revoked_ms: None,
+        };
+        self.commit(AuthFact::TokenCreated(record.clone()))
+            .map_err(|e| field_error("token", format!("{e:#}")))?;
+        info!(token = %record.id, pool = ?record.pool, "join token created");
+        Ok((record, token.to_text()))
+    }
+
+    /// A token as the API shows it.
+    pub fn token_view(&self, t: &TokenRecord) -> JoinTokenView {
+        JoinTokenView {
+            id: t.id.clone(),
+            pool: t.pool.clone(),
+            note: t.note.clone(),
+            created_ms: t.created_ms,
+            expires_ms: t.expires_ms,
+            revoked_ms: t.revoked_ms,
+            joined: self
+                .model()
+                .identities
+                .values()
+                .filter(|i| i.token == t.id)
+                .count() as u64,
+        }
+    }
+
+    /// Every join token.
+    pub fn tokens(&self) -> Vec<TokenRecord> {
+        self.model().tokens.values().cloned().collect()
+    }
+
+    /// Revokes a join token: no node joins with it any more (nodes that
+    /// joined keep their identities). `Ok(None)`: no such token.
+    pub fn revoke_token(&self, id: &str) -> anyhow::Result<Option<TokenRecord>> {
+        let _w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = self.model().tokens.get(id).cloned() else {
+            return Ok(None);
+        };
+        if t.revoked_ms.is_none() {
+            self.commit(AuthFact::TokenRevoked {
+                id: id.to_string(),
+                at_ms: now_ms(),
+            })?;
+            info!(token = %id, "join token revoked");
+        }
+        Ok(self.model().tokens.get(id).cloned())
+    }
+
+    /// Every node identity.
+    pub fn identities(&self) -> Vec<IdentityRecord> {
+        self.model().identities.values().cloned().collect()
+    }
+
+    /// Revokes the identity with this fingerprint, or the live one bound
+    /// to this node name. `Ok(None)`: no such identity.
+    pub fn revoke_identity(
+        &self,
+        fingerprint_or_name: &str,
+    ) -> anyhow::Result<Option<IdentityRecord>> {
+        let _w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let found = {
+            let m = self.model();
+            m.identities.get(fingerprint_or_name).cloned().or_else(|| {
+                m.identities
+                    .values()
+                    .find(|i| i.name == fingerprint_or_name && i.revoked_ms.is_none())
+                    .cloned()
+            })
+        };
+        let Some(i) = found else { return Ok(None) };
+        if i.revoked_ms.is_none() {
+            self.commit(AuthFact::IdentityRevoked {
+                fingerprint: i.fingerprint.clone(),
+                at_ms: now_ms(),
+            })?;
+            info!(node = %i.name, fingerprint = %i.fingerprint, "node identity revoked");
+        }
+        Ok(self.model().identities.get(&i.fingerprint).cloned())
+    }
+
+    /// Decides whether the node presenting the certificate `fingerprint`,
+    /// calling itself `name`, with `token` (if it sent one) may join. A
+    /// valid token enrolls the certificate (durably) as `name`'s identity.
+    /// `Err` is the reason, for the node and the log.
+    pub fn admit(
+        &self,
+        fingerprint: &str,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<Admitted, String> {
+        let _w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        {
+            let m = self.model();
+            if let Some(i) = m.identities.get(fingerprint) {
+                if i.revoked_ms.is_some() {
+                    return Err(format!(
+                        "this node's identity (certificate {}) was revoked by an admin; a new identity needs a new data dir and a join token",
+                        &fingerprint[..16.min(fingerprint.len())]
+                    ));
+                }
+                if i.name != name {
+                    return Err(format!(
+                        "this node's identity is enrolled as {:?}, not {name:?}: keep its name, or join anew with a token",
+                        i.name
+                    ));
+                }
+                return Ok(Admitted {
+                    pool: i.pool.clone(),
+                    enrolled: false,
+                });
+            }
+        }
+        let Some(text) = token else {
+            return Err("not admitted: this node has no identity here and sent no join token; start it with --join TOKEN (an admin creates one with `drover join-tokens create`)".into());
+        };
+        let parsed = drover_shared::join::JoinToken::parse(text)
+            .map_err(|e| format!("not admitted: {e}"))?;
+        let m = self.model();
+        let t = m
+            .tokens
+            .get(&parsed.id)
+            .filter(|t| {
+                secret::ct_eq(
+                    t.hash.as_bytes(),
+                    secret::sha256_hex(parsed.secret.as_bytes()).as_bytes(),
+                )
+            })
+            .ok_or("not admitted: the join token is not known to this coordinator")?;
+        if t.revoked_ms.is_some() {
+            return Err(format!("not admitted: join token {} was revoked", t.id));
+        }
+        if t.expires_ms.is_some_and(|e| e < now) {
+            return Err(format!("not admitted: join token {} expired", t.id));
+        }
+        if m.identities.len() >= MAX_IDENTITIES {
+            return Err(format!(
+                "not admitted: {MAX_IDENTITIES} node identities exist, the most kept"
+            ));
+        }
+        if let Some(other) = m
+            .identities
+            .values()
+            .find(|i| i.name == name && i.revoked_ms.is_none())
+        {
+            return Err(format!(
+                "not admitted: the name {name:?} belongs to another node identity ({}); revoke it first (`drover nodes revoke {name}`) or pick another name",
+                &other.fingerprint[..16]
+            ));
+        }
+        let record = IdentityRecord {
+            fingerprint: fingerprint.to_string(),
+            name: name.to_string(),
+            pool: t.pool.clone(),
+            token: t.id.clone(),
+            enrolled_ms: now,
+            revoked_ms: None,
+        };
+        drop(m);
+        self.commit(AuthFact::Enrolled(record.clone()))
+            .map_err(|e| format!("enrolling the node failed: {e:#}"))?;
+        info!(node = %name, fingerprint = %fingerprint, token = %record.token, "node joined: identity enrolled");
+        Ok(Admitted {
+            pool: record.pool,
+            enrolled: true,
+        })
+    }
+
     /// Stops the journal.
     pub fn close(self) {
         if let Ok(inner) = Arc::try_unwrap(self.inner) {
@@ -542,6 +882,91 @@ mod tests {
         let other = Auth::open(&dir.path().join("b")).unwrap();
         other.bootstrap(Some(&file)).unwrap().unwrap();
         assert!(other.authenticate(written.trim()).is_ok());
+    }
+
+    #[test]
+    fn a_token_enrolls_a_node_once_and_revocations_refuse_it_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::open(dir.path()).unwrap();
+        let fp = "c".repeat(64);
+        let new = NewJoinToken {
+            pool: Some("gpu".into()),
+            ttl_s: None,
+            note: "ci".into(),
+        };
+        let (t, text) = auth.create_token(&new, &fp, "127.0.0.1:8271").unwrap();
+        let node_a = "a".repeat(64);
+        // No token, an unknown token: refused.
+        assert!(auth
+            .admit(&node_a, "n1", None)
+            .unwrap_err()
+            .contains("--join"));
+        let forged = text.replace(&text[5..21], "0000000000000000");
+        assert!(auth
+            .admit(&node_a, "n1", Some(&forged))
+            .unwrap_err()
+            .contains("not known"));
+        // A good token enrolls; the identity is then enough.
+        let a = auth.admit(&node_a, "n1", Some(&text)).unwrap();
+        assert_eq!(
+            a,
+            Admitted {
+                pool: Some("gpu".into()),
+                enrolled: true
+            }
+        );
+        let a = auth.admit(&node_a, "n1", None).unwrap();
+        assert!(!a.enrolled);
+        // The identity is bound to its name; the name to its identity.
+        assert!(auth
+            .admit(&node_a, "n2", None)
+            .unwrap_err()
+            .contains("enrolled as"));
+        let node_b = "b".repeat(64);
+        assert!(auth
+            .admit(&node_b, "n1", Some(&text))
+            .unwrap_err()
+            .contains("belongs to another"));
+        assert_eq!(auth.token_view(&t).joined, 1);
+        // A revoked token enrolls no one more; the node that joined stays.
+        auth.revoke_token(&t.id).unwrap().unwrap();
+        assert!(auth
+            .admit(&node_b, "n2", Some(&text))
+            .unwrap_err()
+            .contains("revoked"));
+        assert!(auth.admit(&node_a, "n1", None).is_ok());
+        // A revoked identity is refused, also after a reopen.
+        auth.revoke_identity("n1").unwrap().unwrap();
+        assert!(auth
+            .admit(&node_a, "n1", None)
+            .unwrap_err()
+            .contains("revoked"));
+        auth.close();
+        let auth = Auth::open(dir.path()).unwrap();
+        assert!(auth
+            .admit(&node_a, "n1", Some(&text))
+            .unwrap_err()
+            .contains("revoked"));
+        assert_eq!(auth.identities().len(), 1);
+        // Expiry and field checks.
+        let short = NewJoinToken {
+            pool: None,
+            ttl_s: Some(5),
+            note: String::new(),
+        };
+        assert_eq!(
+            auth.create_token(&short, &fp, "h:1").unwrap_err().field,
+            "ttl_s"
+        );
+        let bad_pool = NewJoinToken {
+            pool: Some("a b".into()),
+            ttl_s: None,
+            note: String::new(),
+        };
+        assert_eq!(
+            auth.create_token(&bad_pool, &fp, "h:1").unwrap_err().field,
+            "pool"
+        );
     }
 
     #[test]

@@ -194,6 +194,14 @@ pub enum Fact {
         /// Paused or resumed.
         paused: bool,
     },
+    /// An admin set a node's tags (`Some`, replacing the node's own) or
+    /// gave it back its own (`None`).
+    Tagged {
+        /// Node name.
+        node: String,
+        /// The tags.
+        tags: Option<Vec<String>>,
+    },
     /// A user changed a job's priority.
     Priority {
         /// Job.
@@ -226,6 +234,7 @@ impl Fact {
             Fact::Quarantined { .. } => 17,
             Fact::Paused { .. } => 18,
             Fact::Priority { .. } => 19,
+            Fact::Tagged { .. } => 20,
         }
     }
 
@@ -249,7 +258,7 @@ impl Fact {
             | Fact::Blocklisted { job, .. }
             | Fact::Paused { job, .. }
             | Fact::Priority { job, .. } => Some(*job),
-            Fact::Drained { .. } | Fact::Quarantined { .. } => None,
+            Fact::Drained { .. } | Fact::Quarantined { .. } | Fact::Tagged { .. } => None,
         }
     }
 }
@@ -261,6 +270,9 @@ pub struct NodeRecord {
     pub drained: bool,
     /// Quarantined, and why.
     pub quarantined: Option<String>,
+    /// Tags an admin set, replacing the node's own.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
 }
 
 /// The durable state, folded from facts: every job not yet archived and
@@ -309,6 +321,14 @@ impl Recovery {
                 }
                 return;
             }
+            Fact::Tagged { node, tags } => {
+                let n = self.nodes.entry(node.clone()).or_default();
+                n.tags = tags.clone();
+                if *n == NodeRecord::default() {
+                    self.nodes.remove(node);
+                }
+                return;
+            }
             _ => {}
         }
         let Some(job) = fact.job() else { return };
@@ -316,7 +336,10 @@ impl Recovery {
             return;
         };
         match fact {
-            Fact::Accepted { .. } | Fact::Drained { .. } | Fact::Quarantined { .. } => {}
+            Fact::Accepted { .. }
+            | Fact::Drained { .. }
+            | Fact::Quarantined { .. }
+            | Fact::Tagged { .. } => {}
             Fact::Assigned {
                 chunk,
                 epoch,
@@ -541,6 +564,10 @@ mod tests {
                 job: 1,
                 priority: 90,
             },
+            Fact::Tagged {
+                node: "a".into(),
+                tags: Some(vec!["4k".into()]),
+            },
             Fact::Discarded { job: 1 },
         ]
     }
@@ -552,7 +579,7 @@ mod tests {
         let mut kinds: Vec<u8> = facts.iter().map(Fact::kind).collect();
         kinds.sort_unstable();
         kinds.dedup();
-        assert_eq!(kinds, (1..=19).collect::<Vec<u8>>());
+        assert_eq!(kinds, (1..=20).collect::<Vec<u8>>());
         let mut r = Recovery::default();
         for (i, f) in facts.iter().enumerate() {
             r.apply(f);
@@ -594,6 +621,7 @@ mod tests {
             "a retry gives every node another chance"
         );
         assert!(r.nodes["a"].drained);
+        assert_eq!(r.nodes["a"].tags, Some(vec!["4k".to_string()]));
         assert_eq!(r.nodes["b"].quarantined.as_deref(), Some("failing"));
         assert_eq!(j.owner.name, "pipeline");
         assert!(j.paused);

@@ -130,7 +130,15 @@ impl Core {
                 epoch,
                 reason,
                 failed_frame,
-            } => self.chunk_failed(now_ms, node, chunk, epoch, reason, failed_frame, &mut cmds),
+                log_tail,
+            } => {
+                if !log_tail.is_empty() && self.current(node, chunk, epoch).is_some() {
+                    if let Some(j) = self.jobs.get_mut(&chunk.0) {
+                        j.last_log = Some(log_tail);
+                    }
+                }
+                self.chunk_failed(now_ms, node, chunk, epoch, reason, failed_frame, &mut cmds)
+            }
             Event::CancelJob { job } => {
                 if self.jobs.get(&job).is_some_and(|j| !j.state.is_terminal()) {
                     self.finish_job(now_ms, job, JobState::Cancelled, None, &mut cmds);
@@ -161,6 +169,7 @@ impl Core {
             Event::Undrain { name } => self.undrain(now_ms, &name, &mut cmds),
             Event::RetryJob { job } => self.retry(now_ms, job, &mut cmds),
             Event::PauseJob { job, paused } => self.set_paused(now_ms, job, paused, &mut cmds),
+            Event::SetTags { name, tags } => self.set_tags(now_ms, &name, tags, &mut cmds),
             Event::SetPriority { job, priority } => {
                 self.set_priority(now_ms, job, priority, &mut cmds)
             }

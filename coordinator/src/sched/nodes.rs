@@ -65,6 +65,11 @@ impl Core {
             });
             return;
         }
+        let own_tags = caps.tags.clone();
+        let mut caps = caps;
+        if let Some(tags) = self.admin.get(name.as_str()).and_then(|a| a.tags.clone()) {
+            caps.tags = tags;
+        }
         let id = match self.names.get(name.as_str()).copied() {
             Some(id) => {
                 let n = self.node(id).expect("named node exists");
@@ -92,7 +97,7 @@ impl Core {
                 // Unavailable first, so the released chunks cannot come
                 // straight back to the session being replaced.
                 self.set_available(id, false);
-                self.release_node_except(now_ms, id, &keep, cmds);
+                self.release_node_except(now_ms, id, &keep, LOST, cmds);
                 if was_connected {
                     cmds.push(Command::CloseSession {
                         session: old_session,
@@ -102,6 +107,7 @@ impl Core {
                 let n = self.node_mut(id).expect("exists");
                 n.class = class;
                 n.caps = caps;
+                n.own_tags = own_tags;
                 n.node_id = node_id;
                 n.session = session;
                 n.calib_pixel_fps = calibration_pixel_fps(&n.caps);
@@ -125,6 +131,7 @@ impl Core {
                     speed: Default::default(),
                     calib_pixel_fps: calibration_pixel_fps(&caps),
                     caps,
+                    own_tags,
                     awaiting_tail: None,
                     busy_until_ms: now_ms,
                     drained: false,
@@ -464,7 +471,7 @@ impl Core {
     /// Returns every chunk the node holds to its job and tells the node to
     /// stop them (a no-op when its session is gone).
     pub(crate) fn release_node(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
-        self.release_node_except(now_ms, id, &[], cmds);
+        self.release_node_except(now_ms, id, &[], LOST, cmds);
     }
 
     /// [`Core::release_node`], keeping the chunks (at their epochs) in
@@ -474,6 +481,7 @@ impl Core {
         now_ms: u64,
         id: NodeId,
         keep: &[(ChunkKey, u32)],
+        why: &str,
         cmds: &mut Vec<Command>,
     ) {
         let Some(n) = self.node_mut(id) else { return };
@@ -504,7 +512,7 @@ impl Core {
                     epoch: c.epoch,
                 });
             }
-            self.lose_chunk(now_ms, key, "node lost while running the chunk", cmds);
+            self.lose_chunk(now_ms, key, why, cmds);
             touched.push(key.0);
         }
         touched.sort_unstable();
@@ -513,7 +521,12 @@ impl Core {
             self.offer_job(now_ms, j, cmds);
         }
     }
+}
 
+/// Why chunks of a lost node go back.
+const LOST: &str = "node lost while running the chunk";
+
+impl Core {
     /// A node stopped talking or its connection closed.
     pub(crate) fn node_lost(&mut self, now_ms: u64, id: NodeId, cmds: &mut Vec<Command>) {
         // Unavailable first, so its released chunks go to other nodes.
@@ -730,6 +743,56 @@ impl Core {
     /// Whether a node of that name is known (connected now, or remembered).
     pub fn knows_node(&self, name: &str) -> bool {
         self.names.contains_key(name) || self.admin.contains_key(name)
+    }
+
+    /// An admin sets a node's tags (`Some`) or gives it back its own
+    /// (`None`). A connected node moves to the class of its new
+    /// capabilities at once; its running chunks stay; jobs that need the
+    /// tags can take it from its next free slot.
+    pub(crate) fn set_tags(
+        &mut self,
+        now_ms: u64,
+        name: &str,
+        tags: Option<Vec<String>>,
+        cmds: &mut Vec<Command>,
+    ) {
+        self.facts.push(Fact::Tagged {
+            node: name.to_string(),
+            tags: tags.clone(),
+        });
+        self.note_admin(name, |a| a.tags = tags.clone());
+        let Some(id) = self.names.get(name).copied() else {
+            return;
+        };
+        let Some(n) = self.node(id) else { return };
+        let was_connected = n.connected;
+        let mut caps = n.caps.clone();
+        caps.tags = tags.unwrap_or_else(|| n.own_tags.clone());
+        self.set_available(id, false);
+        let class = self.class_for(&caps);
+        let n = self.node_mut(id).expect("exists");
+        n.caps = caps;
+        n.class = class;
+        // Chunks of jobs it can no longer run go back.
+        let keep: Vec<(ChunkKey, u32)> = self.node(id).map_or_else(Vec::new, |n| {
+            n.held
+                .iter()
+                .filter_map(|k| {
+                    let j = self.jobs.get(&k.0)?;
+                    let c = j.live.get(&k.1)?;
+                    j.needs
+                        .iter()
+                        .all(|need| need.met_by(&n.caps))
+                        .then_some((*k, c.epoch))
+                })
+                .collect()
+        });
+        self.release_node_except(now_ms, id, &keep, "the node's tags changed", cmds);
+        if was_connected {
+            self.set_available(id, true);
+            self.refresh_schedulable_all();
+            self.fill_node(now_ms, id, cmds);
+        }
     }
 
     fn note_admin(&mut self, name: &str, change: impl FnOnce(&mut NodeRecord)) {

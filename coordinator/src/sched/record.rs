@@ -426,6 +426,7 @@ impl Core {
             aging_armed: false,
             shrinks_for_priority: 0,
             last_failure: None,
+            last_log: None,
             streak: 0,
             orphans: BTreeMap::new(),
             blocklist_names: Vec::new(),

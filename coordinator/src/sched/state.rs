@@ -91,6 +91,9 @@ pub(crate) struct Node {
     pub node_id: String,
     pub session: u64,
     pub caps: Capabilities,
+    /// The tags the node reported itself (an admin's replace them in
+    /// `caps`).
+    pub own_tags: Vec<String>,
     pub class: ClassId,
     pub connected: bool,
     pub last_heartbeat_ms: u64,
@@ -244,6 +247,8 @@ pub(crate) struct Job {
     pub aging_armed: bool,
     pub shrinks_for_priority: u32,
     pub last_failure: Option<String>,
+    /// The executor's output at the last failure (its tail).
+    pub last_log: Option<String>,
     /// Failures since the job's last stored segment: while any, it runs on
     /// one node at a time (a job whose frames hang or crash must not hold
     /// the farm while it retries).

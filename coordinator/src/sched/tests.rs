@@ -361,6 +361,7 @@ impl Harness {
             epoch: c.epoch,
             reason: "boom".into(),
             failed_frame: frame,
+            log_tail: format!("stderr of {name}: frame {frame:?} panicked"),
         })
     }
 
@@ -1704,4 +1705,55 @@ fn a_raised_priority_is_durable_and_wins_the_next_free_node() {
     h.drain();
     h.assert_exact(low);
     h.assert_exact(mid);
+}
+
+#[test]
+fn a_failed_chunk_shows_its_error_and_the_executors_log_tail() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(100, ""));
+    let (k, s, _) = h.held("a")[0];
+    h.fail("a", k, Some(s));
+    let v = h.view(job);
+    let failed = v
+        .chunks
+        .iter()
+        .find(|c| c.attempts > 0)
+        .unwrap_or_else(|| panic!("{v:?}"));
+    assert_eq!(failed.last_error.as_deref(), Some("a: boom"));
+    assert_eq!(
+        failed.log_tail.as_deref(),
+        Some(format!("stderr of a: frame {:?} panicked", Some(s)).as_str())
+    );
+}
+
+#[test]
+fn tags_an_admin_sets_route_jobs_at_once_and_survive_a_restart() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(40, r#""requirements":{"tags":["4k"]}"#));
+    assert!(h.held("a").is_empty(), "a has no 4k tag");
+    assert_eq!(h.view(job).state, JobState::Unschedulable);
+    h.handle(Event::SetTags {
+        name: "a".into(),
+        tags: Some(vec!["4k".into()]),
+    });
+    assert!(!h.held("a").is_empty(), "tagged: the job runs there now");
+    let nv = &h.core.node_views(h.now)[0];
+    assert_eq!(nv.capabilities.tags, vec!["4k".to_string()]);
+    // Remembered across a restart, over what the node says of itself.
+    let (core, _) = Core::restore(CoreConfig::default(), h.replayed.clone(), h.now);
+    h.core = core;
+    h.nodes[0].chunks.clear();
+    h.connect("a", caps(false, 10.0));
+    assert_eq!(
+        h.core.node_views(h.now)[0].capabilities.tags,
+        vec!["4k".to_string()]
+    );
+    // Given back: the node's own tags again.
+    h.handle(Event::SetTags {
+        name: "a".into(),
+        tags: None,
+    });
+    assert!(h.core.node_views(h.now)[0].capabilities.tags.is_empty());
 }

@@ -327,6 +327,9 @@ pub enum Event {
         reason: String,
         /// The frame that failed, when known.
         failed_frame: Option<u64>,
+        /// The end of the executor's output (stderr), for the API's chunk
+        /// list; empty when there is none.
+        log_tail: String,
     },
     /// A user cancelled a job.
     CancelJob {
@@ -377,6 +380,14 @@ pub enum Event {
         job: JobId,
         /// Pause or resume.
         paused: bool,
+    },
+    /// An admin sets a node's tags (`Some`, replacing its own) or gives
+    /// it back its own (`None`).
+    SetTags {
+        /// Node name.
+        name: String,
+        /// The tags.
+        tags: Option<Vec<String>>,
     },
     /// A user changes a job's priority (0..=100).
     SetPriority {

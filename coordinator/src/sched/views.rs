@@ -21,6 +21,7 @@ fn done_view(start: u64, d: &DoneSegment) -> ChunkView {
         frames_done: d.end - start + 1,
         attempts: 0,
         last_error: None,
+        log_tail: None,
     }
 }
 
@@ -70,7 +71,8 @@ impl Core {
                 node: self.node(c.node).map(|n| n.name.to_string()),
                 frames_done: c.frames_done,
                 attempts: c.failures,
-                last_error: None,
+                last_error: (c.failures > 0).then(|| j.last_failure.clone()).flatten(),
+                log_tail: (c.failures > 0).then(|| j.last_log.clone()).flatten(),
             });
         }
         for (&cid, o) in &j.orphans {
@@ -85,6 +87,7 @@ impl Core {
                 frames_done: 0,
                 attempts: 0,
                 last_error: Some("waiting for its node to reconnect".into()),
+                log_tail: None,
             });
         }
         let pending = j
@@ -103,6 +106,7 @@ impl Core {
                 frames_done: 0,
                 attempts: r.failures,
                 last_error: (r.failures > 0).then(|| j.last_failure.clone()).flatten(),
+                log_tail: (r.failures > 0).then(|| j.last_log.clone()).flatten(),
             });
         }
         chunks.sort_by_key(|c| (c.start, c.index));

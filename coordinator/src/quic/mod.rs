@@ -10,6 +10,11 @@
 //! store verifies and renames; `CommitSegment` makes the segment durable in
 //! the journal; only then does the node hear `Stored`.
 
+pub mod admission;
+pub mod client;
+
+pub use admission::{Connections, HandshakeLimits};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -168,8 +173,20 @@ pub fn bind(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
 ) -> anyhow::Result<quinn::Endpoint> {
-    let mut server =
-        quinn::ServerConfig::with_single_cert(vec![cert], key).context("TLS configuration")?;
+    // Mutual TLS: every peer shows a certificate of its own; admission by
+    // its fingerprint comes with the hello (see `admission`).
+    let crypto = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .context("TLS configuration")?
+    .with_client_cert_verifier(admission::AnyClientCert::new())
+    .with_single_cert(vec![cert], key)
+    .context("TLS configuration")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+            .context("TLS configuration for QUIC")?,
+    ));
     let mut transport = quinn::TransportConfig::default();
     // Uploads per node at once: a node holds at most two chunks, so eight
     // leaves room for retries without letting a peer open hundreds.
@@ -190,20 +207,38 @@ pub fn bind(
     .with_context(|| format!("binding QUIC on {addr}"))
 }
 
-/// Accepts node connections until the endpoint closes. Runs on the actix
+/// What the QUIC endpoint's connections reach.
+#[derive(Clone)]
+pub struct Quic {
+    /// The REST API's state: the scheduler, the store, the keys (client
+    /// streams run the same operations).
+    pub api: Arc<crate::api::Api>,
+    /// Handshake limits.
+    pub limits: HandshakeLimits,
+}
+
+/// Accepts connections until the endpoint closes. Runs on the actix
 /// system's thread (it creates actors).
-pub async fn serve(endpoint: quinn::Endpoint, scheduler: Addr<Scheduler>, store: ArtifactStore) {
+pub async fn serve(endpoint: quinn::Endpoint, quic: Quic) {
     let slots = UploadSlots::new(MAX_UPLOADS_PER_NODE, MAX_UPLOADS_TOTAL);
     while let Some(incoming) = endpoint.accept().await {
-        let scheduler = scheduler.clone();
-        let store = store.clone();
+        let remote = incoming.remote_address();
+        // Over the limits: refused before any crypto is spent on it.
+        let permit = match quic.limits.admit() {
+            Ok(p) => p,
+            Err(why) => {
+                warn!(%remote, "connection refused: {why}");
+                incoming.refuse();
+                continue;
+            }
+        };
+        let quic = quic.clone();
         let slots = slots.clone();
         actix::spawn(async move {
-            let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
-                    if let Err(e) = connection(conn, scheduler, store, slots).await {
-                        warn!(%remote, "node connection ended: {e:#}");
+                    if let Err(e) = connection(conn, quic, slots, permit).await {
+                        warn!(%remote, "connection ended: {e:#}");
                     }
                 }
                 Err(e) => warn!(%remote, "QUIC handshake failed: {e}"),
@@ -214,10 +249,12 @@ pub async fn serve(endpoint: quinn::Endpoint, scheduler: Addr<Scheduler>, store:
 
 async fn connection(
     conn: quinn::Connection,
-    scheduler: Addr<Scheduler>,
-    store: ArtifactStore,
+    quic: Quic,
     slots: UploadSlots,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> anyhow::Result<()> {
+    let scheduler = quic.api.sched.clone();
+    let store = quic.api.store.clone();
     let (mut send, mut recv) =
         tokio::time::timeout(Duration::from_millis(HELLO_TIMEOUT_MS), conn.accept_bi())
             .await
@@ -226,8 +263,13 @@ async fn connection(
         .await
         .context("no stream kind within the hello timeout")?
         .context("reading stream kind")?;
-    if StreamKind::from_byte(kind) != Some(StreamKind::Control) {
-        anyhow::bail!("first stream is of kind {kind}, expected the control stream");
+    match StreamKind::from_byte(kind) {
+        Some(StreamKind::Control) => {}
+        Some(StreamKind::Client) => {
+            drop(permit);
+            return crate::quic::client::serve_client(conn, send, recv, quic.api.clone()).await;
+        }
+        _ => anyhow::bail!("first stream is of kind {kind}, expected the control stream"),
     }
     // The raw preamble comes before any archive, so a peer of any other
     // version learns ours and we learn theirs, whatever the layout of the
@@ -256,11 +298,45 @@ async fn connection(
     .await
     .context("no hello within the hello timeout")??
     .context("stream closed before hello")?;
-    let NodeToCoord::Hello(hello) = hello else {
+    let NodeToCoord::Hello(mut hello) = hello else {
         anyhow::bail!("first message is not a hello");
     };
     info!(node = %hello.name, node_id = %hello.node_id, agent_version = %hello.agent_version,
         running = hello.running.len(), spooled = hello.spooled.len(), "hello");
+    // Who it is: its certificate's identity, or enrolled by its token.
+    let fingerprint =
+        admission::peer_fingerprint(&conn).context("the node presented no client certificate")?;
+    let verdict = if hello.join_token.len() > drover_shared::join::MAX_JOIN_TOKEN_BYTES {
+        Err(format!(
+            "not admitted: the join token is {} bytes; the limit is {}",
+            hello.join_token.len(),
+            drover_shared::join::MAX_JOIN_TOKEN_BYTES
+        ))
+    } else {
+        let auth = quic.api.gate.auth().clone();
+        let (fp, name, token) = (
+            fingerprint.clone(),
+            hello.name.clone(),
+            std::mem::take(&mut hello.join_token),
+        );
+        tokio::task::spawn_blocking(move || {
+            auth.admit(&fp, &name, (!token.is_empty()).then_some(token.as_str()))
+        })
+        .await
+        .context("admission")?
+    };
+    let admitted = match verdict {
+        Ok(a) => a,
+        Err(reason) => {
+            warn!(node = %hello.name, remote = %conn.remote_address(), fingerprint = %fingerprint, "{reason}");
+            refuse_with(&conn, &mut send, &reason, true).await?;
+            anyhow::bail!(reason);
+        }
+    };
+    if let Some(pool) = admitted.pool {
+        hello.capabilities.pool = pool;
+    }
+    drop(permit);
     let (running, spooled) = held_work(&hello);
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<CoordToNode>(SESSION_QUEUE);
@@ -282,10 +358,11 @@ async fn connection(
         Ok(node) => node,
         Err(reason) => {
             session.do_send(crate::actors::Close);
-            refuse(&conn, &mut send, &reason).await?;
+            refuse_with(&conn, &mut send, &reason, false).await?;
             anyhow::bail!(reason);
         }
     };
+    quic.api.connections.insert(&name, &conn);
     // Welcome goes first; assignments the scheduler made meanwhile wait in
     // the channel for the writer below.
     let welcome = codec::write_msg(
@@ -343,6 +420,7 @@ async fn connection(
         }
     };
     session.do_send(crate::actors::Close);
+    quic.api.connections.remove(&name, &conn);
     writer.abort();
     uploads.abort();
     conn.close(close_code::BYE.into(), b"bye");
@@ -379,22 +457,30 @@ fn held_work(hello: &Hello) -> (Vec<RunningReport>, Vec<SpooledReport>) {
     (running, spooled)
 }
 
-/// Sends a refusal on the control stream, lets it reach the node, closes.
-async fn refuse(
+/// Sends a refusal on the control stream, lets it reach the node, closes
+/// (with [`close_code::NOT_ADMITTED`] for a permanent one).
+async fn refuse_with(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     reason: &str,
+    permanent: bool,
 ) -> anyhow::Result<()> {
     codec::write_msg(
         send,
         &CoordToNode::Refused {
             reason: reason.to_string(),
+            permanent,
         },
     )
     .await?;
     send.finish().ok();
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-    conn.close(close_code::REFUSED.into(), b"refused");
+    let code = if permanent {
+        close_code::NOT_ADMITTED
+    } else {
+        close_code::REFUSED
+    };
+    conn.close(code.into(), clip_reason(reason.to_string()).as_bytes());
     Ok(())
 }
 
