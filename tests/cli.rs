@@ -386,8 +386,28 @@ fn a_job_submitted_watched_and_downloaded_with_the_cli() {
     assert_eq!(node["frames_rendered"], json!(8));
     let text = ok(&c, &key, home, &["status", &id.to_string()]);
     assert!(text.contains("frames stored by node: node-1 8"), "{text}");
+
+    // `submit --watch`, the way the issue was found: its final screen
+    // keeps the node's frames too.
+    let out = run(drover(
+        &c,
+        &key,
+        home,
+        &["submit", spec_file.to_str().unwrap(), "--watch"],
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "submit --watch: {stdout}");
+    assert!(stdout.contains("  node-1: 8 frames"), "{stdout}");
+    let last_line = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last_line.ends_with("done: 8/8 frames [node-1=8]"),
+        "{last_line}"
+    );
     c.stop();
-    let _ = dir;
 }
 
 #[test]
@@ -416,7 +436,7 @@ fn keys_made_with_the_cli_hold_to_their_role() {
     ));
     assert!(created.secret.starts_with("drv_"), "{created:?}");
     let viewer = created.secret.clone();
-    let text = run(drover(
+    let out = run(drover(
         &c,
         &admin,
         home,
@@ -430,8 +450,8 @@ fn keys_made_with_the_cli_hold_to_their_role() {
             "film",
         ],
     ));
-    assert!(text.status.success());
-    let secret = String::from_utf8(text.stdout).unwrap();
+    assert!(out.status.success());
+    let secret = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         secret.lines().count(),
         1,
@@ -439,7 +459,7 @@ fn keys_made_with_the_cli_hold_to_their_role() {
     );
     assert!(secret.starts_with("drv_"));
     assert!(
-        String::from_utf8_lossy(&text.stderr).contains("not store"),
+        String::from_utf8_lossy(&out.stderr).contains("not store"),
         "no note that the secret is not stored"
     );
 

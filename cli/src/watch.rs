@@ -276,20 +276,16 @@ pub fn watch(client: &Client, id: u64, quiet: bool) -> anyhow::Result<JobView> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_shared::api::{ChunkKind, ChunkView, JobState};
+    use drover_shared::api::{ChunkView, JobState};
 
+    /// A chunk as the API sends it (fields the display does not read are
+    /// left to their defaults).
     fn chunk(node: &str, start: u64, end: u64, state: ChunkState, done: u64) -> ChunkView {
-        ChunkView {
-            index: Some(start as u32),
-            kind: ChunkKind::Normal,
-            start,
-            end,
-            state,
-            node: Some(node.into()),
-            frames_done: done,
-            attempts: 0,
-            last_error: None,
-        }
+        serde_json::from_value(serde_json::json!({
+            "index": start, "start": start, "end": end, "state": state,
+            "node": node, "frames_done": done, "attempts": 0, "last_error": null,
+        }))
+        .unwrap()
     }
 
     fn job(state: JobState, chunks: Vec<ChunkView>, by_node: &[(&str, u64)]) -> JobView {
