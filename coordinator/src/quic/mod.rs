@@ -301,6 +301,13 @@ async fn connection(
     let NodeToCoord::Hello(mut hello) = hello else {
         anyhow::bail!("first message is not a hello");
     };
+    // Every string and list it sends within its bounds, or no session.
+    if let Err(v) = hello.validate() {
+        let reason = format!("invalid hello: {v}");
+        warn!(remote = %conn.remote_address(), "{reason}");
+        refuse_with(&conn, &mut send, &reason, true).await?;
+        anyhow::bail!(reason);
+    }
     info!(node = %hello.name, node_id = %hello.node_id, agent_version = %hello.agent_version,
         running = hello.running.len(), spooled = hello.spooled.len(), "hello");
     // Who it is: its certificate's identity, or enrolled by its token.
@@ -412,7 +419,18 @@ async fn connection(
             Ok(Some(_)) if !session.connected() => {
                 break Err(anyhow::anyhow!("the session of {name} has ended"))
             }
-            Ok(Some(msg)) => session.do_send(Inbound(msg)),
+            Ok(Some(msg)) => match msg.validate() {
+                Ok(()) => session.do_send(Inbound(msg)),
+                // A peer breaking the protocol's bounds is cut off; it
+                // reconnects (with its work) if it was a glitch.
+                Err(v) => {
+                    conn.close(
+                        close_code::REFUSED.into(),
+                        clip_reason(format!("protocol violation: {v}")).as_bytes(),
+                    );
+                    break Err(anyhow::anyhow!("{name} broke the protocol: {v}"));
+                }
+            },
             Ok(None) => break Ok(()),
             Err(e) => {
                 break Err(anyhow::Error::from(e).context(format!("control stream of {name}")))
@@ -596,6 +614,9 @@ pub async fn upload<G: UploadGate>(
         })
         .await
         .context("no upload header within the timeout")??;
+    header
+        .validate()
+        .map_err(|v| anyhow::anyhow!("invalid upload header: {v}"))?;
     let c = header.chunk;
     let (admission, admitted) = admit(&header, &store, &scheduler, &slots, node).await?;
     if let UploadAdmission::NotNeeded { reason }
