@@ -610,3 +610,89 @@ fn completions_and_help_cover_every_client_command() {
         }
     }
 }
+
+#[test]
+fn admission_tags_and_quic_submission_with_the_cli() {
+    let _g = serial();
+    let (dir, mut c) = farm(0);
+    let home = dir.path();
+    let admin = c.admin_key().unwrap();
+    // A join token made with the CLI is a new node's only flag.
+    let token = ok(
+        &c,
+        &admin,
+        home,
+        &["join-tokens", "create", "--note", "cli"],
+    );
+    let token = token.trim().to_string();
+    assert!(token.starts_with("drj1_"), "{token}");
+    let listed: Vec<Value> = json_of(&ok(&c, &admin, home, &["join-tokens", "list", "--json"]));
+    assert!(listed.iter().any(|t| t["note"] == "cli"), "{listed:?}");
+    let data = dir.path().join("joined");
+    let mut node = std::process::Command::new(BIN)
+        .args(["node", "--join", &token, "--name", "joined", "--data"])
+        .arg(&data)
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = c.client();
+    drover_cli::cluster::wait_for(Duration::from_secs(90), "the joined node", || {
+        Ok(client
+            .nodes()?
+            .iter()
+            .any(|n| n.name == "joined" && n.connected)
+            .then_some(()))
+    })
+    .unwrap();
+    let ids: Vec<Value> = json_of(&ok(&c, &admin, home, &["identities", "list", "--json"]));
+    assert!(ids.iter().any(|i| i["name"] == "joined"), "{ids:?}");
+    // Tags set with the CLI replace the node's own.
+    let n: Value = json_of(&ok(
+        &c,
+        &admin,
+        home,
+        &["tags", "joined", "4k,fast", "--json"],
+    ));
+    assert_eq!(n["capabilities"]["tags"], json!(["4k", "fast"]));
+    // A job submitted over QUIC runs and shows up over REST.
+    let spec_path = home.join("quic.json");
+    std::fs::write(&spec_path, spec("over quic", 8).to_string()).unwrap();
+    let sub: Value = json_of(&ok(
+        &c,
+        &admin,
+        home,
+        &[
+            "submit",
+            spec_path.to_str().unwrap(),
+            "--quic",
+            &c.addrs.quic.to_string(),
+            "--cert-sha256",
+            &c.addrs.cert_sha256.clone(),
+            "--json",
+        ],
+    ));
+    let id = sub["id"].as_u64().unwrap();
+    let v: Value = json_of(&ok(
+        &c,
+        &admin,
+        home,
+        &["status", &id.to_string(), "--json"],
+    ));
+    assert_eq!(v["name"], "over quic");
+    // Revoked with the CLI: the node is cut off and stops, saying why.
+    ok(&c, &admin, home, &["identities", "revoke", "joined"]);
+    let status =
+        drover_cli::cluster::wait_for(Duration::from_secs(60), "the revoked node to stop", || {
+            Ok(node.try_wait()?)
+        })
+        .unwrap();
+    assert!(!status.success());
+    let err = fails(&c, &admin, home, &["identities", "revoke", "nobody"]);
+    assert!(err.contains("404"), "{err}");
+    c.stop();
+}

@@ -527,6 +527,60 @@ impl Client {
         Ok(self.check(r)?.into_json()?)
     }
 
+    /// `GET /v1/join-tokens`.
+    pub fn join_tokens(&self) -> anyhow::Result<Vec<drover_shared::api::JoinTokenView>> {
+        let r = self.req("GET", "/v1/join-tokens").call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `POST /v1/join-tokens`: the token, shown this once.
+    pub fn create_join_token(
+        &self,
+        new: &drover_shared::api::NewJoinToken,
+    ) -> anyhow::Result<drover_shared::api::JoinTokenCreated> {
+        let r = self.req("POST", "/v1/join-tokens").send_json(new);
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `DELETE /v1/join-tokens/{id}`.
+    pub fn revoke_join_token(&self, id: &str) -> anyhow::Result<drover_shared::api::JoinTokenView> {
+        let r = self
+            .req("DELETE", &format!("/v1/join-tokens/{}", percent(id)))
+            .call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `GET /v1/identities`.
+    pub fn identities(&self) -> anyhow::Result<Vec<drover_shared::api::IdentityView>> {
+        let r = self.req("GET", "/v1/identities").call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `DELETE /v1/identities/{fingerprint or node name}`.
+    pub fn revoke_identity(&self, id: &str) -> anyhow::Result<drover_shared::api::IdentityView> {
+        let r = self
+            .req("DELETE", &format!("/v1/identities/{}", percent(id)))
+            .call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `PUT /v1/nodes/{name}/tags`: the node (or `None` when it is not
+    /// connected and the tags are remembered).
+    pub fn set_node_tags(
+        &self,
+        name: &str,
+        tags: Option<Vec<String>>,
+    ) -> anyhow::Result<Option<NodeView>> {
+        let r = self
+            .req("PUT", &format!("/v1/nodes/{}/tags", percent(name)))
+            .send_json(drover_shared::api::NodeTags { tags });
+        let resp = self.check(r)?;
+        if resp.status() == 202 {
+            return Ok(None);
+        }
+        Ok(Some(resp.into_json()?))
+    }
+
     /// `GET /v1/events`: the event stream, following on across dropped
     /// connections (see [`crate::events::EventStream`]).
     pub fn events(

@@ -49,9 +49,60 @@ pub struct SubmitArgs {
     /// print the job as it ended instead of the submission).
     #[arg(long)]
     pub watch: bool,
+    /// Submit over the coordinator's QUIC endpoint instead of REST (same
+    /// key, same checks and errors); HOST:PORT, default 127.0.0.1:8271.
+    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = drover_shared::config::DEFAULT_QUIC_ADDR)]
+    pub quic: Option<String>,
+    /// With --quic: pin the coordinator by its certificate's SHA-256 (hex)
+    /// (default: the certificate in the local coordinator's data dir).
+    #[arg(long, env = "DROVER_CERT_SHA256", requires = "quic")]
+    pub cert_sha256: Option<String>,
+    /// With --quic: pin the coordinator by its certificate file.
+    #[arg(
+        long,
+        env = "DROVER_CERT",
+        requires = "quic",
+        conflicts_with = "cert_sha256"
+    )]
+    pub cert: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub c: ClientArgs,
+}
+
+/// Submits `spec` over QUIC with the key from the environment.
+fn submit_quic(
+    a: &SubmitArgs,
+    addr: &str,
+    spec: &serde_json::Value,
+) -> anyhow::Result<drover_shared::api::Submitted> {
+    use std::net::ToSocketAddrs;
+    let addr = addr
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {addr:?}"))?
+        .next()
+        .with_context(|| format!("{addr:?} resolves to no address"))?;
+    let trust = match (&a.cert_sha256, &a.cert) {
+        (Some(fp), _) => drover_node::tls::Trust::Fingerprint(fp.clone()),
+        (None, Some(p)) => drover_node::tls::Trust::CertFile(p.clone()),
+        (None, None) => drover_node::tls::Trust::CertFile(
+            directories::ProjectDirs::from("", "", "drover")
+                .map(|d| d.data_dir().to_path_buf())
+                .unwrap_or_else(|| PathBuf::from(".drover"))
+                .join("coordinator")
+                .join(drover_shared::config::CERT_FILE),
+        ),
+    };
+    let key = crate::client::api_key_from_env()?.unwrap_or_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut q = crate::quic_client::QuicClient::connect(addr, &trust, &key).await?;
+            let sub = q.submit_json(spec).await;
+            q.close();
+            sub
+        })
 }
 
 /// The job states a list can be filtered by.
@@ -425,7 +476,10 @@ pub fn load_spec(file: &Path) -> anyhow::Result<serde_json::Value> {
 pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     let client = a.c.client()?;
     let spec = load_spec(&a.file)?;
-    let sub = client.submit_json(&spec)?;
+    let sub = match &a.quic {
+        Some(addr) => submit_quic(&a, addr, &spec)?,
+        None => client.submit_json(&spec)?,
+    };
     if a.c.json && !a.watch {
         return print_json(&sub);
     }
@@ -1000,5 +1054,212 @@ mod tests {
                 "node": "n2", "data": {"reason": "3 jobs failed in a row"}}),
             "1970-01-01 00:00:00 1.5      node.quarantined node n2: 3 jobs failed in a row",
         );
+    }
+}
+
+/// `drover join-tokens ...`: tokens new nodes join with.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokensCmd {
+    /// Every join token (never their secrets).
+    #[command(after_help = "Example:\n  drover join-tokens list")]
+    List {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        c: ClientArgs,
+    },
+    /// Create a join token; it is printed this once (the coordinator keeps
+    /// only its hash). A new node needs nothing else: `drover node --join
+    /// TOKEN`.
+    #[command(
+        after_help = "Example:\n  drover join-tokens create --pool gpu --ttl-s 86400 --note \"rack 4\" > join.token\n  # on the render machine:\n  drover node --join \"$(cat join.token)\""
+    )]
+    Create {
+        /// Pool of the nodes that join with it (default: the node's own
+        /// --pool).
+        #[arg(long)]
+        pool: Option<String>,
+        /// Seconds it stays valid (60 to 31536000; default: until revoked).
+        #[arg(long, value_name = "S")]
+        ttl_s: Option<u64>,
+        /// What it is for.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        c: ClientArgs,
+    },
+    /// Revoke a join token: no node joins with it any more (nodes that
+    /// joined keep their identities).
+    #[command(after_help = "Example:\n  drover join-tokens revoke 5e0c9a1b2d3f4e5a")]
+    Revoke {
+        /// Token id (as `drover join-tokens list` shows it).
+        id: String,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        c: ClientArgs,
+    },
+}
+
+/// `drover identities ...`: the certificates nodes joined with.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum IdentitiesCmd {
+    /// Every node identity.
+    #[command(after_help = "Example:\n  drover identities list")]
+    List {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        c: ClientArgs,
+    },
+    /// Revoke a node's identity: it is cut off at once, its chunks go back
+    /// to the queue, and it is refused at every later handshake.
+    #[command(after_help = "Example:\n  drover identities revoke gpu-07")]
+    Revoke {
+        /// The node name, or its certificate fingerprint.
+        node: String,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        c: ClientArgs,
+    },
+}
+
+/// `drover tags`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TagsArgs {
+    /// Node name.
+    pub node: String,
+    /// The node's tags from now on, comma-separated, replacing what it
+    /// reports itself.
+    #[arg(
+        value_delimiter = ',',
+        required_unless_present = "clear",
+        value_name = "TAG,..."
+    )]
+    pub tags: Vec<String>,
+    /// Give the node back its own tags.
+    #[arg(long, conflicts_with = "tags")]
+    pub clear: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub c: ClientArgs,
+}
+
+fn print_tokens(tokens: &[drover_shared::api::JoinTokenView]) {
+    println!(
+        "{:<18} {:<12} {:>6}  {:<19}  {:<19}  {:<19}  NOTE",
+        "ID", "POOL", "JOINED", "CREATED (UTC)", "EXPIRES (UTC)", "REVOKED"
+    );
+    for t in tokens {
+        println!(
+            "{:<18} {:<12} {:>6}  {:<19}  {:<19}  {:<19}  {}",
+            t.id,
+            t.pool.as_deref().unwrap_or("(node's)"),
+            t.joined,
+            utc(t.created_ms),
+            t.expires_ms.map(utc).unwrap_or_else(|| "never".into()),
+            t.revoked_ms.map(utc).unwrap_or_default(),
+            t.note
+        );
+    }
+}
+
+/// `drover join-tokens ...`.
+pub fn join_tokens(cmd: TokensCmd) -> anyhow::Result<()> {
+    match cmd {
+        TokensCmd::List { c } => {
+            let t = c.client()?.join_tokens()?;
+            if c.json {
+                return print_json(&t);
+            }
+            print_tokens(&t);
+            Ok(())
+        }
+        TokensCmd::Create {
+            pool,
+            ttl_s,
+            note,
+            c,
+        } => {
+            let created = c
+                .client()?
+                .create_join_token(&drover_shared::api::NewJoinToken { pool, ttl_s, note })?;
+            if c.json {
+                return print_json(&created);
+            }
+            println!("{}", created.secret);
+            eprintln!(
+                "created join token {} (pool {}). This is the only time it is shown: keep it, and start nodes with `drover node --join TOKEN`.",
+                created.token.id,
+                created.token.pool.as_deref().unwrap_or("(the node's own)")
+            );
+            Ok(())
+        }
+        TokensCmd::Revoke { id, c } => {
+            let t = c.client()?.revoke_join_token(&id)?;
+            if c.json {
+                return print_json(&t);
+            }
+            println!("join token {} revoked", t.id);
+            Ok(())
+        }
+    }
+}
+
+/// `drover identities ...`.
+pub fn identities(cmd: IdentitiesCmd) -> anyhow::Result<()> {
+    match cmd {
+        IdentitiesCmd::List { c } => {
+            let ids = c.client()?.identities()?;
+            if c.json {
+                return print_json(&ids);
+            }
+            println!(
+                "{:<20} {:<18} {:<12} {:<18} {:<19}  REVOKED",
+                "NODE", "FINGERPRINT", "POOL", "TOKEN", "JOINED (UTC)"
+            );
+            for i in &ids {
+                println!(
+                    "{:<20} {:<18} {:<12} {:<18} {:<19}  {}",
+                    i.name,
+                    &i.fingerprint[..16.min(i.fingerprint.len())],
+                    i.pool.as_deref().unwrap_or("-"),
+                    i.token,
+                    utc(i.enrolled_ms),
+                    i.revoked_ms.map(utc).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        IdentitiesCmd::Revoke { node, c } => {
+            let i = c.client()?.revoke_identity(&node)?;
+            if c.json {
+                return print_json(&i);
+            }
+            println!(
+                "identity of node {} revoked: it is cut off and refused from now on",
+                i.name
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `drover tags`.
+pub fn tags(a: TagsArgs) -> anyhow::Result<()> {
+    let tags = (!a.clear).then_some(a.tags);
+    let node = a.c.client()?.set_node_tags(&a.node, tags)?;
+    match (node, a.c.json) {
+        (Some(n), true) => print_json(&n),
+        (Some(n), false) => {
+            println!("node {} tags: {}", n.name, n.capabilities.tags.join(","));
+            Ok(())
+        }
+        (None, true) => print_json(&serde_json::json!({ "status": "remembered" })),
+        (None, false) => {
+            println!(
+                "node {} is not connected; its tags apply when it is",
+                a.node
+            );
+            Ok(())
+        }
     }
 }

@@ -213,6 +213,17 @@ enum Cmd {
         after_help = "Example:\n  drover keys list\n  drover keys create ci --role viewer\n  drover keys revoke 3f2a9c1d"
     )]
     Keys(commands::KeysCmd),
+    /// Join tokens for new nodes (admin).
+    #[command(subcommand, name = "join-tokens")]
+    JoinTokens(commands::TokensCmd),
+    /// Node identities: the certificates nodes joined with (admin).
+    #[command(subcommand)]
+    Identities(commands::IdentitiesCmd),
+    /// Set a node's tags, replacing what it reports itself (admin).
+    #[command(after_help = "Example:
+  drover tags gpu-07 4k,fast
+  drover tags gpu-07 --clear     # its own tags again")]
+    Tags(commands::TagsArgs),
     /// Follow the coordinator's events (job and node changes), one line
     /// each.
     #[command(
@@ -439,6 +450,18 @@ fn main() -> anyhow::Result<()> {
         Cmd::Keys(cmd) => {
             init_logs("warn");
             commands::keys(cmd)
+        }
+        Cmd::JoinTokens(cmd) => {
+            init_logs("warn");
+            commands::join_tokens(cmd)
+        }
+        Cmd::Identities(cmd) => {
+            init_logs("warn");
+            commands::identities(cmd)
+        }
+        Cmd::Tags(a) => {
+            init_logs("warn");
+            commands::tags(a)
         }
         Cmd::Events(a) => {
             init_logs("warn");

@@ -209,18 +209,35 @@ pub async fn revoke_key(
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<KeyView>> {
     caller.require(Role::Admin)?;
-    let id = path.into_inner();
+    let k = revoke_with(&api, "key", path.into_inner(), |a, id| a.revoke_key(id)).await?;
+    Ok(web::Json(k.view()))
+}
+
+/// Runs a revocation on the blocking pool: the revoked record, or 404
+/// naming `what` and `id`, or 500.
+async fn revoke_with<T: Send + 'static>(
+    api: &Api,
+    what: &str,
+    id: String,
+    revoke: impl FnOnce(&crate::auth::Auth, &str) -> anyhow::Result<Option<T>> + Send + 'static,
+) -> ApiResult<T> {
     let auth = api.gate.auth().clone();
     let id2 = id.clone();
-    match web::block(move || auth.revoke_key(&id2)).await {
-        Ok(Ok(Some(k))) => Ok(web::Json(k.view())),
+    match web::block(move || revoke(&auth, &id2)).await {
+        Ok(Ok(Some(t))) => Ok(t),
         Ok(Ok(None)) => Err(Problem::not_found(
-            "no such key",
-            format!("no key has id {id:?}"),
+            &format!("no such {what}"),
+            format!("no {what} has id {id:?}"),
             "id",
         )),
-        Ok(Err(e)) => Err(Problem::internal("key not revoked", format!("{e:#}"))),
-        Err(e) => Err(Problem::internal("key not revoked", e.to_string())),
+        Ok(Err(e)) => Err(Problem::internal(
+            &format!("{what} not revoked"),
+            format!("{e:#}"),
+        )),
+        Err(e) => Err(Problem::internal(
+            &format!("{what} not revoked"),
+            e.to_string(),
+        )),
     }
 }
 
@@ -279,19 +296,11 @@ pub async fn revoke_token(
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<JoinTokenView>> {
     caller.require(Role::Admin)?;
-    let id = path.into_inner();
-    let auth = api.gate.auth().clone();
-    let id2 = id.clone();
-    match web::block(move || auth.revoke_token(&id2)).await {
-        Ok(Ok(Some(t))) => Ok(web::Json(api.gate.auth().token_view(&t))),
-        Ok(Ok(None)) => Err(Problem::not_found(
-            "no such join token",
-            format!("no join token has id {id:?}"),
-            "id",
-        )),
-        Ok(Err(e)) => Err(Problem::internal("token not revoked", format!("{e:#}"))),
-        Err(e) => Err(Problem::internal("token not revoked", e.to_string())),
-    }
+    let t = revoke_with(&api, "join token", path.into_inner(), |a, id| {
+        a.revoke_token(id)
+    })
+    .await?;
+    Ok(web::Json(api.gate.auth().token_view(&t)))
 }
 
 /// Every node identity (the certificates nodes joined with).
@@ -327,26 +336,16 @@ pub async fn revoke_identity(
     api: web::Data<Api>,
 ) -> ApiResult<web::Json<IdentityView>> {
     caller.require(Role::Admin)?;
-    let id = path.into_inner();
-    let auth = api.gate.auth().clone();
-    let id2 = id.clone();
-    match web::block(move || auth.revoke_identity(&id2)).await {
-        Ok(Ok(Some(i))) => {
-            api.connections.kick(
-                &i.name,
-                drover_protocol::close_code::REVOKED,
-                "this node's identity was revoked by an admin",
-            );
-            Ok(web::Json(i.view()))
-        }
-        Ok(Ok(None)) => Err(Problem::not_found(
-            "no such identity",
-            format!("no node identity has fingerprint or name {id:?}"),
-            "id",
-        )),
-        Ok(Err(e)) => Err(Problem::internal("identity not revoked", format!("{e:#}"))),
-        Err(e) => Err(Problem::internal("identity not revoked", e.to_string())),
-    }
+    let i = revoke_with(&api, "node identity", path.into_inner(), |a, id| {
+        a.revoke_identity(id)
+    })
+    .await?;
+    api.connections.kick(
+        &i.name,
+        drover_protocol::close_code::REVOKED,
+        "this node's identity was revoked by an admin",
+    );
+    Ok(web::Json(i.view()))
 }
 
 /// Most tags an admin may set on a node.

@@ -12,7 +12,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use drover_shared::api::Role;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -95,21 +95,6 @@ fn unauthorized(e: &AuthError) -> HttpResponse {
     r
 }
 
-/// A too-many-requests answer with `Retry-After`.
-pub fn too_many(detail: String, field: &str, retry_after_s: u64) -> HttpResponse {
-    let mut r = problem(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too many requests",
-        detail,
-        Some(field),
-    );
-    r.headers_mut().insert(
-        actix_web::http::header::RETRY_AFTER,
-        actix_web::http::header::HeaderValue::from(retry_after_s.max(1)),
-    );
-    r
-}
-
 /// The middleware (`middleware::from_fn(gate)`).
 pub async fn gate(
     req: ServiceRequest,
@@ -136,7 +121,7 @@ pub async fn gate(
         Err(e) => return Ok(req.into_response(unauthorized(&e)).map_into_right_body()),
     };
     if let Err(wait) = gate.take(&principal) {
-        let r = too_many(
+        let r = Problem::too_many(
             format!(
                 "key {} is limited to {} requests per second (burst {}); retry in {wait} s",
                 principal.key_id,
@@ -145,7 +130,8 @@ pub async fn gate(
             ),
             "rate_per_s",
             wait,
-        );
+        )
+        .error_response();
         return Ok(req.into_response(r).map_into_right_body());
     }
     req.extensions_mut().insert(principal);
@@ -206,20 +192,7 @@ impl FromRequest for Caller {
     type Future = std::future::Ready<Result<Caller, Problem>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        std::future::ready(
-            req.extensions()
-                .get::<Principal>()
-                .cloned()
-                .map(Caller)
-                .ok_or_else(|| {
-                    Problem::new(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        AuthError::Missing.to_string(),
-                        Some("authorization"),
-                    )
-                }),
-        )
+        std::future::ready(principal(req))
     }
 }
 
@@ -233,8 +206,13 @@ pub struct AdminCaller(pub Caller);
 pub struct SubmitterCaller(pub Caller);
 
 fn with_role(req: &HttpRequest, role: Role) -> Result<Caller, Problem> {
-    let c = req
-        .extensions()
+    let c = principal(req)?;
+    c.require(role)?;
+    Ok(c)
+}
+
+fn principal(req: &HttpRequest) -> Result<Caller, Problem> {
+    req.extensions()
         .get::<Principal>()
         .cloned()
         .map(Caller)
@@ -245,9 +223,7 @@ fn with_role(req: &HttpRequest, role: Role) -> Result<Caller, Problem> {
                 AuthError::Missing.to_string(),
                 Some("authorization"),
             )
-        })?;
-    c.require(role)?;
-    Ok(c)
+        })
 }
 
 impl FromRequest for AdminCaller {

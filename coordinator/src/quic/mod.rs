@@ -78,7 +78,7 @@ pub fn load_or_create_identity(
             .context("generating the coordinator certificate")?;
         std::fs::write(&cert_path, ck.cert.der())
             .with_context(|| format!("writing {}", cert_path.display()))?;
-        write_private(&key_path, &ck.signing_key.serialize_der())?;
+        crate::auth::secret::write_private(&key_path, &ck.signing_key.serialize_der())?;
         info!(cert = %cert_path.display(), "created a self-signed certificate");
     }
     let cert =
@@ -99,20 +99,6 @@ pub fn cert_fingerprint(der: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(der))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
-}
 
 /// File in the data dir holding the secret stateless resets are derived
 /// from.
@@ -132,7 +118,7 @@ fn endpoint_config(data_dir: &Path) -> anyhow::Result<quinn::EndpointConfig> {
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s)
                 .map_err(|_| anyhow::anyhow!("no system randomness for the QUIC reset key"))?;
             let _ = std::fs::remove_file(&path);
-            write_private(&path, &s)?;
+            crate::auth::secret::write_private(&path, &s)?;
             s
         }
     };
