@@ -549,6 +549,28 @@ fn a_client_that_disconnects_and_resumes_with_last_event_id_misses_no_event() {
         chunks,
         "{kinds:?}"
     );
+    // A browser's EventSource sends no header: a signed link opens the
+    // stream as the key that asked for it, until it expires.
+    let link = call(
+        &base,
+        "GET",
+        &format!("/v1/events/link?job={job}"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(link.status, 200, "{:?}", link.body);
+    let url = link.body["url"].as_str().unwrap().to_string();
+    let r = ureq::get(&format!("{base}{url}")).call().unwrap();
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    drop(r);
+    let a = call(
+        &base,
+        "GET",
+        &url.replace(&format!("job={job}"), "job=999"),
+        None,
+        None,
+    );
+    assert_eq!(a.status, 403, "another job's stream with this link");
     // After a restart an old id cannot be resumed exactly: a reset comes
     // first.
     c.restart_coordinator().unwrap();

@@ -954,7 +954,7 @@ mod tests {
         );
         check(
             &[(1, 4, Done), (5, 10, Assigned)],
-            Err("chunk ChunkView { index: Some(0), kind: Normal, start: 5, end: 10, state: Assigned, node: Some(\"n\"), frames_done: 6, attempts: 0, last_error: None } is not done; frames 5-10 are in no done chunk"),
+            Err("chunk ChunkView { index: Some(0), kind: Normal, start: 5, end: 10, state: Assigned, node: Some(\"n\"), frames_done: 6, attempts: 0, last_error: None, log_tail: None } is not done; frames 5-10 are in no done chunk"),
         );
     }
 

@@ -157,7 +157,7 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         None => advertised(quic_addr),
     };
 
-    let gate = crate::auth::http::Gate::new(auth.clone());
+    let gate = crate::auth::http::Gate::new(auth.clone()).with_links(links.clone());
     let api = std::sync::Arc::new(crate::api::Api {
         sched: scheduler.clone(),
         gate: gate.clone(),

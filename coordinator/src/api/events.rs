@@ -89,6 +89,77 @@ pub struct EventQuery {
     /// Resume after this event id (as the `Last-Event-ID` header does,
     /// for clients that cannot set headers).
     last_event_id: Option<String>,
+    /// A signed link's key id (see `GET /v1/events/link`). The link's
+    /// three fields are checked by the gate, which opens the stream as
+    /// that key.
+    #[allow(dead_code)]
+    key: Option<String>,
+    /// A signed link's expiry, seconds since the Unix epoch.
+    #[allow(dead_code)]
+    expires: Option<u64>,
+    /// A signed link's signature.
+    #[allow(dead_code)]
+    sig: Option<String>,
+}
+
+/// What a stream link is for.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LinkQuery {
+    /// Only events of this job.
+    job: Option<u64>,
+    /// Only these kinds, comma-separated.
+    kinds: Option<String>,
+    /// Seconds the link may be opened (and reopened) for, 60..=86400
+    /// (default 3600).
+    ttl_s: Option<u64>,
+}
+
+/// A signed link to the event stream.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StreamLink {
+    /// `/v1/events?...&sig=...`: opens the stream as the key that asked,
+    /// with no header (for a browser's `EventSource`).
+    pub url: String,
+    /// It can be opened until then, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// A link to the event stream that needs no `Authorization` header, for a
+/// browser's `EventSource` (which cannot send one): it opens the stream as
+/// the calling key, with its filters, until it expires. Reconnecting
+/// (with `Last-Event-ID`) works with the same link until then.
+#[utoipa::path(operation_id = "event_stream_link",
+    tag = "events",
+    params(LinkQuery),
+    responses((status = 200, body = StreamLink), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc))
+)]
+#[get("/v1/events/link")]
+pub async fn stream_link(
+    caller: Caller,
+    q: web::Query<LinkQuery>,
+    api: web::Data<Api>,
+) -> ApiResult<web::Json<StreamLink>> {
+    let q = q.into_inner();
+    let ttl = q.ttl_s.unwrap_or(3_600);
+    if !(60..=86_400).contains(&ttl) {
+        return Err(Problem::bad_request(
+            "invalid query",
+            format!("ttl_s {ttl}; it must be 60..=86400"),
+            "ttl_s",
+        ));
+    }
+    if let Some(job) = q.job {
+        visible_job(&api, &caller, job).await?;
+    }
+    let (url, expires_at) = api.links.sign_stream(
+        &caller.key_id,
+        q.job,
+        q.kinds.as_deref().unwrap_or_default(),
+        ttl,
+    );
+    Ok(web::Json(StreamLink { url, expires_at }))
 }
 
 struct Filter {

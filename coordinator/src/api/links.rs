@@ -24,6 +24,32 @@ pub const MIN_TTL_S: u64 = 60;
 /// Longest: a week.
 pub const MAX_TTL_S: u64 = 7 * 86_400;
 
+fn tampered() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "invalid link",
+        "the link's signature does not match: it was altered, or not made by this coordinator"
+            .into(),
+        Some("sig"),
+    )
+}
+
+fn not_expired(expires: u64) -> Result<(), Problem> {
+    let now = now_s();
+    if now > expires {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "link expired",
+            format!(
+                "the link expired {} s ago (expires={expires}); ask the API for a new one",
+                now - expires
+            ),
+            Some("expires"),
+        ));
+    }
+    Ok(())
+}
+
 /// Signs and checks links.
 #[derive(Clone)]
 pub struct Links {
@@ -78,34 +104,63 @@ impl Links {
         format!("/v1/downloads/{job}/{name}?expires={expires}&sig={sig}")
     }
 
+    fn stream_mac(&self, key: &str, job: Option<u64>, kinds: &str, expires: u64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key size");
+        let job = job.map(|j| j.to_string()).unwrap_or_default();
+        mac.update(format!("events\n{key}\n{job}\n{kinds}\n{expires}").as_bytes());
+        mac
+    }
+
+    /// A link to the event stream for a browser's `EventSource` (which
+    /// cannot send a key): it opens the stream as key `key` would, with
+    /// these filters, until it expires.
+    pub fn sign_stream(
+        &self,
+        key: &str,
+        job: Option<u64>,
+        kinds: &str,
+        ttl_s: u64,
+    ) -> (String, u64) {
+        let expires = now_s() + ttl_s;
+        let sig = hex::encode(
+            self.stream_mac(key, job, kinds, expires)
+                .finalize()
+                .into_bytes(),
+        );
+        let mut url = format!("/v1/events?key={key}&expires={expires}&sig={sig}");
+        if let Some(j) = job {
+            url.push_str(&format!("&job={j}"));
+        }
+        if !kinds.is_empty() {
+            url.push_str(&format!("&kinds={}", super::admin::percent(kinds)));
+        }
+        (url, expires)
+    }
+
+    /// Checks a stream link: 403 if altered, 410 once expired.
+    pub fn check_stream(
+        &self,
+        key: &str,
+        job: Option<u64>,
+        kinds: &str,
+        expires: u64,
+        sig: &str,
+    ) -> Result<(), Problem> {
+        let raw = hex::decode(sig).map_err(|_| tampered())?;
+        self.stream_mac(key, job, kinds, expires)
+            .verify_slice(&raw)
+            .map_err(|_| tampered())?;
+        not_expired(expires)
+    }
+
     /// Checks a link's signature, then its expiry: 403 for a link that was
     /// altered or not made here, 410 for one that expired.
     pub fn check(&self, job: u64, name: &str, expires: u64, sig: &str) -> Result<(), Problem> {
-        let tampered = || {
-            Problem::new(
-                StatusCode::FORBIDDEN,
-                "invalid download link",
-                "the link's signature does not match: it was altered, or not made by this coordinator".into(),
-                Some("sig"),
-            )
-        };
         let raw = hex::decode(sig).map_err(|_| tampered())?;
         self.mac(job, name, expires)
             .verify_slice(&raw)
             .map_err(|_| tampered())?;
-        let now = now_s();
-        if now > expires {
-            return Err(Problem::new(
-                StatusCode::GONE,
-                "download link expired",
-                format!(
-                    "the link expired {} s ago (expires={expires}); ask the API for a new one",
-                    now - expires
-                ),
-                Some("expires"),
-            ));
-        }
-        Ok(())
+        not_expired(expires)
     }
 }
 

@@ -102,6 +102,7 @@ routes!(
     jobs::download,
     jobs::webhooks,
     events::events,
+    events::stream_link,
     admin::list_nodes,
     admin::get_node,
     admin::drain_node,

@@ -34,6 +34,19 @@ pub fn is_public(path: &str) -> bool {
 pub struct Gate {
     auth: Auth,
     limits: Arc<Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>>,
+    /// Checks signed event-stream links (a browser's `EventSource` sends
+    /// no header).
+    links: Option<crate::api::links::Links>,
+}
+
+/// What a signed event-stream link carries.
+#[derive(Debug, serde::Deserialize)]
+struct SignedStream {
+    key: Option<String>,
+    expires: Option<u64>,
+    sig: Option<String>,
+    job: Option<u64>,
+    kinds: Option<String>,
 }
 
 impl Gate {
@@ -42,7 +55,36 @@ impl Gate {
         Gate {
             auth,
             limits: Default::default(),
+            links: None,
         }
+    }
+
+    /// The gate, also letting signed event-stream links in.
+    pub fn with_links(mut self, links: crate::api::links::Links) -> Gate {
+        self.links = Some(links);
+        self
+    }
+
+    /// The principal of a signed `/v1/events` link, if the request is one.
+    fn signed_stream(&self, req: &ServiceRequest) -> Option<Result<Principal, HttpResponse>> {
+        if req.path() != "/v1/events" {
+            return None;
+        }
+        let q = web::Query::<SignedStream>::from_query(req.query_string()).ok()?;
+        let sig = q.sig.as_deref()?;
+        let links = self.links.as_ref()?;
+        let key = q.key.as_deref().unwrap_or_default();
+        let checked = links
+            .check_stream(
+                key,
+                q.job,
+                q.kinds.as_deref().unwrap_or_default(),
+                q.expires.unwrap_or(0),
+                sig,
+            )
+            .map_err(|p| p.error_response())
+            .and_then(|()| self.auth.principal_of(key).map_err(|e| unauthorized(&e)));
+        Some(checked)
     }
 
     /// The key store.
@@ -113,12 +155,16 @@ pub async fn gate(
         );
         return Ok(req.into_response(r).map_into_right_body());
     };
-    let principal = match presented(&req)
-        .ok_or(AuthError::Missing)
-        .and_then(|k| gate.auth.authenticate(&k))
-    {
-        Ok(p) => p,
-        Err(e) => return Ok(req.into_response(unauthorized(&e)).map_into_right_body()),
+    let principal = match gate.signed_stream(&req) {
+        Some(Ok(p)) => p,
+        Some(Err(r)) => return Ok(req.into_response(r).map_into_right_body()),
+        None => match presented(&req)
+            .ok_or(AuthError::Missing)
+            .and_then(|k| gate.auth.authenticate(&k))
+        {
+            Ok(p) => p,
+            Err(e) => return Ok(req.into_response(unauthorized(&e)).map_into_right_body()),
+        },
     };
     if let Err(wait) = gate.take(&principal) {
         let r = Problem::too_many(

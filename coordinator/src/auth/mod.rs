@@ -521,6 +521,24 @@ impl Auth {
         Ok(self.key(id))
     }
 
+    /// The principal of key `id` (from a signed link), unless it is
+    /// unknown or revoked.
+    pub fn principal_of(&self, id: &str) -> Result<Principal, AuthError> {
+        let model = self.model();
+        let k = model.keys.get(id).ok_or(AuthError::Unknown)?;
+        if k.revoked_ms.is_some() {
+            return Err(AuthError::Revoked(k.id.clone()));
+        }
+        Ok(Principal {
+            key_id: k.id.clone(),
+            name: k.name.clone(),
+            role: k.role,
+            project: k.project.clone(),
+            rate_per_s: k.rate_per_s,
+            max_active_jobs: k.max_active_jobs,
+        })
+    }
+
     /// Who `presented` (the whole key) is.
     pub fn authenticate(&self, presented: &str) -> Result<Principal, AuthError> {
         let secret = ApiKeySecret::parse(presented).map_err(AuthError::Malformed)?;
