@@ -22,9 +22,11 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::AsyncReadExt;
 
-use crate::codec::{read_msg, WireError, MAX_CONTROL_FRAME_BYTES};
+use crate::codec::{encode_frame, read_msg, WireError, MAX_CONTROL_FRAME_BYTES};
 use crate::messages::{
-    CoordToNode, Hello, NodeToCoord, UploadAdmission, UploadHeader, UploadOutcome,
+    Assign, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, ClientRequest, CoordToNode, Heartbeat,
+    Hello, NodeToCoord, RunningChunk, ShrinkAck, SpooledSegment, UploadAdmission, UploadHeader,
+    UploadOutcome, WireAdapter, WireCalibration, WireCapabilities, MAX_CLIENT_FRAME_BYTES,
     MAX_UPLOAD_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use crate::preamble::{self, PreambleError};
@@ -171,6 +173,34 @@ pub fn coord_to_node(data: &[u8]) -> Result<usize, Refusal> {
     Ok(n)
 }
 
+/// The coordinator's reads of an API client's stream: the stream kind
+/// byte, the client's preamble (its version must be ours), then
+/// [`ClientRequest`] frames of at most [`MAX_CLIENT_FRAME_BYTES`] until the
+/// stream ends between two frames. (What a request's body holds goes
+/// through the API's own checks; a job spec's are fuzzed by
+/// `drover_shared::fuzzing`.) Returns how many requests were read.
+pub fn client_requests(data: &[u8]) -> Result<usize, Refusal> {
+    let mut stream = data;
+    let kind = now(stream.read_u8()).map_err(|_| Refusal::NoKind)?;
+    if StreamKind::from_byte(kind) != Some(StreamKind::Client) {
+        return Err(Refusal::WrongKind(kind, StreamKind::Client));
+    }
+    let theirs = now(preamble::read(&mut stream))?;
+    if theirs != PROTOCOL_VERSION {
+        return Err(Refusal::Version(theirs));
+    }
+    let mut n = 0;
+    while now(read_msg::<_, ClientRequest>(
+        &mut stream,
+        MAX_CLIENT_FRAME_BYTES,
+    ))?
+    .is_some()
+    {
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// The node's reads of an upload stream: the coordinator's
 /// [`UploadAdmission`], and after an accept, its [`UploadOutcome`], each in
 /// a frame of at most [`MAX_UPLOAD_FRAME_BYTES`].
@@ -196,14 +226,207 @@ pub fn upload_answers(data: &[u8]) -> Result<(), Refusal> {
 pub fn decode_all(data: &[u8]) {
     let _ = node_to_coord(data);
     let _ = upload_header(data);
+    let _ = client_requests(data);
     let _ = coord_to_node(data);
     let _ = upload_answers(data);
+}
+
+/// A valid input for a fuzz target, to start its corpus from: a fuzzer
+/// starting from nothing rarely guesses the preamble, let alone a valid
+/// archive of a hello.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    /// The cargo-fuzz target it is for (`decode` or `handshake`).
+    pub target: &'static str,
+    /// A file name for it in the target's corpus.
+    pub name: &'static str,
+    /// The input.
+    pub bytes: Vec<u8>,
+}
+
+/// Valid streams of every kind, with every message kind in them, as the
+/// real agent and coordinator write them. `protocol/tests/fuzz.rs` checks
+/// that each reads cleanly and writes them into a corpus on request (see
+/// `fuzz/README.md`).
+pub fn seeds() -> Vec<Seed> {
+    let frame = |msg: &dyn Fn() -> Result<Vec<u8>, WireError>| msg().expect("seeds encode");
+    let c = ChunkRef {
+        job: 7,
+        index: 3,
+        epoch: 1,
+    };
+    let node_messages = [
+        frame(&|| {
+            encode_frame(&NodeToCoord::Heartbeat(Heartbeat {
+                cpu_load_pct: 37.5,
+                chunks: vec![ChunkProgress {
+                    chunk: c,
+                    frames_done: 4,
+                }],
+            }))
+        }),
+        frame(&|| {
+            encode_frame(&NodeToCoord::Progress(ChunkProgress {
+                chunk: c,
+                frames_done: 5,
+            }))
+        }),
+        frame(&|| {
+            encode_frame(&NodeToCoord::ShrinkAck(ShrinkAck {
+                chunk: c,
+                end: Some(40),
+            }))
+        }),
+        frame(&|| {
+            encode_frame(&NodeToCoord::Done(ChunkDone {
+                chunk: c,
+                start: 24,
+                end: 40,
+                output_hash: [0xab; 32],
+                adapter: "llvmpipe (LLVM 15.0.6, 256 bits)".into(),
+                elapsed_ms: 1234,
+            }))
+        }),
+        frame(&|| {
+            encode_frame(&NodeToCoord::Failed(ChunkFailed {
+                chunk: c,
+                reason: "frame 31 failed".into(),
+                log_tail: "job 7 chunk 3 frames 24-47 on llvmpipe (Cpu): frame 31 failed".into(),
+                failed_frame: Some(31),
+            }))
+        }),
+        frame(&|| encode_frame(&NodeToCoord::Leaving)),
+    ];
+    let adapter = WireAdapter {
+        name: "llvmpipe (LLVM 15.0.6, 256 bits)".into(),
+        backend: "Vulkan".into(),
+        device_type: "Cpu".into(),
+        vendor: "mesa".into(),
+        vram_bytes: 0,
+    };
+    let hello = NodeToCoord::Hello(Box::new(Hello {
+        agent_version: "0.1.0".into(),
+        node_id: "0123456789abcdef0123456789abcdef".into(),
+        name: "gpu-07".into(),
+        capabilities: WireCapabilities {
+            hostname: "gpu-07".into(),
+            os: "Debian GNU/Linux 12".into(),
+            cpu_brand: "AMD EPYC".into(),
+            cpu_cores: 16,
+            memory_bytes: 64 << 30,
+            adapters: vec![adapter.clone()],
+            render_adapter: Some(adapter),
+            encoders: vec!["libx264".into()],
+            tags: vec!["fast".into()],
+            pool: "studio".into(),
+            calibration: Some(WireCalibration {
+                frames_per_s: 120.0,
+                width: 640,
+                height: 360,
+            }),
+            test_override: None,
+        },
+        running: vec![RunningChunk {
+            chunk: c,
+            start: 24,
+            end: 47,
+            frames_done: 5,
+        }],
+        spooled: vec![SpooledSegment {
+            chunk: ChunkRef { index: 2, ..c },
+            start: 0,
+            end: 23,
+            size_bytes: 1 << 20,
+            hash: [7; 32],
+        }],
+        join_token: String::new(),
+    }));
+    let mut session = vec![StreamKind::Control as u8];
+    session.extend_from_slice(&preamble::encode(PROTOCOL_VERSION));
+    session.extend_from_slice(&frame(&|| encode_frame(&hello)));
+    session.extend(node_messages.iter().flatten());
+
+    let header = UploadHeader {
+        chunk: c,
+        start: 24,
+        end: 47,
+        size_bytes: 1 << 20,
+        hash: [7; 32],
+    };
+    let mut upload = vec![StreamKind::Upload as u8];
+    upload.extend_from_slice(&frame(&|| encode_frame(&header)));
+
+    let mut coordinator = preamble::encode(PROTOCOL_VERSION).to_vec();
+    for msg in [
+        CoordToNode::Welcome {
+            heartbeat_interval_ms: 1000,
+        },
+        CoordToNode::Assign(Assign {
+            chunk: c,
+            start: 24,
+            end: 47,
+            fps: 24,
+            width: 1280,
+            height: 720,
+            shader_source: "@fragment fn fs_main() {}".into(),
+            encoder: "libx264".into(),
+            crf: 18,
+            frame_timeout_s: 0,
+        }),
+        CoordToNode::Shrink {
+            chunk: c,
+            proposed_end: 40,
+        },
+        CoordToNode::Cancel(c),
+        CoordToNode::Refused {
+            reason: "name gpu-07 is in use".into(),
+            permanent: false,
+        },
+    ] {
+        coordinator.extend_from_slice(&frame(&|| encode_frame(&msg)));
+    }
+    let mut accepted = frame(&|| encode_frame(&UploadAdmission::Accept { offset_bytes: 0 }));
+    accepted.extend_from_slice(&frame(&|| encode_frame(&UploadOutcome::Stored)));
+    let later = frame(&|| {
+        encode_frame(&UploadAdmission::Later {
+            reason: "too many uploads".into(),
+        })
+    });
+
+    let mut client = vec![StreamKind::Client as u8];
+    client.extend_from_slice(&preamble::encode(PROTOCOL_VERSION));
+    client.extend_from_slice(&frame(&|| {
+        encode_frame(&ClientRequest {
+            id: 1,
+            api_key: "drv_0123456789abcdef".into(),
+            method: "POST".into(),
+            path: "/v1/jobs".into(),
+            content_type: "application/json".into(),
+            body: br#"{"name":"shot 010","frames":{"start":1,"end":48},"resolution":{"width":320,"height":180},"render":{"kind":"shader","shader":"plasma"}}"#.to_vec(),
+        })
+    }));
+
+    let seed = |target, name, bytes| Seed {
+        target,
+        name,
+        bytes,
+    };
+    vec![
+        seed("handshake", "session", session.clone()),
+        seed("decode", "node-control", node_messages.concat()),
+        seed("decode", "node-upload", upload),
+        seed("decode", "client", client),
+        seed("decode", "coordinator-control", coordinator),
+        seed("decode", "upload-accepted", accepted),
+        seed("decode", "upload-later", later),
+        // The coordinator's session, whole, for the decoders too.
+        seed("decode", "session", session),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::encode_frame;
     use crate::messages::{ChunkRef, Heartbeat};
 
     fn control_stream(frames: &[Vec<u8>]) -> Vec<u8> {

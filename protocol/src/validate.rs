@@ -15,6 +15,7 @@
 //! A refusal names the field and the limit:
 //! `hello.capabilities.tags: 40 tags, the limit is 32`.
 
+use drover_shared::join::MAX_JOIN_TOKEN_BYTES;
 use drover_shared::spec::{self, MAX_FRAMES_PER_JOB, MAX_FRAME_NUMBER, MAX_LABEL_BYTES};
 
 use crate::messages::{
@@ -127,9 +128,10 @@ impl NodeToCoord {
 
 impl Hello {
     /// Checks a node's hello: its name ([`check_node_name`]) and id, every
-    /// capability, and the lists of held chunks and spooled segments (at most
+    /// capability, the lists of held chunks and spooled segments (at most
     /// [`MAX_HELLO_RUNNING`] and [`MAX_HELLO_SPOOLED`], each a frame range
-    /// that starts before it ends).
+    /// that starts before it ends), and its join token's size (at most
+    /// [`MAX_JOIN_TOKEN_BYTES`]).
     pub fn validate(&self) -> Result<(), ProtocolViolation> {
         check_node_name(&self.name)?;
         node_id(&self.node_id).map_err(at("hello.node_id"))?;
@@ -146,6 +148,8 @@ impl Hello {
             frame_range(s.start, s.end)
                 .map_err(|m| ProtocolViolation::new(format!("hello.spooled[{i}]"), m))?;
         }
+        // Its form is checked where it is redeemed; only its size here.
+        text(&self.join_token, MAX_JOIN_TOKEN_BYTES).map_err(at("hello.join_token"))?;
         Ok(())
     }
 }

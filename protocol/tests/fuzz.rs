@@ -301,6 +301,28 @@ fn upload_header() -> BoxedStrategy<UploadHeader> {
         .boxed()
 }
 
+fn client_request() -> BoxedStrategy<ClientRequest> {
+    (
+        any::<u64>(),
+        text(64),
+        select(&["GET", "POST", "PATCH", "DELETE", ""][..]),
+        text(64),
+        select(&["application/json", "application/toml", ""][..]),
+        vec(any::<u8>(), 0..64),
+    )
+        .prop_map(
+            |(id, api_key, method, path, content_type, body)| ClientRequest {
+                id,
+                api_key,
+                method: method.into(),
+                path,
+                content_type: content_type.into(),
+                body,
+            },
+        )
+        .boxed()
+}
+
 fn coordinator_message() -> BoxedStrategy<CoordToNode> {
     let assign = (
         chunk(),
@@ -489,55 +511,78 @@ fn control_prefix() -> Vec<u8> {
     out
 }
 
+fn client_prefix() -> Vec<u8> {
+    let mut out = vec![StreamKind::Client as u8];
+    out.extend_from_slice(&preamble::encode(PROTOCOL_VERSION));
+    out
+}
+
 // ---- The properties ----
 
-/// Every node message kind, and upload headers, encoded, mutated, and read
-/// as the coordinator reads them.
+/// What the coordinator reads from its peers outside the handshake.
+#[derive(Debug, Clone)]
+enum FromPeer {
+    Control(NodeToCoord),
+    Upload(UploadHeader),
+    Client(ClientRequest),
+}
+
+/// Every node message kind, upload headers and API clients' requests,
+/// encoded, mutated, and read as the coordinator reads them.
 #[test]
 fn mutated_node_messages() {
     let tally = Tally::default();
+    let peer = prop_oneof![
+        6 => node_message().prop_map(FromPeer::Control),
+        1 => upload_header().prop_map(FromPeer::Upload),
+        1 => client_request().prop_map(FromPeer::Client),
+    ];
     TestRunner::new(config())
-        .run(
-            &(
-                prop_oneof![
-                    6 => node_message().prop_map(Ok),
-                    1 => upload_header().prop_map(Err),
-                ],
-                mutations(),
-            ),
-            |(msg, mutations)| {
-                match msg {
-                    Ok(msg) => {
-                        let mut frame = encode_frame(&msg).unwrap();
-                        let pristine = mutations.is_empty();
-                        mutate(&mut frame, &mutations, 0, MAX_CONTROL_FRAME_BYTES);
-                        let got =
-                            bounded(MAX_CONTROL_FRAME_BYTES, || fuzzing::node_to_coord(&frame))?;
-                        if pristine {
-                            prop_assert_eq!(
-                                decode_body::<NodeToCoord>(&frame[4..]).unwrap(),
-                                msg.clone()
-                            );
-                            match (&got, msg.validate()) {
-                                (Ok(1), Ok(())) => {}
-                                (Err(Refusal::Violation(a)), Err(b)) => prop_assert_eq!(a, &b),
-                                (got, want) => prop_assert!(false, "{got:?} for {want:?}"),
-                            }
+        .run(&(peer, mutations()), |(msg, mutations)| {
+            let pristine = mutations.is_empty();
+            match msg {
+                FromPeer::Control(msg) => {
+                    let mut frame = encode_frame(&msg).unwrap();
+                    mutate(&mut frame, &mutations, 0, MAX_CONTROL_FRAME_BYTES);
+                    let got = bounded(MAX_CONTROL_FRAME_BYTES, || fuzzing::node_to_coord(&frame))?;
+                    if pristine {
+                        prop_assert_eq!(
+                            decode_body::<NodeToCoord>(&frame[4..]).unwrap(),
+                            msg.clone()
+                        );
+                        match (&got, msg.validate()) {
+                            (Ok(1), Ok(())) => {}
+                            (Err(Refusal::Violation(a)), Err(b)) => prop_assert_eq!(a, &b),
+                            (got, want) => prop_assert!(false, "{got:?} for {want:?}"),
                         }
-                        tally.add(outcome(&got));
                     }
-                    Err(header) => {
-                        let mut stream = vec![StreamKind::Upload as u8];
-                        stream.extend_from_slice(&encode_frame(&header).unwrap());
-                        mutate(&mut stream, &mutations, 1, MAX_UPLOAD_FRAME_BYTES);
-                        let got =
-                            bounded(MAX_UPLOAD_FRAME_BYTES, || fuzzing::upload_header(&stream))?;
-                        tally.add(outcome(&got));
-                    }
+                    tally.add(outcome(&got));
                 }
-                Ok(())
-            },
-        )
+                FromPeer::Upload(header) => {
+                    let mut stream = vec![StreamKind::Upload as u8];
+                    stream.extend_from_slice(&encode_frame(&header).unwrap());
+                    mutate(&mut stream, &mutations, 1, MAX_UPLOAD_FRAME_BYTES);
+                    let got = bounded(MAX_UPLOAD_FRAME_BYTES, || fuzzing::upload_header(&stream))?;
+                    if pristine {
+                        prop_assert_eq!(got.is_ok(), header.validate().is_ok());
+                    }
+                    tally.add(outcome(&got));
+                }
+                FromPeer::Client(req) => {
+                    let mut stream = vec![StreamKind::Client as u8];
+                    stream.extend_from_slice(&preamble::encode(PROTOCOL_VERSION));
+                    stream.extend_from_slice(&encode_frame(&req).unwrap());
+                    mutate(&mut stream, &mutations, 9, MAX_CLIENT_FRAME_BYTES);
+                    let got =
+                        bounded(MAX_CLIENT_FRAME_BYTES, || fuzzing::client_requests(&stream))?;
+                    if pristine {
+                        prop_assert!(matches!(got, Ok(1)), "{:?}", got);
+                    }
+                    tally.add(outcome(&got));
+                }
+            }
+            Ok(())
+        })
         .unwrap();
     tally.require(&[
         ("ok", 1000),
@@ -546,6 +591,8 @@ fn mutated_node_messages() {
         ("truncated", 1000),
         ("too large", 1000),
         ("kind", 100),
+        ("preamble", 100),
+        ("version", 100),
     ]);
 }
 
@@ -659,13 +706,15 @@ fn arbitrary_bytes() {
         Just(vec![]),
         Just(control_prefix()),
         Just(vec![StreamKind::Upload as u8]),
+        Just(client_prefix()),
         Just(preamble::encode(PROTOCOL_VERSION).to_vec()),
     ];
     TestRunner::new(config())
         .run(&(start, vec(any::<u8>(), 0..256)), |(start, bytes)| {
             let mut stream = start;
             stream.extend_from_slice(&bytes);
-            bounded(MAX_CONTROL_FRAME_BYTES, || fuzzing::decode_all(&stream))?;
+            // The client stream's limit is the largest of all.
+            bounded(MAX_CLIENT_FRAME_BYTES, || fuzzing::decode_all(&stream))?;
             let got = bounded(MAX_CONTROL_FRAME_BYTES, || fuzzing::session(&stream))?;
             tally.add(outcome(&got));
             Ok(())
@@ -692,6 +741,9 @@ fn arbitrary_bodies() {
             let mut node = preamble::encode(PROTOCOL_VERSION).to_vec();
             node.extend_from_slice(&frame);
             let _ = bounded(MAX_CONTROL_FRAME_BYTES, || fuzzing::coord_to_node(&node))?;
+            let mut client = client_prefix();
+            client.extend_from_slice(&frame);
+            let _ = bounded(MAX_CLIENT_FRAME_BYTES, || fuzzing::client_requests(&client))?;
             let mut control = control_prefix();
             control.extend_from_slice(&frame);
             let _ = bounded(MAX_CONTROL_FRAME_BYTES, || fuzzing::session(&control))?;
@@ -723,6 +775,8 @@ fn oversize_lengths_allocate_nothing() {
                 upload_stream.extend_from_slice(&upload);
                 let mut node_stream = preamble::encode(PROTOCOL_VERSION).to_vec();
                 node_stream.extend_from_slice(&control);
+                let mut client_stream = client_prefix();
+                client_stream.extend_from_slice(&frame(MAX_CLIENT_FRAME_BYTES));
                 let too_large = |r: &'static str| r == "too large";
                 let (results, peak) = PeakAlloc::peak_bytes(|| {
                     [
@@ -730,6 +784,7 @@ fn oversize_lengths_allocate_nothing() {
                         outcome(&fuzzing::upload_header(&upload_stream)),
                         outcome(&fuzzing::coord_to_node(&node_stream)),
                         outcome(&fuzzing::upload_answers(&upload)),
+                        outcome(&fuzzing::client_requests(&client_stream)),
                     ]
                 });
                 prop_assert!(results.iter().all(|r| too_large(r)), "{:?}", results);
@@ -788,4 +843,45 @@ fn the_worst_body_for_memory_stays_under_the_bound() {
         "{peak}: not the worst case"
     );
     assert!(peak <= bound, "{peak} > {bound}");
+}
+
+/// The seeds a fuzzer's corpus starts from (`fuzzing::seeds`) are valid
+/// streams: each reads cleanly in the reader its target starts with. With
+/// `DROVER_FUZZ_SEEDS` set to a corpus root (`fuzz/corpus`), they are
+/// written there, one folder per target (see `fuzz/README.md`).
+#[test]
+fn seeds_read_cleanly() {
+    let seeds = fuzzing::seeds();
+    for seed in &seeds {
+        let ok = match seed.target {
+            "handshake" => fuzzing::session(&seed.bytes).is_ok(),
+            "decode" => {
+                fuzzing::node_to_coord(&seed.bytes).is_ok()
+                    || fuzzing::upload_header(&seed.bytes).is_ok()
+                    || fuzzing::client_requests(&seed.bytes).is_ok()
+                    || fuzzing::coord_to_node(&seed.bytes).is_ok()
+                    || fuzzing::upload_answers(&seed.bytes).is_ok()
+                    || fuzzing::session(&seed.bytes).is_ok()
+            }
+            other => panic!("seed {} for an unknown target {other}", seed.name),
+        };
+        assert!(
+            ok,
+            "seed {}/{} does not read cleanly",
+            seed.target, seed.name
+        );
+    }
+    for target in ["decode", "handshake"] {
+        assert!(
+            seeds.iter().any(|s| s.target == target),
+            "no seed for {target}"
+        );
+    }
+    if let Some(root) = std::env::var_os("DROVER_FUZZ_SEEDS") {
+        for seed in &seeds {
+            let dir = std::path::Path::new(&root).join(seed.target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{}", seed.name)), &seed.bytes).unwrap();
+        }
+    }
 }

@@ -78,6 +78,35 @@ pub fn spec(data: &[u8]) {
     }
 }
 
+/// Valid request bodies to start the `spec` target's corpus from, by name:
+/// a fuzzer finds JSON's and TOML's syntax by itself, the schema's field
+/// names hardly. `shared/tests/spec_fuzz.rs` checks each is accepted and
+/// writes them into a corpus on request (see `fuzz/README.md`).
+pub fn seeds() -> Vec<(&'static str, Format, &'static str)> {
+    vec![
+        (
+            "builtin.json",
+            Format::Json,
+            r#"{"name":"shot 010","frames":{"start":1,"end":48},"fps":24,"resolution":{"width":320,"height":180},"render":{"kind":"shader","shader":"plasma"}}"#,
+        ),
+        (
+            "everything.json",
+            Format::Json,
+            r#"{"name":"shot 020","frames":{"start":0,"end":239},"fps":30,"resolution":{"width":1280,"height":720},"render":{"kind":"shader","source":"@fragment fn fs_main(@builtin(position) p: vec4<f32>) -> @location(0) vec4<f32> { return vec4<f32>(p.x / drover.resolution.x, 0.5, sin(drover.time), 1.0); }"},"output":{"container":"mp4","codec":"h264","quality":20},"requirements":{"gpu":"preferred","gpu_vendor":"nvidia","gpu_name":"RTX*","min_vram_mib":8192,"backend":"vulkan","encoder":"libx264","min_cores":8,"min_memory_mib":16384,"tags":["fast","4k"],"pool":"studio"},"priority":70,"project":"film","max_nodes":4,"chunk_target_s":15.5,"allow_missing_frames":true,"frame_timeout_s":600}"#,
+        ),
+        (
+            "builtin.toml",
+            Format::Toml,
+            "name = \"t\"\nframes = { start = 0, end = 9 }\nresolution = { width = 64, height = 64 }\n\n[render]\nkind = \"shader\"\nshader = \"rings\"\n",
+        ),
+        (
+            "requirements.toml",
+            Format::Toml,
+            "name = \"shot 030\"\nframes = { start = 10, end = 99 }\nfps = 24\npriority = 10\nchunk_target_s = 30.0\nresolution = { width = 640, height = 360 }\n\n[render]\nkind = \"shader\"\nshader = \"fractal\"\n\n[output]\nquality = 18\n\n[requirements]\ngpu = \"required\"\ntags = [\"fast\"]\npool = \"studio\"\n",
+        ),
+    ]
+}
+
 /// Panics unless `spec`, which [`JobSpec::validate`] accepted, keeps every
 /// limit it promises, carries its shader's source, and survives the JSON
 /// it is stored and served as.

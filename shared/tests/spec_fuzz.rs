@@ -607,3 +607,23 @@ fn the_largest_bodies_stay_under_the_bound() {
     assert!(matches!(verdict, Verdict::TooLarge));
     assert_eq!(peak, 0);
 }
+
+/// The seeds the `spec` target's corpus starts from are accepted. With
+/// `DROVER_FUZZ_SEEDS` set to a corpus root (`fuzz/corpus`), they are
+/// written to its `spec` folder (see `fuzz/README.md`).
+#[test]
+fn seeds_are_accepted() {
+    for (name, format, doc) in fuzzing::seeds() {
+        match submit(doc.as_bytes(), format) {
+            Verdict::Accepted(spec) => check_accepted(&spec),
+            other => panic!("seed {name}: {other:?}"),
+        }
+    }
+    if let Some(root) = std::env::var_os("DROVER_FUZZ_SEEDS") {
+        let dir = std::path::Path::new(&root).join("spec");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, _, doc) in fuzzing::seeds() {
+            std::fs::write(dir.join(format!("seed-{name}")), doc).unwrap();
+        }
+    }
+}

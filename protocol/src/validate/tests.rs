@@ -324,6 +324,16 @@ fn spooled_segments() {
 }
 
 #[test]
+fn join_token() {
+    use drover_shared::join::MAX_JOIN_TOKEN_BYTES;
+    check_hello(|h| h.join_token = s(MAX_JOIN_TOKEN_BYTES), Ok(()));
+    check_hello(
+        |h| h.join_token = s(MAX_JOIN_TOKEN_BYTES + 1),
+        Err("hello.join_token: 513 bytes, the limit is 512"),
+    );
+}
+
+#[test]
 fn heartbeats() {
     let hb = |cpu_load_pct, n, frames_done| {
         NodeToCoord::Heartbeat(Heartbeat {
