@@ -555,29 +555,29 @@ fn a_node_pinned_to_the_wrong_certificate_never_connects() {
 fn a_second_node_with_a_taken_name_is_refused() {
     let _g = serial();
     let (dir, c) = farm(1, &[]);
-    // Same name, its own data dir (so its own node id): a configuration
-    // mistake that must not kick the first node off. The twin is refused
-    // and keeps retrying (the name may free up), so it is stopped here.
+    // Same name, its own data dir (so its own certificate and node id),
+    // with a valid join token: a configuration mistake (or an impostor)
+    // that must not kick the first node off. The name belongs to the first
+    // node's identity, so the twin is refused at the handshake and stops.
     let log = dir.path().join("twin.log");
-    let cert = c.addrs.cert_path.display().to_string();
+    let token = c.join_token().unwrap().to_string();
     let mut twin = stray_node(
         &c,
         "node-1",
-        &["--cert", &cert],
+        &["--join", &token],
         &dir.path().join("twin"),
         &log,
     );
-    let refused = wait_for(Duration::from_secs(90), "the twin to be refused", || {
-        let text = std::fs::read_to_string(&log)?;
-        Ok(text
-            .contains("coordinator refused this node, retrying")
-            .then_some(text))
+    let status = wait_for(Duration::from_secs(90), "the twin to stop", || {
+        Ok(twin.try_wait()?)
     });
-    twin.kill().unwrap();
-    twin.wait().unwrap();
-    let text = refused.unwrap();
+    if status.is_err() {
+        twin.kill().unwrap();
+    }
+    assert!(!status.unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains("node name \"node-1\" is already used by another connected node"),
+        text.contains("the name \"node-1\" belongs to another node identity"),
         "{text}"
     );
     let nodes = c.client().nodes().unwrap();
@@ -585,10 +585,11 @@ fn a_second_node_with_a_taken_name_is_refused() {
     assert!(nodes[0].connected, "the first node-1 is still connected");
 }
 
-fn drover(url: &str, args: &[&str]) -> std::process::Output {
+fn drover(c: &Cluster, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
-        .env("DROVER_URL", url)
+        .env("DROVER_URL", c.url())
+        .env("DROVER_API_KEY", c.admin_key().unwrap())
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap()
@@ -598,7 +599,6 @@ fn drover(url: &str, args: &[&str]) -> std::process::Output {
 fn the_cli_submits_watches_lists_and_cancels() {
     let _g = serial();
     let (dir, c) = farm(1, &["--chunk-frames", "12"]);
-    let url = c.url();
     // A spec with the user's own shader, by path relative to the spec file.
     std::fs::write(
         dir.path().join("stripes.wgsl"),
@@ -611,7 +611,7 @@ fn the_cli_submits_watches_lists_and_cancels() {
         "name = \"stripes\"\nframes = { start = 0, end = 23 }\nfps = 12\nresolution = { width = 96, height = 64 }\n\n[render]\nkind = \"shader\"\npath = \"stripes.wgsl\"\n",
     )
     .unwrap();
-    let out = drover(&url, &["submit", spec_path.to_str().unwrap(), "--watch"]);
+    let out = drover(&c, &["submit", spec_path.to_str().unwrap(), "--watch"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -623,7 +623,7 @@ fn the_cli_submits_watches_lists_and_cancels() {
         "{stdout}"
     );
 
-    let out = drover(&url, &["status", "1"]);
+    let out = drover(&c, &["status", "1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(
@@ -633,7 +633,7 @@ fn the_cli_submits_watches_lists_and_cancels() {
         "{stdout}"
     );
 
-    let out = drover(&url, &["nodes"]);
+    let out = drover(&c, &["nodes"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("node-1") && stdout.contains(" up "),
@@ -643,22 +643,22 @@ fn the_cli_submits_watches_lists_and_cancels() {
     // A long job, cancelled from the CLI while it runs.
     let long = dir.path().join("long.json");
     std::fs::write(&long, spec("long", 20_000, 64, 64, "plasma").to_string()).unwrap();
-    let out = drover(&url, &["submit", long.to_str().unwrap()]);
+    let out = drover(&c, &["submit", long.to_str().unwrap()]);
     assert!(out.status.success());
-    let out = drover(&url, &["cancel", "2"]);
+    let out = drover(&c, &["cancel", "2"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("Cancelled"),
         "{out:?}"
     );
     assert_eq!(c.client().job(2).unwrap().state, JobState::Cancelled);
-    let out = drover(&url, &["cancel", "2"]);
+    let out = drover(&c, &["cancel", "2"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be cancelled"));
 
     // A bad spec fails with the field named, and nothing is stored.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "name = \"b\"\nframes = { start = 5, end = 1 }\nresolution = { width = 64, height = 64 }\n[render]\nkind = \"shader\"\nshader = \"plasma\"\n").unwrap();
-    let out = drover(&url, &["submit", bad.to_str().unwrap()]);
+    let out = drover(&c, &["submit", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("frames.end"), "{stderr}");
@@ -805,13 +805,13 @@ fn a_fast_node_steals_from_a_slowed_one_and_beats_static_chunks() {
     assert_eq!(stolen.frames_by_node.values().sum::<u64>(), 480);
     // The CLI shows which node rendered which frames, the stolen ones
     // marked, and each node's measured speed.
-    let status = drover(&c.url(), &["status", &sub.id.to_string()]);
+    let status = drover(&c, &["status", &sub.id.to_string()]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         text.contains("stolen") && text.contains("fast") && text.contains("slow"),
         "{text}"
     );
-    let nodes = drover(&c.url(), &["nodes"]);
+    let nodes = drover(&c, &["nodes"]);
     let text = String::from_utf8_lossy(&nodes.stdout);
     assert!(
         text.contains("shader@") && text.contains("slowdown x10"),
@@ -856,7 +856,7 @@ fn a_gpu_job_waits_unschedulable_until_a_gpu_node_joins() {
         why.contains("needs a GPU") && why.contains("no connected node has it"),
         "{why}"
     );
-    let out = drover(&c.url(), &["status", &sub.id.to_string()]);
+    let out = drover(&c, &["status", &sub.id.to_string()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("unschedulable") && text.contains("needs GPU vendor nvidia"),
@@ -1012,9 +1012,8 @@ fn a_runaway_shader_is_killed_and_does_not_hold_a_later_job() {
 fn a_drained_node_takes_no_work_and_a_cancelled_job_is_retried_for_what_it_misses() {
     let _g = serial();
     let (dir, mut c) = farm(2, &["--chunk-frames", "12"]);
-    let url = c.url();
     // Drained: node-1 takes nothing new, remembered across a restart.
-    let out = drover(&url, &["drain", "node-1"]);
+    let out = drover(&c, &["drain", "node-1"]);
     assert!(out.status.success(), "{out:?}");
     let nodes = c.client().nodes().unwrap();
     assert!(
@@ -1030,10 +1029,10 @@ fn a_drained_node_takes_no_work_and_a_cancelled_job_is_retried_for_what_it_misse
     let j = wait_done(&c, sub.id);
     assert_eq!(j.frames_by_node.get("node-1"), None, "{j:?}");
     assert_eq!(j.frames_by_node["node-2"], 48);
-    let out = drover(&c.url(), &["undrain", "node-1"]);
+    let out = drover(&c, &["undrain", "node-1"]);
     assert!(out.status.success(), "{out:?}");
     // Unknown nodes are named.
-    let out = drover(&c.url(), &["drain", "nobody"]);
+    let out = drover(&c, &["drain", "nobody"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
     // A job cancelled halfway keeps its stored frames; a retry renders the
@@ -1049,7 +1048,7 @@ fn a_drained_node_takes_no_work_and_a_cancelled_job_is_retried_for_what_it_misse
     let cancelled = client.cancel(sub.id).unwrap();
     let kept: u64 = cancelled.frames_by_node.values().sum();
     assert!((24..240).contains(&kept), "{cancelled:?}");
-    let out = drover(&c.url(), &["retry", &sub.id.to_string()]);
+    let out = drover(&c, &["retry", &sub.id.to_string()]);
     assert!(out.status.success(), "{out:?}");
     let j = wait_done(&c, sub.id);
     assert_eq!(j.frames_by_node.values().sum::<u64>(), 240);
@@ -1057,7 +1056,7 @@ fn a_drained_node_takes_no_work_and_a_cancelled_job_is_retried_for_what_it_misse
     client.download(sub.id, &file).unwrap();
     assert_eq!(ffprobe(&file)["nb_read_frames"], "240");
     // A done job has nothing to retry.
-    let out = drover(&c.url(), &["retry", &sub.id.to_string()]);
+    let out = drover(&c, &["retry", &sub.id.to_string()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to retry"));
 }

@@ -356,6 +356,18 @@ fn main() -> anyhow::Result<()> {
                 })
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| "node".into());
+            // What the coordinator would refuse, refused here with the flag
+            // named.
+            drover_protocol::check_node_name(&name).map_err(|v| {
+                anyhow::anyhow!("--name {name:?} (default: the host name): {v}")
+            })?;
+            if tags.len() > drover_protocol::validate::MAX_NODE_TAGS {
+                anyhow::bail!(
+                    "--tags: {} tags; the limit is {}",
+                    tags.len(),
+                    drover_protocol::validate::MAX_NODE_TAGS
+                );
+            }
             let data_dir = data.unwrap_or_else(|| default_data_dir().join(format!("node-{name}")));
             let joined = drover_cli::join::resolve(
                 &data_dir,

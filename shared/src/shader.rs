@@ -106,6 +106,89 @@ pub enum ShaderError {
     /// The module has no `@fragment fn fs_main`.
     #[error("shader has no `@fragment fn {FRAGMENT_ENTRY}` entry point")]
     MissingEntryPoint,
+    /// Nested or chained deeper than a compiler can take without running
+    /// out of stack (the compiler recurses over expressions).
+    #[error("{}", located("too complex", message, Some(*line), None))]
+    TooComplex {
+        /// What is over which limit.
+        message: String,
+        /// 1-based line where it is.
+        line: u32,
+    },
+}
+
+/// Deepest nesting of `(`, `[` and `{` a shader may use.
+pub const MAX_SHADER_NESTING: usize = 64;
+/// Most operators in one statement (between `;`, `{` and `}`): a chain of
+/// a few thousand `+` terms makes naga (the WGSL compiler, here and in
+/// wgpu on every node) recurse deep enough to overflow a thread's stack.
+pub const MAX_SHADER_OPERATORS_PER_STATEMENT: usize = 512;
+
+/// Refuses sources whose expressions nest or chain beyond what a compiler
+/// can take: before any compiler sees them, by counting brackets and
+/// operators (comments skipped). A real shader is far inside both limits.
+fn check_complexity(src: &str) -> Result<(), ShaderError> {
+    let bytes = src.as_bytes();
+    let (mut depth, mut ops, mut line) = (0usize, 0usize, 1u32);
+    let mut i = 0;
+    let too = |message: String, line: u32| Err(ShaderError::TooComplex { message, line });
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\n' => line += 1,
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    if bytes[i] == b'\n' {
+                        line += 1;
+                    }
+                    i += 1;
+                }
+                i += 2;
+                continue;
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_SHADER_NESTING {
+                    return too(
+                        format!("brackets nest deeper than {MAX_SHADER_NESTING}"),
+                        line,
+                    );
+                }
+                if b == b'{' {
+                    ops = 0;
+                }
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if b == b'}' {
+                    ops = 0;
+                }
+            }
+            b';' => ops = 0,
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'&' | b'|' | b'^' | b'<' | b'>' | b'!' | b'~'
+            | b'?' => {
+                ops += 1;
+                if ops > MAX_SHADER_OPERATORS_PER_STATEMENT {
+                    return too(
+                        format!(
+                            "more than {MAX_SHADER_OPERATORS_PER_STATEMENT} operators in one statement"
+                        ),
+                        line,
+                    );
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 fn located(kind: &str, message: &str, line: Option<u32>, column: Option<u32>) -> String {
@@ -133,6 +216,7 @@ pub fn validate(user_source: &str) -> Result<(), ShaderError> {
             limit: MAX_SHADER_SOURCE_BYTES,
         });
     }
+    check_complexity(user_source)?;
     let full = compose(user_source);
     let user_lines = user_source.lines().count().max(1) as u32;
     // A location inside the prelude means the user's code clashes with it
@@ -189,6 +273,30 @@ mod tests {
             (Err(g), Err(want)) => assert!(g.contains(want), "error {g:?} lacks {want:?}"),
             (g, w) => panic!("got {g:?}, want {w:?}"),
         }
+    }
+
+    #[test]
+    fn chains_and_nesting_a_compiler_cannot_take_are_refused_before_it_sees_them() {
+        let chain = format!(
+            "@fragment\nfn fs_main() -> @location(0) vec4<f32> {{\n  let x = 1.0{};\n  return vec4<f32>(x, 0.0, 0.0, 1.0);\n}}\n",
+            " + 1.0".repeat(31_000 / 7)
+        );
+        assert!(chain.len() < MAX_SHADER_SOURCE_BYTES);
+        check(&chain, Err("too complex at line 3"));
+        let nested = format!(
+            "@fragment\nfn fs_main() -> @location(0) vec4<f32> {{\n  let x = {}1.0{};\n  return vec4<f32>(x, 0.0, 0.0, 1.0);\n}}\n",
+            "(".repeat(100),
+            ")".repeat(100)
+        );
+        check(&nested, Err("brackets nest deeper than 64"));
+        // Operators in comments do not count; a long but ordinary shader
+        // passes.
+        let commented = format!(
+            "// {}\n@fragment\nfn fs_main() -> @location(0) vec4<f32> {{\n  /* {} */\n  return vec4<f32>(1.0, 0.0, 0.0, 1.0);\n}}\n",
+            "+".repeat(5_000),
+            "-*".repeat(5_000)
+        );
+        check(&commented, Ok(()));
     }
 
     #[test]

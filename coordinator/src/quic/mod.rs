@@ -299,13 +299,8 @@ async fn connection(
     // Who it is: its certificate's identity, or enrolled by its token.
     let fingerprint =
         admission::peer_fingerprint(&conn).context("the node presented no client certificate")?;
-    let verdict = if hello.join_token.len() > drover_shared::join::MAX_JOIN_TOKEN_BYTES {
-        Err(format!(
-            "not admitted: the join token is {} bytes; the limit is {}",
-            hello.join_token.len(),
-            drover_shared::join::MAX_JOIN_TOKEN_BYTES
-        ))
-    } else {
+    // (The token's length is within its bound: `validate` checked.)
+    let verdict = {
         let auth = quic.api.gate.auth().clone();
         let (fp, name, token) = (
             fingerprint.clone(),
