@@ -89,6 +89,11 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     auth.bootstrap(cfg.admin_key_file.as_deref())?;
     let links = crate::api::links::Links::load_or_create(&cfg.data_dir)?;
     let mut state = recovered.model;
+    // A journal written before `next_job` was kept: the newest archived
+    // job counts too, so no id is given twice.
+    if let Some(newest) = journal.archived_keys_before(None, 1)?.first() {
+        state.next_job = state.next_job.max(newest + 1);
+    }
     // The store against the journal: a stored segment that is gone is
     // rendered again (that chunk only); files no record names (partial
     // uploads, attempts superseded) go.

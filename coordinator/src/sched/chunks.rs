@@ -1115,6 +1115,12 @@ impl Core {
         // Shrinks this job asked of others stay pending; their answers
         // find no job to credit (ids are never reused), which is harmless.
         let j = self.jobs.remove(&job).expect("exists");
+        if let Some(n) = self.owner_active.get_mut(&j.owner.key) {
+            *n -= 1;
+            if *n == 0 {
+                self.owner_active.remove(&j.owner.key);
+            }
+        }
         let mut record = self.record_of(&j);
         record.running.clear();
         if state == JobState::Done {

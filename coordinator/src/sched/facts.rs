@@ -283,6 +283,10 @@ pub struct Recovery {
     pub jobs: BTreeMap<JobId, JobRecord>,
     /// Nodes by name (only those with something to remember).
     pub nodes: BTreeMap<String, NodeRecord>,
+    /// The next job id: above every job ever accepted, archived ones
+    /// included, so an id is never given twice.
+    #[serde(default)]
+    pub next_job: JobId,
     /// Jobs discarded since the last [`Recovery::take_finished`].
     #[serde(skip)]
     finished: Vec<JobId>,
@@ -301,6 +305,7 @@ impl Recovery {
         {
             let mut r = JobRecord::new(*job, (**spec).clone(), *at_ms);
             r.owner = owner.clone();
+            self.next_job = self.next_job.max(*job + 1);
             self.jobs.insert(*job, r);
             return;
         }
@@ -624,6 +629,7 @@ mod tests {
         assert_eq!(r.nodes["a"].tags, Some(vec!["4k".to_string()]));
         assert_eq!(r.nodes["b"].quarantined.as_deref(), Some("failing"));
         assert_eq!(j.owner.name, "pipeline");
+        assert_eq!(r.next_job, 2, "ids are never reused, also once archived");
         assert!(j.paused);
         assert_eq!(j.spec.priority, 90);
         // Discarded after its end: it leaves for the archive.
@@ -631,6 +637,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(out[0].1.discarded);
         assert!(r.jobs.is_empty());
+        assert_eq!(r.next_job, 2, "the next id outlives the archived job");
         // Later facts about it change nothing.
         r.apply(&Fact::Released { job: 1, chunk: 0 });
         assert!(r.jobs.is_empty());

@@ -23,6 +23,18 @@ impl Core {
     ///   and has a free slot;
     /// - `unschedulable` only while nothing of the job runs.
     pub fn check_invariants(&self) {
+        let mut per_owner = std::collections::HashMap::<&str, usize>::new();
+        for j in self.jobs.values() {
+            *per_owner.entry(j.owner.key.as_str()).or_default() += 1;
+        }
+        assert_eq!(
+            per_owner.len(),
+            self.owner_active.len(),
+            "hot jobs per submitting key"
+        );
+        for (k, n) in &per_owner {
+            assert_eq!(self.owner_active.get(*k), Some(n), "hot jobs of key {k}");
+        }
         for (id, j) in &self.jobs {
             let mut spans: Vec<(u64, u64, &str)> = Vec::new();
             spans.extend(j.ready.iter().map(|(s, r)| (*s, r.end, "waiting")));

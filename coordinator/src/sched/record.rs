@@ -160,6 +160,7 @@ impl Core {
             admin: Default::default(),
             to_learn: Default::default(),
             newly_listed: Vec::new(),
+            owner_active: Default::default(),
         }
     }
 
@@ -172,6 +173,7 @@ impl Core {
         let mut core = Core::new(config);
         let mut cmds = Vec::new();
         core.admin = state.nodes;
+        core.next_job_id = core.next_job_id.max(state.next_job);
         let mut orphans = false;
         for (_, r) in state.jobs {
             core.next_job_id = core.next_job_id.max(r.id + 1);
@@ -198,6 +200,7 @@ impl Core {
     fn hot_job(&mut self, now_ms: u64, r: JobRecord, cmds: &mut Vec<Command>) {
         let id = r.id;
         let mut job = self.new_job(id, Arc::new(r.spec), r.submitted_at_ms);
+        *self.owner_active.entry(r.owner.key.clone()).or_default() += 1;
         job.owner = Arc::new(r.owner);
         job.paused = r.paused;
         job.state = match r.state {
@@ -448,6 +451,7 @@ impl Core {
             owner: owner.clone(),
         });
         let mut job = self.new_job(id, spec, now_ms);
+        *self.owner_active.entry(owner.key.clone()).or_default() += 1;
         job.owner = Arc::new(owner);
         self.jobs.insert(id, job);
         let mut cmds = Vec::new();

@@ -344,6 +344,9 @@ pub struct Core {
     pub(crate) dirty: Vec<JobId>,
     /// Jobs listed during this event, offered to free nodes before it ends.
     pub(crate) newly_listed: Vec<JobId>,
+    /// Hot jobs per submitting key (for its `max_active_jobs`), kept as
+    /// jobs come and go so a submission does not scan them all.
+    pub(crate) owner_active: HashMap<String, usize>,
     /// Stored chunks whose `Done` (with the render time) is still to come.
     pub(crate) to_learn: HashMap<ChunkKey, (NodeId, u64)>,
     /// Facts not yet taken by the driver ([`Core::take_facts`]).

@@ -1757,3 +1757,14 @@ fn tags_an_admin_sets_route_jobs_at_once_and_survive_a_restart() {
     });
     assert!(h.core.node_views(h.now)[0].capabilities.tags.is_empty());
 }
+
+#[test]
+fn job_ids_continue_after_every_job_was_archived() {
+    // The journal's state after a restart whose jobs all left for the
+    // archive: no job in memory, only the next id.
+    let mut state = Recovery::default();
+    state.next_job = 42;
+    let (mut core, _) = Core::restore(CoreConfig::default(), state, 0);
+    let (id, _) = core.submit(1, spec(10, ""), Default::default());
+    assert_eq!(id, 42);
+}

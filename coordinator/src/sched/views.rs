@@ -167,10 +167,7 @@ impl Core {
 
     /// Jobs of a key that are queued or running.
     pub fn active_jobs_of(&self, key: &str) -> usize {
-        self.jobs
-            .values()
-            .filter(|j| !j.state.is_terminal() && j.owner.key == key)
-            .count()
+        self.owner_active.get(key).copied().unwrap_or(0)
     }
 
     /// Every job the core knows (hot, and finished ones still retained),
