@@ -580,18 +580,22 @@ fn a_client_that_disconnects_and_resumes_with_last_event_id_misses_no_event() {
     c.stop();
 }
 
+/// What a receiver got: the signature header, the body, and the status it
+/// answered.
+type Received = std::sync::Arc<Mutex<Vec<(String, Vec<u8>, u16)>>>;
+
 /// A webhook receiver on loopback: answers 500 to the first `fail`
 /// requests, then 200; keeps every request's signature header and body.
 struct Receiver {
     url: String,
-    got: std::sync::Arc<Mutex<Vec<(String, Vec<u8>, u16)>>>,
+    got: Received,
 }
 
 fn receiver(fail: usize) -> Receiver {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let got: std::sync::Arc<Mutex<Vec<(String, Vec<u8>, u16)>>> = Default::default();
+    let got: Received = Default::default();
     let log = got.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {

@@ -358,9 +358,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "node".into());
             // What the coordinator would refuse, refused here with the flag
             // named.
-            drover_protocol::check_node_name(&name).map_err(|v| {
-                anyhow::anyhow!("--name {name:?} (default: the host name): {v}")
-            })?;
+            drover_protocol::check_node_name(&name)
+                .map_err(|v| anyhow::anyhow!("--name {name:?} (default: the host name): {v}"))?;
             if tags.len() > drover_protocol::validate::MAX_NODE_TAGS {
                 anyhow::bail!(
                     "--tags: {} tags; the limit is {}",

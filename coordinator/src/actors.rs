@@ -1040,7 +1040,7 @@ fn scan_archive(
 fn merge_page(mem: Vec<JobView>, archived: (Vec<JobView>, Option<u64>), limit: usize) -> JobPage {
     let (arch, stopped_at) = archived;
     let mut all: Vec<JobView> = mem.into_iter().chain(arch).collect();
-    all.sort_by(|a, b| b.id.cmp(&a.id));
+    all.sort_by_key(|v| std::cmp::Reverse(v.id));
     all.dedup_by_key(|v| v.id);
     // A scan that stopped early only vouches for ids above where it
     // stopped.

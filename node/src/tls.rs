@@ -46,9 +46,7 @@ impl Identity {
             .context("making a client certificate")?;
         Ok(Identity {
             cert: ck.cert.der().clone(),
-            key: rustls::pki_types::PrivateKeyDer::Pkcs8(
-                ck.signing_key.serialize_der().into(),
-            ),
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
         })
     }
 
@@ -109,7 +107,10 @@ pub fn client_config(trust: &Trust) -> anyhow::Result<quinn::ClientConfig> {
 
 /// A QUIC client configuration that trusts only the pinned coordinator
 /// and presents `identity`.
-pub fn client_config_with(trust: &Trust, identity: &Identity) -> anyhow::Result<quinn::ClientConfig> {
+pub fn client_config_with(
+    trust: &Trust,
+    identity: &Identity,
+) -> anyhow::Result<quinn::ClientConfig> {
     let chain = vec![identity.cert.clone()];
     let key = identity.key.clone_key();
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -66,7 +66,7 @@ impl Gate {
     }
 
     /// The principal of a signed `/v1/events` link, if the request is one.
-    fn signed_stream(&self, req: &ServiceRequest) -> Option<Result<Principal, HttpResponse>> {
+    fn signed_stream(&self, req: &ServiceRequest) -> Option<Result<Principal, Problem>> {
         if req.path() != "/v1/events" {
             return None;
         }
@@ -82,8 +82,16 @@ impl Gate {
                 q.expires.unwrap_or(0),
                 sig,
             )
-            .map_err(|p| p.error_response())
-            .and_then(|()| self.auth.principal_of(key).map_err(|e| unauthorized(&e)));
+            .and_then(|()| {
+                self.auth.principal_of(key).map_err(|e| {
+                    Problem::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        e.to_string(),
+                        Some("key"),
+                    )
+                })
+            });
         Some(checked)
     }
 
@@ -157,7 +165,7 @@ pub async fn gate(
     };
     let principal = match gate.signed_stream(&req) {
         Some(Ok(p)) => p,
-        Some(Err(r)) => return Ok(req.into_response(r).map_into_right_body()),
+        Some(Err(p)) => return Ok(req.into_response(p.error_response()).map_into_right_body()),
         None => match presented(&req)
             .ok_or(AuthError::Missing)
             .and_then(|k| gate.auth.authenticate(&k))

@@ -115,7 +115,9 @@ impl Connections {
     /// Forgets `name`'s connection if it is still `conn`.
     pub fn remove(&self, name: &str, conn: &quinn::Connection) {
         let mut g = self.lock();
-        if g.get(name).is_some_and(|c| c.stable_id() == conn.stable_id()) {
+        if g.get(name)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
             g.remove(name);
         }
     }

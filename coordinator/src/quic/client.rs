@@ -78,12 +78,10 @@ async fn stream(
         anyhow::bail!("client speaks protocol {theirs}, this coordinator {PROTOCOL_VERSION}");
     }
     loop {
-        let req: Option<ClientRequest> = tokio::time::timeout(
-            IDLE,
-            codec::read_msg(&mut recv, MAX_CLIENT_FRAME_BYTES),
-        )
-        .await
-        .context("client stream idle")??;
+        let req: Option<ClientRequest> =
+            tokio::time::timeout(IDLE, codec::read_msg(&mut recv, MAX_CLIENT_FRAME_BYTES))
+                .await
+                .context("client stream idle")??;
         let Some(req) = req else {
             send.finish().ok();
             return Ok(());

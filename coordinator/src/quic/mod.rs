@@ -99,7 +99,6 @@ pub fn cert_fingerprint(der: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(der))
 }
 
-
 /// File in the data dir holding the secret stateless resets are derived
 /// from.
 pub const RESET_KEY_FILE: &str = "quic-reset-key";
