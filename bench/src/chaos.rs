@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::Parser;
 use drover_bench::WorkDir;
 use drover_cli::chaos::{self, FaultPlan, RenderLedger};
@@ -131,13 +131,7 @@ fn main() -> anyhow::Result<()> {
             args.max_chunk_frames
         );
     }
-    let drover = match &args.drover {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no executable dir")?
-            .join("drover"),
-    };
+    let drover = drover_bench::drover_binary(args.drover.as_ref())?;
     // Declared before the cluster so it is dropped after it: the processes
     // stop before their data dirs disappear.
     let work = WorkDir {

@@ -1906,20 +1906,7 @@ fn main() -> anyhow::Result<()> {
             args.event_rate
         );
     }
-    let drover = match &args.drover {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("locating this executable")?
-            .parent()
-            .context("this executable has no directory")?
-            .join("drover"),
-    };
-    if !drover.is_file() {
-        bail!(
-            "no drover binary at {} (build it with `cargo build --release -p drover-cli`, or pass --drover PATH)",
-            drover.display()
-        );
-    }
+    let drover = drover_bench::drover_binary(args.drover.as_ref())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)

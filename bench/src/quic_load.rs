@@ -426,20 +426,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(&n) = args.nodes.iter().find(|&&n| n == 0 || n > MAX_NODES) {
         bail!("--nodes {n}: each farm size must be 1..={MAX_NODES}");
     }
-    let drover = match &args.drover {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("locating this executable")?
-            .parent()
-            .context("this executable has no directory")?
-            .join("drover"),
-    };
-    if !drover.is_file() {
-        bail!(
-            "no drover binary at {} (build it with `cargo build --release -p drover-cli`, or pass --drover PATH)",
-            drover.display()
-        );
-    }
+    let drover = drover_bench::drover_binary(args.drover.as_ref())?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

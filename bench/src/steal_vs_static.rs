@@ -108,13 +108,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let drover = match &args.drover {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no executable dir")?
-            .join("drover"),
-    };
+    let drover = drover_bench::drover_binary(args.drover.as_ref())?;
     let work = tempfile::tempdir()?;
     let drover_args: Vec<String> = vec![];
     let static_chunk = args.chunk_frames.to_string();

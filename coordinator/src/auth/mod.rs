@@ -78,6 +78,21 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// Who a request with this key is, unless the key is revoked.
+    pub fn principal(&self) -> Result<Principal, AuthError> {
+        if self.revoked_ms.is_some() {
+            return Err(AuthError::Revoked(self.id.clone()));
+        }
+        Ok(Principal {
+            key_id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            project: self.project.clone(),
+            rate_per_s: self.rate_per_s,
+            max_active_jobs: self.max_active_jobs,
+        })
+    }
+
     /// What the API shows of it.
     pub fn view(&self) -> KeyView {
         KeyView {
@@ -526,17 +541,7 @@ impl Auth {
     pub fn principal_of(&self, id: &str) -> Result<Principal, AuthError> {
         let model = self.model();
         let k = model.keys.get(id).ok_or(AuthError::Unknown)?;
-        if k.revoked_ms.is_some() {
-            return Err(AuthError::Revoked(k.id.clone()));
-        }
-        Ok(Principal {
-            key_id: k.id.clone(),
-            name: k.name.clone(),
-            role: k.role,
-            project: k.project.clone(),
-            rate_per_s: k.rate_per_s,
-            max_active_jobs: k.max_active_jobs,
-        })
+        k.principal()
     }
 
     /// Who `presented` (the whole key) is.
@@ -547,17 +552,7 @@ impl Auth {
         if !secret.matches(&k.hash) {
             return Err(AuthError::Unknown);
         }
-        if k.revoked_ms.is_some() {
-            return Err(AuthError::Revoked(k.id.clone()));
-        }
-        Ok(Principal {
-            key_id: k.id.clone(),
-            name: k.name.clone(),
-            role: k.role,
-            project: k.project.clone(),
-            rate_per_s: k.rate_per_s,
-            max_active_jobs: k.max_active_jobs,
-        })
+        k.principal()
     }
 
     /// On a fresh coordinator, creates the first admin key. With
