@@ -790,7 +790,10 @@ impl Core {
                 .min(PREEMPT_BATCH as u64) as u32;
             (j.spec.priority, j.shrinks_for_priority, wanted)
         };
-        if outstanding >= wanted {
+        // Nothing runs anywhere: there is nothing to preempt (and no reason
+        // to look at every queued job, which a farm with no free node and a
+        // long queue would do on every submission).
+        if outstanding >= wanted || self.live_chunks == 0 {
             return;
         }
         let mut budget = wanted - outstanding;
