@@ -629,17 +629,19 @@ fn admission_tags_and_quic_submission_with_the_cli() {
     let listed: Vec<Value> = json_of(&ok(&c, &admin, home, &["join-tokens", "list", "--json"]));
     assert!(listed.iter().any(|t| t["note"] == "cli"), "{listed:?}");
     let data = dir.path().join("joined");
-    let mut node = std::process::Command::new(BIN)
-        .args(["node", "--join", &token, "--name", "joined", "--data"])
-        .arg(&data)
-        .env(
-            "XDG_RUNTIME_DIR",
-            std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut node = Reaped(
+        std::process::Command::new(BIN)
+            .args(["node", "--join", &token, "--name", "joined", "--data"])
+            .arg(&data)
+            .env(
+                "XDG_RUNTIME_DIR",
+                std::env::var("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let client = c.client();
     drover_cli::cluster::wait_for(Duration::from_secs(90), "the joined node", || {
         Ok(client
@@ -688,11 +690,21 @@ fn admission_tags_and_quic_submission_with_the_cli() {
     ok(&c, &admin, home, &["identities", "revoke", "joined"]);
     let status =
         drover_cli::cluster::wait_for(Duration::from_secs(60), "the revoked node to stop", || {
-            Ok(node.try_wait()?)
+            Ok(node.0.try_wait()?)
         })
         .unwrap();
     assert!(!status.success());
     let err = fails(&c, &admin, home, &["identities", "revoke", "nobody"]);
     assert!(err.contains("404"), "{err}");
     c.stop();
+}
+
+/// A child process killed and reaped when the test ends, failed or not.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
