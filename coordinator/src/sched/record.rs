@@ -126,6 +126,9 @@ impl JobRecord {
         self.missing.clear();
         self.running.clear();
         self.blocklisted_nodes.clear();
+        // A retry is a user asking for the job to run: a pause before it
+        // ended is over.
+        self.paused = false;
     }
 
     /// Frames in stored segments.

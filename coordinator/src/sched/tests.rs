@@ -1768,3 +1768,19 @@ fn job_ids_continue_after_every_job_was_archived() {
     let (id, _) = core.submit(1, spec(10, ""), Default::default());
     assert_eq!(id, 42);
 }
+
+#[test]
+fn a_retry_ends_a_pause_the_job_ended_with() {
+    let mut h = Harness::new(CoreConfig::default());
+    let job = h.submit(spec(100, ""));
+    h.handle(Event::PauseJob { job, paused: true });
+    h.handle(Event::CancelJob { job });
+    h.handle(Event::RetryJob { job });
+    assert!(!h.view(job).paused);
+    let (core, _) = Core::restore(CoreConfig::default(), h.replayed.clone(), h.now);
+    assert!(!core.job_view(job).unwrap().paused, "replayed the same");
+    h.connect("a", caps(false, 10.0));
+    assert!(!h.held("a").is_empty(), "it runs");
+    h.drain();
+    h.assert_exact(job);
+}
