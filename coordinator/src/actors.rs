@@ -45,10 +45,6 @@ fn node_event(kind: &'static str, node: &str) -> NewEvent {
     }
 }
 
-/// Chunk entries read from one heartbeat: a node holds a handful of chunks,
-/// so a longer list is a broken or hostile peer and the rest is ignored.
-pub const MAX_HEARTBEAT_CHUNKS: usize = 16;
-
 /// Milliseconds since the Unix epoch, read once at start and advanced by
 /// the monotonic clock: the clock injected into the core. A wall-clock step
 /// (NTP) must not reap every node at once or reorder events.
@@ -300,18 +296,18 @@ impl Scheduler {
                 _ => continue,
             };
             let Some(job) = f.job() else { continue };
-            let Some(view) = self.core.job_view(job) else {
+            let Some(summary) = self.core.job_summary(job) else {
                 continue;
             };
-            let mut data = serde_json::to_value(drover_shared::api::JobSummary::from(&view))
-                .unwrap_or_default();
+            let project = summary.project.clone();
+            let mut data = serde_json::to_value(summary).unwrap_or_default();
             if let (Some(extra), Some(obj)) = (extra, data.as_object_mut()) {
                 obj.insert("chunk".into(), extra);
             }
             out.push(NewEvent {
                 kind,
                 job: Some(job),
-                project: Some(view.project.clone()),
+                project: Some(project),
                 node,
                 data,
             });
@@ -1395,10 +1391,11 @@ impl Handler<Inbound> for NodeSession {
             NodeToCoord::Heartbeat(hb) => Event::Heartbeat {
                 node,
                 cpu_load_pct: hb.cpu_load_pct,
+                // At most `MAX_HEARTBEAT_ENTRIES`: the connection checked
+                // the message (`validate`) before it got here.
                 chunks: hb
                     .chunks
                     .iter()
-                    .take(MAX_HEARTBEAT_CHUNKS)
                     .map(|p| report(&p.chunk, p.frames_done))
                     .collect(),
             },

@@ -133,15 +133,9 @@ pub fn check_accepted(spec: &JobSpec) {
         "{spec:?}"
     );
     let json = serde_json::to_string(spec).expect("a job spec serializes");
-    let mut back: JobSpec = serde_json::from_str(&json).expect("a stored job spec reads back");
-    // FIXME: serde_json parses floats exactly only with its `float_roundtrip`
-    // feature, which the workspace does not enable; without it a TOML spec's
-    // `chunk_target_s` (parsed exactly by toml) may read back one ulp off
-    // from the journal. Until then the check allows that ulp.
-    if let (Some(a), Some(b)) = (back.chunk_target_s, spec.chunk_target_s) {
-        assert!((a - b).abs() <= f64::EPSILON * b.abs(), "{a} != {b}");
-        back.chunk_target_s = Some(b);
-    }
+    // Exact, floats included (the workspace enables serde_json's
+    // `float_roundtrip`): what the journal stores reads back the same.
+    let back: JobSpec = serde_json::from_str(&json).expect("a stored job spec reads back");
     assert_eq!(&back, spec);
 }
 

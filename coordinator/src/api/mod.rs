@@ -200,10 +200,13 @@ fn template_matches(template: &str, path: &str) -> bool {
 
 /// Unmatched requests: 405 with `Allow` for a known path, else 404.
 async fn fallback(req: HttpRequest) -> HttpResponse {
-    let mut allowed: Vec<String> = documented_routes()
-        .into_iter()
+    // Built once: the document does not change while the process runs.
+    static ROUTES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    let mut allowed: Vec<String> = ROUTES
+        .get_or_init(documented_routes)
+        .iter()
         .filter(|(_, t)| template_matches(t, req.path()))
-        .map(|(m, _)| m)
+        .map(|(m, _)| m.clone())
         .collect();
     if allowed.is_empty() {
         return problem::problem(

@@ -1784,3 +1784,25 @@ fn a_retry_ends_a_pause_the_job_ended_with() {
     h.drain();
     h.assert_exact(job);
 }
+
+#[test]
+fn a_jobs_summary_is_its_views_summary_without_building_the_chunks() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    let job = h.submit(spec(500, ""));
+    let same = |h: &Harness| {
+        let v = h.core.job_view(job).unwrap();
+        assert_eq!(
+            h.core.job_summary(job).unwrap(),
+            drover_shared::api::JobSummary::from(&v)
+        );
+    };
+    same(&h);
+    let (k, _, _) = h.held("a")[0];
+    h.progress("a", k, 3);
+    same(&h);
+    h.handle(Event::PauseJob { job, paused: true });
+    same(&h);
+    h.handle(Event::CancelJob { job });
+    same(&h);
+}

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use drover_shared::api::{ChunkKind, ChunkState, ChunkView, JobState, JobView, NodeView};
+use drover_shared::api::{
+    ChunkKind, ChunkState, ChunkView, JobState, JobSummary, JobView, NodeView,
+};
 use drover_shared::caps;
 
 use super::nodes::RESOLUTION_CLASSES;
@@ -45,6 +47,16 @@ fn output_fields(
     )
 }
 
+/// Frames rendered so far in a job's running chunks (a speculative copy's
+/// frames count once, through the chunk it copies).
+fn live_frames_done(j: &super::state::Job) -> u64 {
+    j.live
+        .values()
+        .filter(|c| c.twin.is_none() || c.kind != ChunkKind::Speculative)
+        .map(|c| c.frames_done)
+        .sum()
+}
+
 impl Core {
     /// What a job's output must hold: its frames (less those left out) at
     /// its rate.
@@ -53,6 +65,32 @@ impl Core {
             Some(j) => (j.total_frames() - j.missing.len() as u64, j.spec.fps),
             None => (0, 1),
         }
+    }
+
+    /// A job as a list shows it, without building its chunks (the event
+    /// stream makes one per stored chunk).
+    pub fn job_summary(&self, id: JobId) -> Option<JobSummary> {
+        let Some(j) = self.jobs.get(&id) else {
+            return self
+                .finished
+                .get(&id)
+                .map(|r| JobSummary::from(&record_view(r)));
+        };
+        Some(JobSummary {
+            id,
+            name: j.spec.name.clone(),
+            state: j.state,
+            paused: j.paused,
+            priority: j.spec.priority,
+            project: j.spec.project.clone(),
+            submitter: j.owner.name.clone(),
+            frames_total: j.total_frames(),
+            frames_done: (j.frames_done + live_frames_done(j)).min(j.total_frames()),
+            error: j.error.clone(),
+            submitted_at_ms: j.submitted_at_ms,
+            finished_at_ms: j.finished_at_ms,
+            url: format!("/v1/jobs/{id}"),
+        })
     }
 
     /// A job as the API shows it.
@@ -110,12 +148,7 @@ impl Core {
             });
         }
         chunks.sort_by_key(|c| (c.start, c.index));
-        let live_done: u64 = j
-            .live
-            .values()
-            .filter(|c| c.twin.is_none() || c.kind != ChunkKind::Speculative)
-            .map(|c| c.frames_done)
-            .sum();
+        let live_done = live_frames_done(j);
         let (output_path, output_url) = output_fields(id, j.state, &j.output_path);
         Some(JobView {
             id,
