@@ -15,6 +15,7 @@
 //! - [`events`]: the ordered, resumable stream of job and node changes.
 //! - [`artifact`]: a finished job's files, their checksums and poster frame.
 //! - [`webhook`]: signed, journaled, retried deliveries of job outcomes.
+//! - [`autoscale`]: auto-scaling node pools: policy, providers, driver.
 //! - [`server`]: wires everything together for `drover coordinator`.
 #![warn(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod actors;
 pub mod api;
 pub mod artifact;
 pub mod auth;
+pub mod autoscale;
 pub mod events;
 pub mod journal;
 pub mod mux;
