@@ -85,6 +85,17 @@ enum Cmd {
         /// starts; once joined, the node's own certificate is its identity.
         #[arg(long, env = "DROVER_JOIN_TOKEN", value_name = "TOKEN")]
         join: Option<String>,
+        /// Read the join token from this file instead of --join (a secret
+        /// mounted as a file by Compose, Kubernetes or systemd's
+        /// LoadCredential=, so the token is never in the environment or
+        /// the process list).
+        #[arg(
+            long,
+            env = "DROVER_JOIN_FILE",
+            value_name = "PATH",
+            conflicts_with = "join"
+        )]
+        join_file: Option<PathBuf>,
         /// The coordinator's QUIC address, host:port (default: the join
         /// token's, the one saved at the first join, or 127.0.0.1:8271).
         #[arg(long, env = "DROVER_COORDINATOR")]
@@ -267,6 +278,30 @@ fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".drover"))
 }
 
+/// Reads `--join-file`: the token alone, surrounding whitespace dropped (a
+/// file written by `echo` or `kubectl create secret --from-file` ends in a
+/// newline). Read no further than a token can be, so a wrong path (a disk
+/// image, a device) fails fast with the flag named.
+fn read_join_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let limit = drover_shared::join::MAX_JOIN_TOKEN_BYTES;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit as u64 + 64).read_to_string(&mut text))
+        .map_err(|e| anyhow::anyhow!("--join-file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("--join-file {}: the file is empty", path.display());
+    }
+    if token.len() > limit {
+        anyhow::bail!(
+            "--join-file {}: more than {limit} bytes, the limit of a join token",
+            path.display()
+        );
+    }
+    Ok(token.to_string())
+}
+
 fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -335,6 +370,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Node {
             join,
+            join_file,
             coordinator,
             data,
             name,
@@ -347,6 +383,10 @@ fn main() -> anyhow::Result<()> {
             fail_frame,
         } => {
             init_logs("info");
+            let join = match join_file {
+                Some(f) => Some(read_join_file(&f)?),
+                None => join,
+            };
             let name = name
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .or_else(|| {
