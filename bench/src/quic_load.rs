@@ -909,6 +909,7 @@ async fn run_node(
                     .collect();
                 let hb = Heartbeat {
                     cpu_load_pct: 0.0,
+                    memory_load_pct: 0.0,
                     chunks,
                 };
                 if out.send(NodeToCoord::Heartbeat(hb)).await.is_err() {

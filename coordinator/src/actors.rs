@@ -1391,6 +1391,7 @@ impl Handler<Inbound> for NodeSession {
             NodeToCoord::Heartbeat(hb) => Event::Heartbeat {
                 node,
                 cpu_load_pct: hb.cpu_load_pct,
+                memory_load_pct: hb.memory_load_pct,
                 // At most `MAX_HEARTBEAT_ENTRIES`: the connection checked
                 // the message (`validate`) before it got here.
                 chunks: hb

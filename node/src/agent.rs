@@ -870,18 +870,31 @@ fn lost_why(conn: &quinn::Connection, fallback: &str) -> String {
     }
 }
 
+/// Memory in use (total less what the kernel says is available: page cache
+/// counts as free), percent of the machine's memory, within the bound the
+/// coordinator checks.
+fn memory_load_pct(sys: &sysinfo::System) -> f32 {
+    let total = sys.total_memory();
+    if total == 0 {
+        return 0.0;
+    }
+    let used = total.saturating_sub(sys.available_memory());
+    ((used as f64 / total as f64) * 100.0).clamp(0.0, 100.0) as f32
+}
+
 /// Sends a heartbeat every `interval_ms` on one session.
 async fn heartbeats(agent: Arc<Agent>, out: mpsc::UnboundedSender<NodeToCoord>, interval_ms: u64) {
     let mut sys = sysinfo::System::new().ok();
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.clamp(100, 60_000)));
     loop {
         tick.tick().await;
-        let cpu_load_pct = match sys.as_mut() {
+        let (cpu_load_pct, memory_load_pct) = match sys.as_mut() {
             Some(sys) => {
                 sys.refresh_cpu_usage();
-                sys.global_cpu_usage()
+                sys.refresh_memory();
+                (sys.global_cpu_usage(), memory_load_pct(sys))
             }
-            None => 0.0,
+            None => (0.0, 0.0),
         };
         let chunks = locked(&agent.work)
             .held
@@ -896,6 +909,7 @@ async fn heartbeats(agent: Arc<Agent>, out: mpsc::UnboundedSender<NodeToCoord>, 
             .collect();
         let hb = Heartbeat {
             cpu_load_pct,
+            memory_load_pct,
             chunks,
         };
         if out.send(NodeToCoord::Heartbeat(hb)).is_err() {

@@ -235,6 +235,7 @@ mod tests {
     fn a_node_message_is_not_a_coordinator_message() {
         let frame = encode_frame(&NodeToCoord::Heartbeat(Heartbeat {
             cpu_load_pct: 3.0,
+            memory_load_pct: 4.0,
             chunks: vec![],
         }))
         .unwrap();

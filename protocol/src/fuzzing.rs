@@ -259,6 +259,7 @@ pub fn seeds() -> Vec<Seed> {
         frame(&|| {
             encode_frame(&NodeToCoord::Heartbeat(Heartbeat {
                 cpu_load_pct: 37.5,
+                memory_load_pct: 61.0,
                 chunks: vec![ChunkProgress {
                     chunk: c,
                     frames_done: 4,
@@ -453,6 +454,7 @@ mod tests {
     fn heartbeat(entries: usize) -> NodeToCoord {
         NodeToCoord::Heartbeat(Heartbeat {
             cpu_load_pct: 1.0,
+            memory_load_pct: 1.0,
             chunks: vec![
                 crate::messages::ChunkProgress {
                     chunk: ChunkRef {

@@ -4,7 +4,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 /// Version of this wire format. A peer with another version is refused in
 /// the handshake with a message naming both versions.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Chunks a hello may list in [`Hello::running`]. A node holds a handful
 /// (its slots plus what the coordinator queued); a longer list is a broken
@@ -222,6 +222,9 @@ pub struct ChunkProgress {
 pub struct Heartbeat {
     /// CPU load, 0..=100.
     pub cpu_load_pct: f32,
+    /// Memory in use (total less available), 0..=100 percent of the
+    /// machine's memory.
+    pub memory_load_pct: f32,
     /// Chunks the node holds, with their progress.
     pub chunks: Vec<ChunkProgress>,
 }

@@ -79,6 +79,10 @@ pub const MAX_HEARTBEAT_ENTRIES: usize = 64;
 /// Highest `cpu_load_pct` (sysinfo clamps each CPU's load to 100).
 pub const MAX_CPU_LOAD_PCT: f32 = 100.0;
 
+/// Highest `memory_load_pct`: a share of the machine's memory cannot pass
+/// all of it.
+pub const MAX_MEMORY_LOAD_PCT: f32 = 100.0;
+
 /// A message a node sent that breaks a limit of the protocol: which field,
 /// and what is wrong with it, with the limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -264,6 +268,15 @@ fn validate_heartbeat(hb: &Heartbeat) -> Result<(), ProtocolViolation> {
         return Err(ProtocolViolation::new(
             "heartbeat.cpu_load_pct",
             format!("{} is outside 0..={MAX_CPU_LOAD_PCT}", hb.cpu_load_pct),
+        ));
+    }
+    if !(hb.memory_load_pct >= 0.0 && hb.memory_load_pct <= MAX_MEMORY_LOAD_PCT) {
+        return Err(ProtocolViolation::new(
+            "heartbeat.memory_load_pct",
+            format!(
+                "{} is outside 0..={MAX_MEMORY_LOAD_PCT}",
+                hb.memory_load_pct
+            ),
         ));
     }
     count(hb.chunks.len(), MAX_HEARTBEAT_ENTRIES, "entries").map_err(at("heartbeat.chunks"))?;

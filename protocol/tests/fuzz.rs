@@ -244,12 +244,16 @@ fn node_message() -> BoxedStrategy<NodeToCoord> {
         hello().prop_map(|h| NodeToCoord::Hello(Box::new(h))),
         (
             prop_oneof![8 => 0.0f32..=100.0, 1 => any::<f32>()],
+            prop_oneof![8 => 0.0f32..=100.0, 1 => any::<f32>()],
             list(progress(), drover_protocol::MAX_HEARTBEAT_ENTRIES)
         )
-            .prop_map(|(cpu_load_pct, chunks)| NodeToCoord::Heartbeat(Heartbeat {
-                cpu_load_pct,
-                chunks
-            })),
+            .prop_map(
+                |(cpu_load_pct, memory_load_pct, chunks)| NodeToCoord::Heartbeat(Heartbeat {
+                    cpu_load_pct,
+                    memory_load_pct,
+                    chunks
+                })
+            ),
         progress().prop_map(NodeToCoord::Progress),
         (
             chunk(),

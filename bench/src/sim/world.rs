@@ -810,6 +810,7 @@ impl<'a> World<'a> {
             Some(node) if heartbeat => Some(Event::Heartbeat {
                 node,
                 cpu_load_pct: 100.0,
+                memory_load_pct: 50.0,
                 chunks: n
                     .held
                     .iter()

@@ -87,9 +87,13 @@ impl Core {
             Event::Heartbeat {
                 node,
                 cpu_load_pct,
+                memory_load_pct,
                 chunks,
             } => {
                 self.heartbeat(now_ms, node, cpu_load_pct, &mut cmds);
+                if let Some(n) = self.node_mut(node) {
+                    n.memory_load_pct = memory_load_pct;
+                }
                 for r in chunks {
                     self.progress(now_ms, node, r);
                 }

@@ -125,6 +125,7 @@ impl Core {
                     last_heartbeat_ms: now_ms,
                     held: Vec::new(),
                     cpu_load_pct: 0.0,
+                    memory_load_pct: 0.0,
                     frames_rendered: 0,
                     quarantined: None,
                     failing_jobs: Vec::new(),

@@ -100,6 +100,8 @@ pub(crate) struct Node {
     /// Chunks it holds, in the order it runs them.
     pub held: Vec<ChunkKey>,
     pub cpu_load_pct: f32,
+    /// Memory in use as the last heartbeat reported it, percent.
+    pub memory_load_pct: f32,
     pub frames_rendered: u64,
     pub quarantined: Option<String>,
     /// Distinct jobs that failed on it since its last success.

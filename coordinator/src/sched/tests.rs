@@ -382,6 +382,7 @@ impl Harness {
         self.handle(Event::Heartbeat {
             node,
             cpu_load_pct: 50.0,
+            memory_load_pct: 30.0,
             chunks,
         })
     }

@@ -258,6 +258,8 @@ pub enum Event {
         node: NodeId,
         /// CPU load.
         cpu_load_pct: f32,
+        /// Memory in use, percent of the node's memory.
+        memory_load_pct: f32,
         /// Started chunks.
         chunks: Vec<ChunkReport>,
     },

@@ -338,6 +338,7 @@ fn heartbeats() {
     let hb = |cpu_load_pct, n, frames_done| {
         NodeToCoord::Heartbeat(Heartbeat {
             cpu_load_pct,
+            memory_load_pct: 40.0,
             chunks: vec![
                 ChunkProgress {
                     chunk: C,
@@ -361,6 +362,18 @@ fn heartbeats() {
     );
     for bad in [100.01, -0.01, f32::NAN, f32::INFINITY] {
         check(hb(bad, 1, 0), Err("heartbeat.cpu_load_pct: "));
+    }
+    let mem = |memory_load_pct| {
+        NodeToCoord::Heartbeat(Heartbeat {
+            cpu_load_pct: 1.0,
+            memory_load_pct,
+            chunks: Vec::new(),
+        })
+    };
+    check(mem(0.0), Ok(()));
+    check(mem(MAX_MEMORY_LOAD_PCT), Ok(()));
+    for bad in [100.5, -1.0, f32::NAN, f32::NEG_INFINITY] {
+        check(mem(bad), Err("heartbeat.memory_load_pct: "));
     }
 }
 
@@ -516,6 +529,7 @@ fn the_largest_valid_messages_fit_a_control_frame() {
     });
     let heartbeat = NodeToCoord::Heartbeat(Heartbeat {
         cpu_load_pct: MAX_CPU_LOAD_PCT,
+        memory_load_pct: MAX_MEMORY_LOAD_PCT,
         chunks: vec![
             ChunkProgress {
                 chunk: C,
