@@ -20,9 +20,26 @@ use drover_cli::{commands, demo};
     after_help = "Examples:\n  drover demo                      # a local farm renders a sample job\n  drover coordinator &             # then, on each render machine:\n  drover node --coordinator HOST:8271 --cert coordinator-cert.der\n  drover submit shot.toml --watch  # DROVER_URL points at the coordinator"
 )]
 struct Cli {
+    /// Log lines as text for people, or as one JSON object per line for
+    /// log collectors (every line about a job carries `job`, `chunk` and
+    /// `node`). Passed on to the processes drover starts.
+    #[arg(long, global = true, env = "DROVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The format `init_logs` uses, set once from the command line.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -72,6 +89,15 @@ enum Cmd {
         /// it differs from --quic (a wildcard bind, NAT, a DNS name).
         #[arg(long, env = "DROVER_ADVERTISE_QUIC")]
         advertise_quic: Option<String>,
+        /// Serve `/metrics` only to scrapers sending
+        /// `Authorization: Bearer <token>`, the token read from this file
+        /// at start (an empty file is refused).
+        #[arg(long, env = "DROVER_METRICS_TOKEN_FILE", value_name = "PATH")]
+        metrics_token_file: Option<PathBuf>,
+        /// Serve `/metrics` to anyone who reaches the HTTP port (without
+        /// this or --metrics-token-file, `/metrics` answers 403).
+        #[arg(long, env = "DROVER_METRICS_PUBLIC", conflicts_with = "metrics_token_file")]
+        metrics_public: bool,
     },
     /// Run a node agent that renders and encodes chunks.
     #[command(
@@ -305,14 +331,26 @@ fn read_join_file(path: &std::path::Path) -> anyhow::Result<String> {
 fn init_logs(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text) {
+        LogFormat::Text => logs.init(),
+        // Span fields (a chunk's `job`, `chunk`, `node`) are flattened
+        // into each line, so a collector filters on them directly.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
+    if cli.log_format == LogFormat::Json {
+        // The processes drover starts (a node's executor, a demo's
+        // coordinator and nodes) log the same way.
+        // SAFETY: at start, before any thread exists.
+        unsafe { std::env::set_var("DROVER_LOG_FORMAT", "json") };
+    }
     if !matches!(
         cli.cmd,
         Cmd::Coordinator { .. } | Cmd::Node { .. } | Cmd::Demo(_)
@@ -339,8 +377,14 @@ fn main() -> anyhow::Result<()> {
             admin_key_file,
             webhook_retry_base_ms,
             advertise_quic,
+            metrics_token_file,
+            metrics_public,
         } => {
             init_logs("info");
+            let metrics = drover_coordinator::metrics::MetricsAccess::from_flags(
+                metrics_token_file.as_deref(),
+                metrics_public,
+            )?;
             let data_dir = data.unwrap_or_else(|| default_data_dir().join("coordinator"));
             use drover_coordinator::sched::{Chunking, CoreConfig};
             let drover = strategy == "drover";
@@ -365,6 +409,7 @@ fn main() -> anyhow::Result<()> {
                 admin_key_file,
                 webhook_retry_base_ms,
                 quic_advertise: advertise_quic,
+                metrics,
             };
             actix::System::new().block_on(drover_coordinator::server::run(cfg))
         }

@@ -316,7 +316,12 @@ impl Scheduler {
     }
 
     fn apply(&mut self, event: Event, ctx: &mut Context<Self>) {
+        crate::metrics::global().event_seen(&self.core, &event);
+        let decided = std::time::Instant::now();
         let cmds = self.core.handle(now_ms(), event);
+        crate::metrics::global()
+            .decision_latency
+            .observe(decided.elapsed().as_secs_f64());
         self.commit(cmds, None, ctx);
     }
 
@@ -332,6 +337,7 @@ impl Scheduler {
         ctx: &mut Context<Self>,
     ) {
         let facts = self.core.take_facts();
+        crate::metrics::global().count_facts(&facts);
         let events = self.events_of(&facts);
         let hooks = self.hook_calls(&facts);
         self.pending_events.clear();
@@ -640,7 +646,11 @@ impl Handler<Submit> for Scheduler {
             let limit = msg.max_active_jobs;
             return Box::pin(async move { Err(SubmitError::TooManyJobs { limit }) });
         }
+        let decided = std::time::Instant::now();
         let (id, cmds) = self.core.submit(now_ms(), msg.spec, msg.owner);
+        crate::metrics::global()
+            .decision_latency
+            .observe(decided.elapsed().as_secs_f64());
         // Durable first, then visible to nodes and to the client: the
         // assignments and the 201 wait behind the acceptance fact.
         let (tx, rx) = oneshot::channel();
@@ -1117,6 +1127,18 @@ impl Handler<ListNodes> for Scheduler {
     type Result = MessageResult<ListNodes>;
     fn handle(&mut self, _: ListNodes, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.core.node_views(now_ms()))
+    }
+}
+
+/// The core's load, read by `/metrics` at scrape time.
+#[derive(Message)]
+#[rtype(result = "crate::sched::summary::LoadSummary")]
+pub struct Summarize;
+
+impl Handler<Summarize> for Scheduler {
+    type Result = MessageResult<Summarize>;
+    fn handle(&mut self, _: Summarize, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.core.load_summary())
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`artifact`]: a finished job's files, their checksums and poster frame.
 //! - [`webhook`]: signed, journaled, retried deliveries of job outcomes.
 //! - [`autoscale`]: auto-scaling node pools: policy, providers, driver.
+//! - [`metrics`]: Prometheus series for `/metrics` and the readiness checks.
 //! - [`server`]: wires everything together for `drover coordinator`.
 #![warn(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod autoscale;
 pub mod events;
 pub mod journal;
+pub mod metrics;
 pub mod mux;
 pub mod quic;
 pub mod sched;

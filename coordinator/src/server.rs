@@ -34,6 +34,8 @@ pub struct CoordinatorConfig {
     /// The QUIC address join tokens send nodes to (`host:port`); the bound
     /// address when it is a specific one, else this host's name.
     pub quic_advertise: Option<String>,
+    /// Who may read `/metrics` (`--metrics-token-file`, `--metrics-public`).
+    pub metrics: crate::metrics::MetricsAccess,
 }
 
 /// The address nodes reach a QUIC endpoint bound to `bound` at: itself, or
@@ -84,6 +86,7 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         ms = stats.elapsed.as_millis() as u64,
         "journal replayed"
     );
+    crate::metrics::health().set_journal(journal.clone(), cfg.data_dir.clone());
     let store = ArtifactStore::open(&cfg.data_dir.join("artifacts"))?;
     let auth = crate::auth::Auth::open(&cfg.data_dir)?;
     auth.bootstrap(cfg.admin_key_file.as_deref())?;
@@ -184,10 +187,12 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     ));
     let api = actix_web::web::Data::from(api);
     let gate = actix_web::web::Data::new(gate);
+    let metrics_access = actix_web::web::Data::new(cfg.metrics.clone());
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(api.clone())
             .app_data(gate.clone())
+            .app_data(metrics_access.clone())
             .configure(crate::api::configure)
             .wrap(actix_web::middleware::from_fn(crate::api::gate))
     })

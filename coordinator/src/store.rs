@@ -537,6 +537,9 @@ fn write_and_verify(
     let mut got = offset;
     while let Some(buf) = rx.blocking_recv() {
         file.write_all(&buf).map_err(io(partial))?;
+        crate::metrics::global()
+            .uploaded_bytes
+            .inc_by(buf.len() as u64);
         hasher.update(&buf);
         got += buf.len() as u64;
     }

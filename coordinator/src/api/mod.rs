@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod events;
+pub mod health;
 pub mod jobs;
 pub mod links;
 pub mod problem;
@@ -83,8 +84,9 @@ macro_rules! routes {
 }
 
 routes!(
-    healthz,
-    readyz,
+    health::healthz,
+    health::readyz,
+    health::metrics,
     openapi_json,
     docs,
     jobs::submit,
@@ -288,39 +290,6 @@ fn json_error(e: actix_web::error::JsonPayloadError) -> Problem {
 
 /// The gate's middleware, for `App::wrap`.
 pub use crate::auth::http::gate;
-
-/// Liveness: the process answers.
-#[utoipa::path(operation_id = "healthz", tag = "health", responses((status = 200, description = "alive")))]
-#[get("/healthz")]
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
-}
-
-/// Readiness: the scheduler answers and the artifact store is writable.
-/// A failing check is named.
-#[utoipa::path(operation_id = "readyz", tag = "health", responses(
-    (status = 200, description = "ready"),
-    (status = 503, description = "a check failed", body = drover_shared::api::Problem),
-))]
-#[get("/readyz")]
-async fn readyz(api: web::Data<Api>) -> ApiResult {
-    let mut failed = Vec::new();
-    if api.sched.send(crate::actors::ListNodes).await.is_err() {
-        failed.push("scheduler: does not answer".to_string());
-    }
-    if let Err(e) = api.store.check_writable() {
-        failed.push(format!("artifact store: {e}"));
-    }
-    if failed.is_empty() {
-        return Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })));
-    }
-    Err(Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not ready",
-        failed.join("; "),
-        None,
-    ))
-}
 
 /// This document.
 #[utoipa::path(operation_id = "openapi_document", tag = "health", responses((status = 200, description = "the OpenAPI 3.1 document")))]

@@ -21,11 +21,12 @@ use super::{Auth, AuthError, Principal};
 use crate::api::problem::{problem, Problem};
 
 /// Paths that answer without a key: health, readiness, the API's own
-/// description, and signed download links (the signature is the key).
+/// description, signed download links (the signature is the key), and
+/// `/metrics`, which checks its own scrape token instead.
 pub fn is_public(path: &str) -> bool {
     matches!(
         path,
-        "/healthz" | "/readyz" | "/v1/openapi.json" | "/v1/docs"
+        "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json" | "/v1/docs"
     ) || path.starts_with("/v1/downloads/")
 }
 

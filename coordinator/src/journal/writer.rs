@@ -139,6 +139,7 @@ impl<M: Model> Writer<M> {
         let first = self.last_seq + 1;
         let mut next = first;
         let mut block = BlockWriter::default();
+        let started = std::time::Instant::now();
         match self.sync {
             Sync::Group => {
                 let mut batch = sled::Batch::default();
@@ -162,6 +163,7 @@ impl<M: Model> Writer<M> {
                     .apply_batch(batch)
                     .map_err(|e| self.store.err(e))?;
                 self.store.flush()?;
+                crate::metrics::global().journal_committed(&self.store.dir, started.elapsed());
                 self.durable(next - 1);
             }
             Sync::PerFact => {

@@ -206,6 +206,8 @@ pub struct Quic {
 /// system's thread (it creates actors).
 pub async fn serve(endpoint: quinn::Endpoint, quic: Quic) {
     let slots = UploadSlots::new(MAX_UPLOADS_PER_NODE, MAX_UPLOADS_TOTAL);
+    // `/readyz` reports the endpoint up while this loop accepts.
+    crate::metrics::health().set_quic_accepting(true);
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
         // Over the limits: refused before any crypto is spent on it.
@@ -230,6 +232,7 @@ pub async fn serve(endpoint: quinn::Endpoint, quic: Quic) {
             }
         });
     }
+    crate::metrics::health().set_quic_accepting(false);
 }
 
 async fn connection(
@@ -377,16 +380,21 @@ async fn connection(
     let uploads = {
         let conn = conn.clone();
         let scheduler = scheduler.clone();
+        // Every log line of an upload names the node it came from.
+        let span = tracing::info_span!("upload", node = %name);
         actix::spawn(async move {
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let store = store.clone();
                 let scheduler = scheduler.clone();
                 let slots = slots.clone();
-                actix::spawn(async move {
-                    if let Err(e) = upload(send, recv, store, scheduler, slots, node).await {
-                        warn!("upload failed: {e:#}");
-                    }
-                });
+                actix::spawn(tracing::Instrument::instrument(
+                    async move {
+                        if let Err(e) = upload(send, recv, store, scheduler, slots, node).await {
+                            warn!("upload failed: {e:#}");
+                        }
+                    },
+                    span.clone(),
+                ));
             }
         })
     };

@@ -22,6 +22,7 @@
 //!   bad-frame bisection, the end of a job.
 //! - [`record`]: the journal record, submission, restore.
 //! - `views`: what the API shows.
+//! - [`summary`]: the load `/metrics` reports (jobs, queue, nodes by state).
 //! - `invariants`: [`Core::check_invariants`].
 //!
 //! # How a job runs
@@ -42,6 +43,7 @@ mod nodes;
 mod place;
 pub mod record;
 mod state;
+pub mod summary;
 pub mod types;
 pub mod views;
 
