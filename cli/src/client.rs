@@ -466,6 +466,19 @@ impl Client {
         self.check(r)
     }
 
+    /// `GET path` read as `T`, for routes without a method of their own
+    /// (`drover top` reads `/v1/fleet` and `/v1/pools` with it).
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let r = self.req("GET", path).call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `GET path` read as text (a chunk log: `text/plain`).
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let r = self.req("GET", path).call();
+        Ok(self.check(r)?.into_string()?)
+    }
+
     /// `GET /v1/nodes`.
     pub fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
         let r = self.req("GET", "/v1/nodes").call();

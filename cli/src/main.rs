@@ -222,6 +222,10 @@ enum Cmd {
     #[command(after_help = "Example:\n  drover artifacts 12 --ttl-s 86400")]
     Artifacts(commands::ArtifactsArgs),
     /// Download a done job's video (or poster), checked against its SHA-256.
+    /// The executor log of each chunk of a job (adapter, encoder, frame
+    /// timings, the failure), as its node sent it; or one chunk's.
+    #[command(after_help = "Example:\n  drover logs 12\n  drover logs 12 --chunk 3")]
+    Logs(drover_cli::logs::LogsArgs),
     #[command(
         after_help = "Example:\n  drover download 12\n  drover download 12 -o shot.mp4\n  drover download 12 --poster -o posters/"
     )]
@@ -534,6 +538,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Drain(a) => {
             init_logs("warn");
             commands::drain(a)
+        Cmd::Logs(a) => {
+            init_logs("warn");
+            drover_cli::logs::logs(a)
+        }
         }
         Cmd::Undrain(a) => {
             init_logs("warn");

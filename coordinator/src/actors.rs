@@ -163,6 +163,9 @@ pub struct Scheduler {
     pending_events: Vec<NewEvent>,
     /// Webhook deliveries (`None`: webhooks off, in tests of the actors).
     hooks: Option<crate::webhook::Webhooks>,
+    /// Chunk logs (`None`: off, in tests of the actors); see
+    /// [`Scheduler::with_chunk_logs`].
+    chunk_logs: Option<crate::chunklog::ChunkLogs>,
 }
 
 impl Scheduler {
@@ -195,6 +198,7 @@ impl Scheduler {
             events,
             pending_events: Vec::new(),
             hooks,
+            chunk_logs: None,
         }
     }
 
@@ -593,6 +597,7 @@ impl Actor for Scheduler {
         let _ = self.durable_cell.set(ctx.address().recipient());
         let startup = std::mem::take(&mut self.pending_commands);
         self.commit(startup, None, ctx);
+        self.prune_chunk_logs_every(ctx);
     }
 }
 
@@ -1478,5 +1483,134 @@ impl Handler<Close> for NodeSession {
     type Result = ();
     fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+            NodeToCoord::ChunkLog(log) => {
+                self.scheduler.do_send(ChunkLogPiece { node, log });
+                return;
+            }
+                // Before the failure reaches the core: the attempt is
+                // still this node's when the note is admitted.
+                self.scheduler.do_send(ChunkLogFailed {
+                    node,
+                    chunk: f.chunk,
+                    reason: f.reason.clone(),
+                });
+
+/// How often the scheduler drops the chunk logs of jobs it no longer holds
+/// (they left the finished-job retention), in seconds: a job's logs outlive
+/// it by at most this.
+pub const CHUNK_LOG_PRUNE_INTERVAL_S: u64 = 60;
+
+impl Scheduler {
+    /// Keeps each chunk attempt's executor log in `logs`: pieces from the
+    /// node holding the attempt are written, others dropped.
+    pub fn with_chunk_logs(mut self, logs: crate::chunklog::ChunkLogs) -> Self {
+        self.chunk_logs = Some(logs);
+        self
+    }
+
+    /// Drops, now and then every [`CHUNK_LOG_PRUNE_INTERVAL_S`], the logs
+    /// of the jobs the core no longer holds.
+    fn prune_chunk_logs_every(&mut self, ctx: &mut Context<Self>) {
+        if self.chunk_logs.is_none() {
+            return;
+        }
+        self.prune_chunk_logs();
+        ctx.run_interval(
+            Duration::from_secs(CHUNK_LOG_PRUNE_INTERVAL_S),
+            |this, _| this.prune_chunk_logs(),
+        );
+    }
+
+    fn prune_chunk_logs(&mut self) {
+        let Some(logs) = &self.chunk_logs else { return };
+        let jobs = logs.jobs();
+        let keep: Vec<u64> = jobs
+            .iter()
+            .copied()
+            .filter(|j| self.core.job_summary(*j).is_some())
+            .collect();
+        if keep.len() < jobs.len() {
+            logs.retain_jobs(keep);
+        }
+    }
+}
+
+/// A piece of a chunk attempt's log from a node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ChunkLogPiece {
+    /// The node that sent it.
+    pub node: NodeId,
+    /// The piece.
+    pub log: drover_protocol::ChunkLog,
+}
+
+impl Handler<ChunkLogPiece> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, m: ChunkLogPiece, _: &mut Context<Self>) {
+        let Some(logs) = &self.chunk_logs else { return };
+        let c = m.log.chunk;
+        // Only the node holding this attempt writes its log, as only it may
+        // upload its segment: a late piece of an old attempt, or another
+        // node's, must not land on it.
+        let Some(held) = self.core.current(m.node, key(&c), c.epoch) else {
+            tracing::debug!(
+                job = c.job,
+                chunk = c.index,
+                epoch = c.epoch,
+                "chunk log piece of an attempt the node does not hold: dropped"
+            );
+            return;
+        };
+        let (start, end) = (held.start, held.end);
+        let node = self.core.node_name(m.node).unwrap_or("?").to_string();
+        logs.submit(crate::chunklog::Piece {
+            job: c.job,
+            chunk: c.index,
+            epoch: c.epoch,
+            node,
+            start,
+            end,
+            offset: m.log.offset,
+            text: m.log.text,
+            last: m.log.last,
+        });
+    }
+}
+
+/// A node reported a chunk attempt failed: its log says so.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ChunkLogFailed {
+    /// The node that sent it.
+    pub node: NodeId,
+    /// The attempt.
+    pub chunk: ChunkRef,
+    /// Why.
+    pub reason: String,
+}
+
+impl Handler<ChunkLogFailed> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, m: ChunkLogFailed, _: &mut Context<Self>) {
+        let Some(logs) = &self.chunk_logs else { return };
+        let c = m.chunk;
+        if self.core.current(m.node, key(&c), c.epoch).is_some() {
+            logs.submit_failed(c.job, c.index, c.epoch, m.reason);
+        }
+    }
+}
+
+/// The chunk log store, for the API (`None` when logs are off).
+#[derive(Message)]
+#[rtype(result = "Option<crate::chunklog::ChunkLogs>")]
+pub struct GetChunkLogs;
+
+impl Handler<GetChunkLogs> for Scheduler {
+    type Result = MessageResult<GetChunkLogs>;
+    fn handle(&mut self, _: GetChunkLogs, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.chunk_logs.clone())
     }
 }

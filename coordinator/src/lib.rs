@@ -12,6 +12,7 @@
 //!   signed download links and the event stream's SSE endpoint.
 //! - [`auth`]: API keys (roles, projects, rate limits) and the gate every
 //!   request passes.
+//! - [`chunklog`]: each chunk attempt's executor log, as nodes ship it.
 //! - [`events`]: the ordered, resumable stream of job and node changes.
 //! - [`artifact`]: a finished job's files, their checksums and poster frame.
 //! - [`webhook`]: signed, journaled, retried deliveries of job outcomes.
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod autoscale;
 pub mod events;
 pub mod journal;
+pub mod chunklog;
 pub mod metrics;
 pub mod mux;
 pub mod quic;

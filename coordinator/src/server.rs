@@ -154,6 +154,11 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         cell,
         events.clone(),
         Some(hooks.clone()),
+    // Each chunk attempt's executor log, kept after its job ends.
+    let chunk_logs = crate::chunklog::ChunkLogs::open(
+        cfg.data_dir.join("logs"),
+        crate::chunklog::LogLimits::default(),
+    )?;
     )
     .start();
 
@@ -163,6 +168,7 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let quic_advertise = match &cfg.quic_advertise {
         Some(a) => a.clone(),
         None => advertised(quic_addr),
+    .with_chunk_logs(chunk_logs)
     };
 
     let gate = crate::auth::http::Gate::new(auth.clone()).with_links(links.clone());

@@ -51,9 +51,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use drover_protocol::preamble::{self, PreambleError};
 use drover_protocol::{
-    close_code, codec, Assign, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, CoordToNode,
-    Heartbeat, Hello, NodeToCoord, RunningChunk, ShrinkAck, SpooledSegment, StreamKind,
-    MAX_CONTROL_FRAME_BYTES, MAX_HELLO_RUNNING, MAX_HELLO_SPOOLED, PROTOCOL_VERSION,
+    close_code, codec, Assign, ChunkDone, ChunkFailed, ChunkLog, ChunkProgress, ChunkRef,
+    CoordToNode, Heartbeat, Hello, NodeToCoord, RunningChunk, ShrinkAck, SpooledSegment,
+    StreamKind, MAX_CONTROL_FRAME_BYTES, MAX_HELLO_RUNNING, MAX_HELLO_SPOOLED, PROTOCOL_VERSION,
 };
 use drover_shared::caps::Capabilities;
 use drover_shared::config::CERT_SERVER_NAME;
@@ -984,6 +984,27 @@ async fn events_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<Work
                         log_tail,
                         failed_frame,
                     }));
+            WorkerEvent::Log {
+                chunk,
+                offset,
+                text,
+                last,
+            } => {
+                let msg = NodeToCoord::ChunkLog(ChunkLog {
+                    chunk,
+                    offset,
+                    text,
+                    last,
+                });
+                // The last piece waits for a session with the chunk's
+                // outcome, which it must precede; the others matter only
+                // to a live session (the coordinator marks a hole).
+                if last {
+                    agent.send_or_keep(msg);
+                } else {
+                    agent.send(msg);
+                }
+            }
                 }
             }
         }

@@ -198,6 +198,20 @@ pub enum WorkerEvent {
         /// Render plus encode time.
         elapsed_ms: u64,
     },
+    /// A piece of the chunk's executor log
+    /// ([`crate::chunklog::ChunkLogBuffer`]), for the coordinator. The
+    /// last piece (`last`) comes right before the chunk's `Finished` or
+    /// `Failed`.
+    Log {
+        /// Which attempt.
+        chunk: ChunkRef,
+        /// Where `text` starts in the chunk's log, in bytes.
+        offset: u64,
+        /// At most [`drover_protocol::MAX_CHUNK_LOG_PIECE_BYTES`].
+        text: String,
+        /// The chunk's log is complete.
+        last: bool,
+    },
     /// The chunk failed (or was cancelled).
     Failed {
         /// Which attempt.
@@ -930,6 +944,14 @@ pub struct RendererCache {
 }
 
 impl RendererCache {
+    /// Whether [`RendererCache::get`] would reuse the renderer it holds.
+    pub fn holds(&self, source: &str, width: u32, height: u32, fps: u32) -> bool {
+        self.renderer.is_some()
+            && self.key.as_ref().is_some_and(|(s, w, h, f)| {
+                s == source && (*w, *h, *f) == (width, height, fps)
+            })
+    }
+
     /// A renderer for this shader, size and rate, reused when it matches.
     pub fn get(
         &mut self,

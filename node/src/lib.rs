@@ -4,6 +4,8 @@
 //! - [`agent`]: connection, preamble and hello, heartbeats, assignments,
 //!   shrinks, reconnect; the work and the spool outlive connections; the
 //!   drain on SIGTERM.
+//! - [`chunklog`]: each chunk attempt's executor log, bounded (head and
+//!   tail), in pieces for the coordinator.
 //! - [`spool`]: finished segments kept on disk, with a sidecar each, until
 //!   the coordinator has them, across restarts.
 //! - [`upload`]: one resumable upload exchange.
@@ -18,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod chunklog;
 pub mod encode;
 pub mod exec;
 pub mod probe;

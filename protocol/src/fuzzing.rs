@@ -24,10 +24,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::codec::{encode_frame, read_msg, WireError, MAX_CONTROL_FRAME_BYTES};
 use crate::messages::{
-    Assign, ChunkDone, ChunkFailed, ChunkProgress, ChunkRef, ClientRequest, CoordToNode, Heartbeat,
-    Hello, NodeToCoord, RunningChunk, ShrinkAck, SpooledSegment, UploadAdmission, UploadHeader,
-    UploadOutcome, WireAdapter, WireCalibration, WireCapabilities, MAX_CLIENT_FRAME_BYTES,
-    MAX_UPLOAD_FRAME_BYTES, PROTOCOL_VERSION,
+    Assign, ChunkDone, ChunkFailed, ChunkLog, ChunkProgress, ChunkRef, ClientRequest, CoordToNode,
+    Heartbeat, Hello, NodeToCoord, RunningChunk, ShrinkAck, SpooledSegment, UploadAdmission,
+    UploadHeader, UploadOutcome, WireAdapter, WireCalibration, WireCapabilities,
+    MAX_CLIENT_FRAME_BYTES, MAX_UPLOAD_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use crate::preamble::{self, PreambleError};
 use crate::validate::ProtocolViolation;
@@ -297,6 +297,14 @@ pub fn seeds() -> Vec<Seed> {
             }))
         }),
         frame(&|| encode_frame(&NodeToCoord::Leaving)),
+        frame(&|| {
+            encode_frame(&NodeToCoord::ChunkLog(ChunkLog {
+                chunk: c,
+                offset: 0,
+                text: "frame 24: 12.5 ms\n".into(),
+                last: true,
+            }))
+        }),
     ];
     let adapter = WireAdapter {
         name: "llvmpipe (LLVM 15.0.6, 256 bits)".into(),

@@ -271,6 +271,35 @@ pub struct ChunkFailed {
     pub failed_frame: Option<u64>,
 }
 
+/// Largest `text` of one [`ChunkLog`] piece, in bytes: small enough that
+/// a piece never delays a heartbeat or a shrink answer queued behind it on
+/// the control stream, large enough that a chunk's whole log (at most
+/// [`MAX_CHUNK_LOG_BYTES`]) takes a few dozen pieces.
+pub const MAX_CHUNK_LOG_PIECE_BYTES: usize = 32 * 1024;
+
+/// Longest executor log of one chunk attempt, in bytes. The node keeps the
+/// head and the tail of a longer one with a marker saying how much was cut
+/// in between, so a log never passes this; a piece whose end would is a
+/// broken peer. A MiB is thousands of lines, far more than a chunk's worker
+/// writes (a line per second of frames, plus the chunk's start and end).
+pub const MAX_CHUNK_LOG_BYTES: u64 = 1 << 20;
+
+/// A piece of the executor's output for one chunk attempt: the adapter,
+/// the encoder, frame timings, warnings and the failure, as the node's
+/// worker wrote them. Pieces of an attempt go in order; a resent piece (the
+/// same `offset`) is the same text.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ChunkLog {
+    /// Which attempt.
+    pub chunk: ChunkRef,
+    /// Where `text` starts in the attempt's log, in bytes.
+    pub offset: u64,
+    /// At most [`MAX_CHUNK_LOG_PIECE_BYTES`] of UTF-8 text.
+    pub text: String,
+    /// The attempt has ended (done, failed or cancelled): no piece follows.
+    pub last: bool,
+}
+
 /// Messages a node sends on its control stream.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum NodeToCoord {
@@ -291,6 +320,14 @@ pub enum NodeToCoord {
     /// its running chunk, uploads what its spool holds, then closes the
     /// connection with [`close_code::NODE_LEAVING`].
     Leaving,
+    /// A piece of a chunk attempt's executor log (protocol 5), sent while
+    /// the chunk runs and, with `last`, before its `Done` or `Failed`.
+    ChunkLog(ChunkLog),
+    /// A preemption notice (protocol 5): the node's machine is about to be
+    /// taken (a spot instance's notice, SIGUSR1 on the agent). The
+    /// coordinator drains it at once and cuts its running chunks at the
+    /// frame they are on; the node keeps uploading what it rendered.
+    Preempted,
 }
 
 /// Work for a node: render frames `start..=end` and encode them into one

@@ -19,8 +19,9 @@ use drover_shared::join::MAX_JOIN_TOKEN_BYTES;
 use drover_shared::spec::{self, MAX_FRAMES_PER_JOB, MAX_FRAME_NUMBER, MAX_LABEL_BYTES};
 
 use crate::messages::{
-    ChunkDone, ChunkFailed, Heartbeat, Hello, NodeToCoord, ShrinkAck, UploadHeader, WireAdapter,
-    WireCalibration, WireCapabilities, MAX_HELLO_RUNNING, MAX_HELLO_SPOOLED,
+    ChunkDone, ChunkFailed, ChunkLog, Heartbeat, Hello, NodeToCoord, ShrinkAck, UploadHeader,
+    WireAdapter, WireCalibration, WireCapabilities, MAX_CHUNK_LOG_BYTES, MAX_CHUNK_LOG_PIECE_BYTES,
+    MAX_HELLO_RUNNING, MAX_HELLO_SPOOLED,
 };
 
 /// Longest node name, in bytes. The name is the scheduler's key for the node,
@@ -126,6 +127,9 @@ impl NodeToCoord {
                 None => Ok(()),
             },
             NodeToCoord::Leaving => Ok(()),
+            // No fields: nothing to bound.
+            NodeToCoord::Preempted => Ok(()),
+            NodeToCoord::ChunkLog(log) => validate_chunk_log(log),
         }
     }
 }
@@ -290,6 +294,20 @@ fn validate_heartbeat(hb: &Heartbeat) -> Result<(), ProtocolViolation> {
 fn validate_done(done: &ChunkDone) -> Result<(), ProtocolViolation> {
     frame_range(done.start, done.end).map_err(at("done"))?;
     text(&done.adapter, MAX_TEXT_BYTES).map_err(at("done.adapter"))
+}
+
+fn validate_chunk_log(log: &ChunkLog) -> Result<(), ProtocolViolation> {
+    text(&log.text, MAX_CHUNK_LOG_PIECE_BYTES).map_err(at("chunk_log.text"))?;
+    let end = log.offset.saturating_add(log.text.len() as u64);
+    if end > MAX_CHUNK_LOG_BYTES {
+        return Err(ProtocolViolation::new(
+            "chunk_log.offset",
+            format!(
+                "the piece ends at byte {end}, past the limit of {MAX_CHUNK_LOG_BYTES} per chunk"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_failed(failed: &ChunkFailed) -> Result<(), ProtocolViolation> {

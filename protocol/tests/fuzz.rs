@@ -289,6 +289,24 @@ fn node_message() -> BoxedStrategy<NodeToCoord> {
         (chunk(), proptest::option::of(frame()))
             .prop_map(|(chunk, end)| NodeToCoord::ShrinkAck(ShrinkAck { chunk, end })),
         Just(NodeToCoord::Leaving),
+        (
+            chunk(),
+            prop_oneof![
+                8 => 0..MAX_CHUNK_LOG_BYTES,
+                1 => (MAX_CHUNK_LOG_BYTES - 1)..=(MAX_CHUNK_LOG_BYTES + 1),
+                1 => any::<u64>(),
+            ],
+            text(MAX_CHUNK_LOG_PIECE_BYTES),
+            any::<bool>()
+        )
+            .prop_map(
+                |(chunk, offset, text, last)| NodeToCoord::ChunkLog(ChunkLog {
+                    chunk,
+                    offset,
+                    text,
+                    last
+                })
+            ),
     ]
     .boxed()
 }

@@ -374,6 +374,42 @@ pub struct ChunkList {
     pub chunks: Vec<ChunkView>,
 }
 
+/// One chunk attempt's executor log, as `GET /v1/jobs/{id}/logs` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChunkLogEntry {
+    /// Chunk id within the job.
+    pub index: u32,
+    /// The attempt's epoch.
+    pub epoch: u32,
+    /// First frame of the chunk, inclusive.
+    pub start: u64,
+    /// Last frame of the chunk, inclusive.
+    pub end: u64,
+    /// Node that ran it.
+    pub node: String,
+    /// `running`, `done`, `failed`, `cancelled`, or `lost` (the attempt
+    /// ended without its node's last piece: a lost node or agent).
+    pub state: String,
+    /// Why the attempt failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bytes of the log.
+    pub size_bytes: u64,
+    /// The node's last piece arrived: the log will not grow.
+    pub complete: bool,
+    /// The log itself (`text/plain`).
+    pub url: String,
+}
+
+/// A job's chunk logs, by chunk id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChunkLogList {
+    /// Job id.
+    pub job: u64,
+    /// One per chunk attempt that sent a log, by chunk id.
+    pub logs: Vec<ChunkLogEntry>,
+}
+
 /// One file a finished job produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactView {

@@ -20,6 +20,8 @@ pub mod jobs;
 pub mod links;
 pub mod problem;
 pub mod rpc;
+pub mod logs;
+pub mod pools;
 
 use actix::Addr;
 use actix_web::http::StatusCode;
@@ -105,6 +107,8 @@ routes!(
     jobs::webhooks,
     events::events,
     events::stream_link,
+    logs::job_logs,
+    logs::chunk_log,
     admin::list_nodes,
     admin::get_node,
     admin::drain_node,

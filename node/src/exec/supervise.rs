@@ -18,6 +18,11 @@
 //!   [`super::CANCEL_GRACE_MS`]: the worker is killed, every chunk in it
 //!   fails (the one at fault naming its frame), and a new worker starts at
 //!   once.
+//! - Each chunk keeps its log ([`ChunkLogBuffer`]): the worker's lines
+//!   about it and this side's notes (a kill and why, a dead worker's last
+//!   stderr lines); its head goes to the agent every
+//!   [`LOG_FLUSH_INTERVAL_MS`] as [`WorkerEvent::Log`] pieces, and the
+//!   rest right before the chunk's end is reported.
 //! - A worker that dies on its own fails its chunks the same way and is
 //!   restarted after a backoff that grows with each death before a
 //!   segment was finished; a worker that cannot start fails the chunk
@@ -35,7 +40,14 @@ use super::{
     frame_limit, segment_path, WorkItem, WorkerEvent, CANCEL_GRACE_MS, FLUSH_TIMEOUT_MIN_S,
     RESTART_BACKOFF_BASE_MS, RESTART_BACKOFF_MAX_MS, STABLE_UPTIME_S, WORKER_STARTUP_TIMEOUT_S,
 };
+use crate::chunklog::{ChunkLogBuffer, MAX_CHUNK_LOG_PIECE_BYTES};
 use crate::render::AdapterReport;
+
+/// How often a running chunk's new log lines go to the agent (and on to
+/// the coordinator), in milliseconds: often enough to follow a chunk that
+/// seems stuck, rarely enough that a chunk's log is a few messages a
+/// second at most.
+pub const LOG_FLUSH_INTERVAL_MS: u64 = 500;
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +96,9 @@ struct Active {
     frames_done: u64,
     /// When a cancel was sent, the moment the worker must have given up.
     cancel_by: Option<Instant>,
+    /// The chunk's log, and when its head last went to the agent.
+    log: ChunkLogBuffer,
+    log_flushed: Instant,
 }
 
 impl Active {
@@ -420,6 +435,11 @@ impl Supervisor {
                 match checked {
                     Ok(hash) => {
                         self.deaths = 0;
+                        let mut a = a;
+                        a.log.push_line(&format!(
+                            "chunk finished: frames {start}-{end} in {elapsed_ms} ms on {adapter}"
+                        ));
+                        ship_log(&a.item, &mut a.log, true);
                         let _ = a.item.events.send(WorkerEvent::Finished {
                             assign: a.item.assign,
                             start,
@@ -431,6 +451,13 @@ impl Supervisor {
                         });
                     }
                     Err(reason) => self.discard_and_fail(a, reason, "", None),
+                }
+            }
+            FromWorker::Log { chunk, line } => {
+                // The chunk may have ended first (its encoder reported from
+                // another thread): the line is dropped with it.
+                if let Some(a) = self.active.iter_mut().find(|a| a.key == chunk) {
+                    a.log.push_line(&line);
                 }
             }
             FromWorker::Failed {
@@ -445,8 +472,10 @@ impl Supervisor {
                         Cause::Broken(format!("failed {chunk:?}, which it does not hold")),
                     );
                 };
-                let a = self.active.swap_remove(i);
+                let mut a = self.active.swap_remove(i);
                 a.item.window.stop();
+                a.log.push_line(&failure_line(&reason, failed_frame));
+                ship_log(&a.item, &mut a.log, true);
                 let _ = a.item.events.send(WorkerEvent::Failed {
                     chunk: chunk.into(),
                     reason: cut(&reason, MAX_REPORT_BYTES).to_string(),
@@ -499,6 +528,13 @@ impl Supervisor {
         }
         if let Some(cause) = cause {
             self.kill(now, cause);
+        }
+        let every = Duration::from_millis(LOG_FLUSH_INTERVAL_MS);
+        for a in &mut self.active {
+            if now.saturating_duration_since(a.log_flushed) >= every {
+                a.log_flushed = now;
+                ship_log(&a.item, &mut a.log, false);
+            }
         }
         self.pump(now);
     }
@@ -562,6 +598,18 @@ impl Supervisor {
         });
         self.actions
             .push_back(Action::Send(ToWorker::Run(Job::from_assign(&item.assign))));
+        let mut log = ChunkLogBuffer::new();
+        let a = &item.assign;
+        log.push_line(&format!(
+            "job {} chunk {} (attempt epoch {}): frames {}-{}, sent to executor process {}, frame time limit {} s",
+            a.chunk.job,
+            a.chunk.index,
+            a.chunk.epoch,
+            a.start,
+            item.window.end(),
+            self.generation().unwrap_or(0),
+            limit.as_secs_f64()
+        ));
         self.active.push(Active {
             item,
             key,
@@ -569,6 +617,8 @@ impl Supervisor {
             phase: Phase::Rendering { clock_from: now },
             frames_done: 0,
             cancel_by: None,
+            log,
+            log_flushed: now,
         });
     }
 
@@ -587,13 +637,15 @@ impl Supervisor {
         };
         if let Some(item) = self.queue.pop_front() {
             item.window.stop();
+            let reason = format!("the executor process did not start: {why}");
+            let mut log = ChunkLogBuffer::new();
+            for line in reason.lines() {
+                log.push_line(line);
+            }
+            ship_log(&item, &mut log, true);
             let _ = item.events.send(WorkerEvent::Failed {
                 chunk: item.assign.chunk,
-                reason: cut(
-                    &format!("the executor process did not start: {why}"),
-                    MAX_REPORT_BYTES,
-                )
-                .to_string(),
+                reason: cut(&reason, MAX_REPORT_BYTES).to_string(),
                 log_tail: String::new(),
                 failed_frame: None,
             });
@@ -679,7 +731,20 @@ impl Supervisor {
 
     /// Reports a chunk failed after its worker is gone (so its segment may
     /// be half written) or after its segment was refused.
-    fn discard_and_fail(&mut self, a: Active, reason: String, detail: &str, frame: Option<u64>) {
+    fn discard_and_fail(
+        &mut self,
+        mut a: Active,
+        reason: String,
+        detail: &str,
+        frame: Option<u64>,
+    ) {
+        a.log.push_line(&failure_line(&reason, frame));
+        if !detail.is_empty() && !reason.contains(detail) {
+            for line in detail.lines() {
+                a.log.push_line(line);
+            }
+        }
+        ship_log(&a.item, &mut a.log, true);
         let w = &a.item.window;
         w.stop();
         self.actions
@@ -713,6 +778,39 @@ impl Supervisor {
     }
 }
 
+/// The last line of a failed chunk's log: why, naming the frame.
+fn failure_line(reason: &str, frame: Option<u64>) -> String {
+    match frame {
+        Some(f) => format!("chunk failed on frame {f}: {reason}"),
+        None => format!("chunk failed: {reason}"),
+    }
+}
+
+/// Hands the agent the chunk's log pieces not yet sent: those of the head
+/// so far, or (`end`) all the rest, the last piece marked.
+fn ship_log(item: &WorkItem, log: &mut ChunkLogBuffer, end: bool) {
+    let chunk = item.assign.chunk;
+    let send = |offset, text, last| {
+        let _ = item.events.send(WorkerEvent::Log {
+            chunk,
+            offset,
+            text,
+            last,
+        });
+    };
+    if end {
+        let pieces = log.finish(MAX_CHUNK_LOG_PIECE_BYTES);
+        let n = pieces.len();
+        for (i, (offset, text)) in pieces.into_iter().enumerate() {
+            send(offset, text, i + 1 == n);
+        }
+    } else {
+        while let Some((offset, text)) = log.take_piece(MAX_CHUNK_LOG_PIECE_BYTES) {
+            send(offset, text, false);
+        }
+    }
+}
+
 /// The wait before starting a worker after `deaths` deaths in a row:
 /// [`RESTART_BACKOFF_BASE_MS`] doubling up to [`RESTART_BACKOFF_MAX_MS`].
 pub(crate) fn restart_backoff(deaths: u32) -> Duration {
@@ -739,6 +837,7 @@ fn kind(msg: &FromWorker) -> &'static str {
         FromWorker::Rendered { .. } => "rendered",
         FromWorker::Finished { .. } => "finished",
         FromWorker::Failed { .. } => "failed",
+        FromWorker::Log { .. } => "log",
     }
 }
 
@@ -765,6 +864,9 @@ mod tests {
         now: Instant,
         tx: UnboundedSender<WorkerEvent>,
         rx: UnboundedReceiver<WorkerEvent>,
+        /// Each chunk's log as its pieces put it together, and whether
+        /// its last piece came.
+        logs: std::collections::HashMap<u32, (String, bool)>,
     }
 
     /// The agent's handles on a chunk.
@@ -810,6 +912,7 @@ mod tests {
                 now: t0,
                 tx,
                 rx,
+                logs: Default::default(),
             }
         }
 
@@ -917,9 +1020,46 @@ mod tests {
                 .collect()
         }
 
-        /// What the agent heard since last asked.
+        /// What the agent heard since last asked; log pieces are put
+        /// together in [`Harness::logs`] instead, checking that they follow
+        /// each other and that the last comes right before the chunk's end.
         fn events(&mut self) -> Vec<String> {
-            std::iter::from_fn(|| self.rx.try_recv().ok())
+            let mut events = Vec::new();
+            while let Ok(e) = self.rx.try_recv() {
+                let ended = match &e {
+                    WorkerEvent::Finished { assign, .. } => Some(assign.chunk.index),
+                    WorkerEvent::Failed { chunk, reason, .. }
+                        if reason != "cancelled before it started" =>
+                    {
+                        Some(chunk.index)
+                    }
+                    _ => None,
+                };
+                if let Some(index) = ended {
+                    let log = self.logs.get(&index);
+                    assert!(
+                        log.is_some_and(|l| l.1),
+                        "chunk {index} ended before its log: {log:?}"
+                    );
+                }
+                if let WorkerEvent::Log {
+                    chunk,
+                    offset,
+                    text,
+                    last,
+                } = e
+                {
+                    let log = self.logs.entry(chunk.index).or_default();
+                    assert!(!log.1, "a piece after the last of chunk {}", chunk.index);
+                    assert_eq!(offset as usize, log.0.len(), "pieces follow each other");
+                    log.0.push_str(&text);
+                    log.1 = last;
+                    continue;
+                }
+                events.push(e);
+            }
+            events
+                .into_iter()
                 .map(|e| match e {
                     WorkerEvent::Progress {
                         chunk,
@@ -935,8 +1075,18 @@ mod tests {
                         failed_frame,
                         ..
                     } => format!("failed {} {failed_frame:?}: {reason}", chunk.index),
+                    WorkerEvent::Log { .. } => unreachable!("taken above"),
                 })
                 .collect()
+        }
+
+        /// Chunk `index`'s log so far.
+        fn log(&mut self, index: u32) -> String {
+            self.events();
+            self.logs
+                .get(&index)
+                .map(|l| l.0.clone())
+                .unwrap_or_default()
         }
 
         fn ms(&self, at: Option<Instant>) -> Option<u64> {
@@ -1316,5 +1466,101 @@ mod tests {
             ["failed 0 None: the executor process did not start: it wrote unreadable message: expected value"]
         );
         assert_eq!(h.ms(h.sup.poll_timeout()), Some(RESTART_BACKOFF_BASE_MS));
+    }
+
+    /// A chunk's log holds the worker's lines about it and this side's
+    /// notes; its head goes out while it runs, the rest before its end.
+    #[test]
+    fn a_chunk_keeps_its_log_and_ships_it_before_its_end() {
+        let mut h = Harness::ready();
+        let c = h.submit(0, 10, 12, 2);
+        h.actions();
+        let line = |h: &mut Harness, text: &str| {
+            h.say(
+                1,
+                FromWorker::Log {
+                    chunk: c.key,
+                    line: text.into(),
+                },
+            )
+        };
+        line(&mut h, "adapter llvmpipe");
+        assert!(h.ask(1, 0, 10));
+        line(&mut h, "frame 10: 3.0 ms");
+        // Nothing goes before the flush interval, everything after it.
+        h.at(LOG_FLUSH_INTERVAL_MS - 1);
+        assert_eq!(h.log(0), "");
+        h.at(LOG_FLUSH_INTERVAL_MS);
+        assert_eq!(
+            h.log(0),
+            "job 7 chunk 0 (attempt epoch 1): frames 10-12, sent to executor process 1, frame time limit 2 s\n\
+             adapter llvmpipe\nframe 10: 3.0 ms\n"
+        );
+        // A line for another chunk is not this one's.
+        h.say(
+            1,
+            FromWorker::Log {
+                chunk: key(5),
+                line: "stray".into(),
+            },
+        );
+        // The frame passes its limit: the kill names it, last in the log.
+        h.at(LOG_FLUSH_INTERVAL_MS + 2_000);
+        let log = h.log(0);
+        assert!(
+            log.ends_with("frame 10: 3.0 ms\nchunk failed on frame 10: frame 10 exceeded the frame time limit of 2 s\n"),
+            "{log}"
+        );
+        assert!(h.logs[&0].1, "complete");
+        assert!(!log.contains("stray"));
+    }
+
+    #[test]
+    fn a_finished_or_failed_chunk_says_how_it_ended() {
+        let mut h = Harness::ready();
+        let c = h.submit(0, 0, 0, 0);
+        assert!(h.ask(1, 0, 0));
+        h.progress(1, 0, 1);
+        h.say(1, FromWorker::Rendered { chunk: c.key });
+        h.finished(1, 0, 0, 0);
+        assert!(
+            h.log(0)
+                .ends_with("chunk finished: frames 0-0 in 5 ms on worker's\n"),
+            "{}",
+            h.log(0)
+        );
+
+        let d = h.submit(1, 1, 9, 0);
+        assert!(h.ask(1, 1, 1));
+        h.say(
+            1,
+            FromWorker::Failed {
+                chunk: d.key,
+                reason: "test aid: frame 1 fails (--fail-frame)".into(),
+                log_tail: String::new(),
+                failed_frame: Some(1),
+            },
+        );
+        assert!(h
+            .log(1)
+            .ends_with("chunk failed on frame 1: test aid: frame 1 fails (--fail-frame)\n"));
+
+        // A worker that dies leaves its last stderr lines in the log.
+        let e = h.submit(2, 10, 19, 0);
+        h.actions();
+        assert!(h.ask(1, 2, 10));
+        h.sup.exited(
+            h.now,
+            1,
+            "signal: 11 (SIGSEGV)",
+            "panicked at render.rs\nnote: backtrace",
+        );
+        let log = h.log(2);
+        assert!(log.contains("chunk failed on frame 10: the executor process died on frame 10 (signal: 11 (SIGSEGV))\n"), "{log}");
+        assert!(
+            log.ends_with("panicked at render.rs\nnote: backtrace\n"),
+            "{log}"
+        );
+        assert_eq!(e.window.shrink(12), None);
     }
 }

@@ -21,7 +21,9 @@
 //!    [`FromWorker::Rendered`] once every frame is rendered (the encoder may
 //!    still be flushing, and the next chunk may start); then
 //!    [`FromWorker::Finished`] or [`FromWorker::Failed`].
-//!    [`ToWorker::Cancel`] may come at any time.
+//!    [`ToWorker::Cancel`] may come at any time. [`FromWorker::Log`] lines
+//!    about the chunk (adapter, encoder, frame timings) come between, in
+//!    order with the rest.
 //! 3. The supervisor closes stdin: the worker exits at once.
 
 use std::io::BufRead;
@@ -159,6 +161,9 @@ pub(crate) enum FromWorker {
         adapter: String,
         elapsed_ms: u64,
     },
+    /// A line of the chunk's log (the node keeps it and ships it to the
+    /// coordinator).
+    Log { chunk: ChunkKey, line: String },
     /// The chunk failed or was cancelled; its segment is removed.
     Failed {
         chunk: ChunkKey,

@@ -26,6 +26,7 @@ use super::{
     segment_path, start_segment_gated, ChunkError, FrameGate, PendingSegment, RendererCache,
     TestAids,
 };
+use crate::chunklog::FrameLines;
 use crate::encode::{EncodeSettings, DEFAULT_PRESET};
 use crate::render::{AdapterReport, Gpu};
 
@@ -35,6 +36,11 @@ struct Out {
 }
 
 impl Out {
+    /// A line of `chunk`'s log.
+    fn log(&self, chunk: ChunkKey, line: String) {
+        self.send(&FromWorker::Log { chunk, line });
+    }
+
     fn send(&self, msg: &FromWorker) {
         let line = to_line(msg);
         let mut pipe = self.pipe.lock().unwrap_or_else(PoisonError::into_inner);
@@ -312,7 +318,52 @@ impl Chunk<'_> {
     ) -> Result<PendingSegment, ChunkError> {
         let started = Instant::now();
         let chunk = job.chunk;
+        let a = self.adapter;
+        self.out.log(
+            chunk,
+            format!(
+                "executor process {}: adapter {} ({}, {}, driver {})",
+                std::process::id(),
+                a.name,
+                a.device_type,
+                a.backend,
+                if a.driver.is_empty() {
+                    "unknown"
+                } else {
+                    &a.driver
+                }
+            ),
+        );
+        self.out.log(
+            chunk,
+            format!(
+                "rendering from frame {} at {}x{}, {} fps; encoder {} (crf {}, preset {DEFAULT_PRESET})",
+                job.start, job.width, job.height, job.fps, job.encoder, job.crf
+            ),
+        );
+        if self.aids.slows_down() || !self.aids.fail_frames.is_empty() {
+            self.out.log(
+                chunk,
+                format!(
+                    "test aids: slowdown x{}, failing frames {:?}",
+                    self.aids.slowdown_factor, self.aids.fail_frames
+                ),
+            );
+        }
+        let reused = cache.holds(&job.shader_source, job.width, job.height, job.fps);
+        let compiling = Instant::now();
         let renderer = cache.get(self.gpu, &job.shader_source, job.width, job.height, job.fps)?;
+        self.out.log(
+            chunk,
+            if reused {
+                "shader pipeline reused from the previous chunk".to_string()
+            } else {
+                format!(
+                    "shader pipeline compiled in {:.1} ms",
+                    compiling.elapsed().as_secs_f64() * 1e3
+                )
+            },
+        );
         let settings = EncodeSettings {
             width: job.width,
             height: job.height,
@@ -323,8 +374,25 @@ impl Chunk<'_> {
         };
         let path = segment_path(self.spool, ChunkRef::from(chunk));
         let out = Arc::clone(self.out);
+        // Flushed by whichever ends first: the render loop, or the encoder
+        // thread reporting the segment (its line must come after them).
+        let lines = Arc::new(Mutex::new(FrameLines::new()));
+        let done_lines = Arc::clone(&lines);
+        let mut last_done = Instant::now();
+        let first_frame = job.start;
         let progress = |frames_done: u64| {
             out.send(&FromWorker::Progress { chunk, frames_done });
+            // With frames in flight, the time between two frames done is
+            // the node's pace per frame, which is what a log reader wants.
+            let now = Instant::now();
+            let took_ms = now.duration_since(last_done).as_secs_f64() * 1e3;
+            last_done = now;
+            let at_ms = started.elapsed().as_millis() as u64;
+            let frame = first_frame + frames_done - 1;
+            let line = lock(&lines).frame(at_ms, frame, took_ms);
+            if let Some(line) = line {
+                out.log(chunk, line);
+            }
         };
         let done_out = Arc::clone(self.out);
         let adapter = self.adapter.clone();
@@ -348,6 +416,22 @@ impl Chunk<'_> {
                 hasher.update_reader(std::fs::File::open(&seg)?)?;
                 Ok(*hasher.finalize().as_bytes())
             });
+            let line = lock(&done_lines).flush();
+            if let Some(line) = line {
+                done_out.log(chunk, line);
+            }
+            match &finished {
+                Ok(hash) => done_out.log(
+                    chunk,
+                    format!(
+                        "segment complete: frames {start}-{end}, {} bytes, blake3 {}..., {} ms after the chunk started",
+                        std::fs::metadata(&seg).map_or(0, |m| m.len()),
+                        hex::encode(&hash[..8]),
+                        started.elapsed().as_millis()
+                    ),
+                ),
+                Err(e) => done_out.log(chunk, format!("segment failed: {e}")),
+            }
             let msg = match finished {
                 Ok(hash) => FromWorker::Finished {
                     chunk,
@@ -362,9 +446,18 @@ impl Chunk<'_> {
             };
             done_out.send(&msg);
         };
-        start_segment_gated(
+        self.out.log(
+            chunk,
+            format!("encoder {} writing {}", settings.codec, path.display()),
+        );
+        let result = start_segment_gated(
             renderer, &settings, gate, self.aids, &path, cancel, progress, on_done,
-        )
+        );
+        let line = lock(&lines).flush();
+        if let Some(line) = line {
+            self.out.log(chunk, line);
+        }
+        result
     }
 }
 

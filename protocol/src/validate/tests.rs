@@ -547,3 +547,32 @@ fn the_largest_valid_messages_fit_a_control_frame() {
         );
     }
 }
+
+#[test]
+fn chunk_logs() {
+    let log = |offset, len| {
+        NodeToCoord::ChunkLog(ChunkLog {
+            chunk: C,
+            offset,
+            text: s(len),
+            last: false,
+        })
+    };
+    check(log(0, 0), Ok(()));
+    check(log(0, MAX_CHUNK_LOG_PIECE_BYTES), Ok(()));
+    check(
+        log(0, MAX_CHUNK_LOG_PIECE_BYTES + 1),
+        Err("chunk_log.text: 32769 bytes, the limit is 32768"),
+    );
+    let last_start = MAX_CHUNK_LOG_BYTES - MAX_CHUNK_LOG_PIECE_BYTES as u64;
+    check(log(last_start, MAX_CHUNK_LOG_PIECE_BYTES), Ok(()));
+    check(
+        log(last_start + 1, MAX_CHUNK_LOG_PIECE_BYTES),
+        Err("chunk_log.offset: the piece ends at byte 1048577, past the limit of 1048576"),
+    );
+    // An offset near the top of u64 must not wrap into a valid end.
+    check(log(u64::MAX, 1), Err("chunk_log.offset: "));
+    // The largest piece fits a control frame with room to spare.
+    let frame = encode_frame(&log(0, MAX_CHUNK_LOG_PIECE_BYTES)).unwrap();
+    assert!(frame.len() < MAX_CONTROL_FRAME_BYTES / 8, "{}", frame.len());
+}
