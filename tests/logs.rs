@@ -61,7 +61,8 @@ fn wait_ended(client: &Client, id: u64) -> drover_shared::api::JobView {
     .unwrap()
 }
 
-/// The job's logs once every attempt's log is complete and `ready` holds.
+/// The job's logs once every ended attempt's log is complete and `ready`
+/// holds.
 fn logs_when(
     client: &Client,
     id: u64,
@@ -71,7 +72,13 @@ fn logs_when(
     wait_for(JOB_TIMEOUT, what, || {
         let list: ChunkLogList = client.get_json(&format!("/v1/jobs/{id}/logs"))?;
         assert_eq!(list.job, id);
-        let complete = list.logs.iter().all(|e| e.complete);
+        // A running attempt's log grows until its end; the others are
+        // whole once their last piece is in.
+        let complete = list
+            .logs
+            .iter()
+            .filter(|e| e.state != "running")
+            .all(|e| e.complete);
         Ok((complete && ready(&list.logs)).then_some(list.logs))
     })
     .unwrap()

@@ -169,7 +169,7 @@ fn run_chunks(
     let mut left = chunks;
     while left > 0 {
         match rx.blocking_recv().context("executor stopped")? {
-            WorkerEvent::Progress { .. } => {}
+            WorkerEvent::Progress { .. } | WorkerEvent::Log { .. } => {}
             WorkerEvent::Finished { path, .. } => {
                 let _ = std::fs::remove_file(path);
                 left -= 1;

@@ -68,6 +68,8 @@ fn drover_exec_worker_kills_a_hung_frame_and_renders_the_next_chunk() {
     }
     let started = Instant::now();
     let mut ends = Vec::new();
+    // Each chunk's log as its pieces put it together.
+    let mut logs = [String::new(), String::new()];
     while ends.len() < 2 {
         assert!(
             started.elapsed() < Duration::from_secs(120),
@@ -76,6 +78,16 @@ fn drover_exec_worker_kills_a_hung_frame_and_renders_the_next_chunk() {
         );
         match rx.try_recv() {
             Ok(WorkerEvent::Progress { .. }) => {}
+            Ok(WorkerEvent::Log {
+                chunk,
+                offset,
+                text,
+                ..
+            }) => {
+                let log = &mut logs[chunk.index as usize];
+                assert_eq!(offset as usize, log.len(), "pieces follow each other");
+                log.push_str(&text);
+            }
             Ok(WorkerEvent::Failed {
                 chunk,
                 reason,
@@ -102,6 +114,28 @@ fn drover_exec_worker_kills_a_hung_frame_and_renders_the_next_chunk() {
             (1, Ok((24, 47)))
         ]
     );
+    // The hung chunk's log names the frame it was killed on; the next
+    // chunk's has the worker's lines about it, frames 24-47 only.
+    assert!(
+        logs[0]
+            .ends_with("chunk failed on frame 0: frame 0 exceeded the frame time limit of 2 s\n"),
+        "{}",
+        logs[0]
+    );
+    for want in [
+        ": adapter ",
+        "rendering from frame 24 at ",
+        "frame 24: ",
+        "segment complete: frames 24-47",
+        "chunk finished: frames 24-47 in ",
+    ] {
+        assert!(
+            logs[1].contains(want),
+            "{want:?} missing from:\n{}",
+            logs[1]
+        );
+    }
+    assert!(!logs[1].contains("frame 0"), "{}", logs[1]);
 }
 
 /// The subcommand is for the agent only: `drover --help` does not offer it.

@@ -1526,11 +1526,9 @@ impl Scheduler {
     fn prune_chunk_logs(&mut self) {
         let Some(logs) = &self.chunk_logs else { return };
         let jobs = logs.jobs();
-        let keep: Vec<u64> = jobs
-            .iter()
-            .copied()
-            .filter(|j| self.core.job_summary(*j).is_some())
-            .collect();
+        // Every job in memory, hot or retained, in one pass.
+        let held = self.core.job_ids_below(u64::MAX);
+        let keep: Vec<u64> = jobs.iter().copied().filter(|j| held.contains(j)).collect();
         if keep.len() < jobs.len() {
             logs.retain_jobs(keep);
         }
@@ -1552,20 +1550,31 @@ impl Handler<ChunkLogPiece> for Scheduler {
     fn handle(&mut self, m: ChunkLogPiece, _: &mut Context<Self>) {
         let Some(logs) = &self.chunk_logs else { return };
         let c = m.log.chunk;
+        let node = self.core.node_name(m.node).unwrap_or("?").to_string();
         // Only the node holding this attempt writes its log, as only it may
         // upload its segment: a late piece of an old attempt, or another
-        // node's, must not land on it.
-        let Some(held) = self.core.current(m.node, key(&c), c.epoch) else {
-            tracing::debug!(
-                job = c.job,
-                chunk = c.index,
-                epoch = c.epoch,
-                "chunk log piece of an attempt the node does not hold: dropped"
-            );
-            return;
+        // node's, must not land on it. Once its log is open, the same node
+        // may finish it after the attempt ended (a cancelled chunk's last
+        // lines come after the cancel).
+        let (start, end) = match self.core.current(m.node, key(&c), c.epoch) {
+            Some(held) => (held.start, held.end),
+            None if logs.is_open(c.job, c.index, c.epoch, &node) => {
+                let meta = logs.list(c.job).into_iter().find(|l| l.chunk == c.index);
+                match meta {
+                    Some(l) => (l.start, l.end),
+                    None => return,
+                }
+            }
+            None => {
+                tracing::debug!(
+                    job = c.job,
+                    chunk = c.index,
+                    epoch = c.epoch,
+                    "chunk log piece of an attempt the node does not hold: dropped"
+                );
+                return;
+            }
         };
-        let (start, end) = (held.start, held.end);
-        let node = self.core.node_name(m.node).unwrap_or("?").to_string();
         logs.submit(crate::chunklog::Piece {
             job: c.job,
             chunk: c.index,

@@ -287,6 +287,19 @@ impl ChunkLogs {
         self.inner.retain(keep)
     }
 
+    /// Whether `node`'s log of this attempt is here and still open: the
+    /// attempt's first piece was admitted while `node` held it, so its
+    /// later pieces may come after the attempt ended (a cancelled chunk's
+    /// last lines).
+    pub fn is_open(&self, job: u64, chunk: u32, epoch: u32, node: &str) -> bool {
+        self.inner
+            .lock()
+            .jobs
+            .get(&job)
+            .and_then(|j| j.chunks.get(&chunk))
+            .is_some_and(|m| m.epoch == epoch && m.node == node && !m.complete)
+    }
+
     /// Jobs with logs here.
     pub fn jobs(&self) -> Vec<u64> {
         self.inner.lock().jobs.keys().copied().collect()
@@ -457,6 +470,7 @@ impl Inner {
     }
 
     fn retain(&self, keep: &[u64]) -> Result<(), LogError> {
+        let keep: std::collections::HashSet<u64> = keep.iter().copied().collect();
         let mut index = self.lock();
         let gone: Vec<u64> = index
             .jobs
@@ -676,6 +690,11 @@ mod tests {
         logs.append(piece(7, 3, 3, 0, "third\n", false)).unwrap();
         assert_eq!(text(&logs, 7, 3), "third\n");
         assert_eq!(logs.total_bytes(), 6);
+        assert!(logs.is_open(7, 3, 3, "n1"));
+        assert!(!logs.is_open(7, 3, 2, "n1"), "another attempt");
+        assert!(!logs.is_open(7, 3, 3, "n2"), "another node");
+        logs.append(piece(7, 3, 3, 6, "", true)).unwrap();
+        assert!(!logs.is_open(7, 3, 3, "n1"), "complete");
         // A failure note for another attempt is not this one's.
         logs.mark_failed(7, 3, 2, "old".into()).unwrap();
         assert_eq!(logs.list(7)[0].failed, None);

@@ -169,7 +169,7 @@ fn wait_for_progress(rx: &mut UnboundedReceiver<WorkerEvent>, chunk: ChunkRef, f
                 frames_done,
                 ..
             } if c == chunk && frames_done >= frames => return frames_done,
-            WorkerEvent::Progress { .. } => {}
+            WorkerEvent::Progress { .. } | WorkerEvent::Log { .. } => {}
             other => panic!("chunk {chunk:?} ended early: {other:?}"),
         }
     }
@@ -202,6 +202,7 @@ fn wait_for_ends(rx: &mut UnboundedReceiver<WorkerEvent>, chunks: &[ChunkRef]) -
                 }
                 continue;
             }
+            WorkerEvent::Log { .. } => continue,
             WorkerEvent::Finished {
                 assign,
                 start,

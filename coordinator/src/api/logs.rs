@@ -44,8 +44,9 @@ fn state_of(view: &JobView, meta: &ChunkLogMeta) -> &'static str {
         .map(|c| c.state);
     match listed {
         Some(ChunkState::Done) => "done",
-        Some(ChunkState::Assigned) if !meta.complete => "running",
         _ if meta.failed.is_some() => "failed",
+        // Its log may be complete while its segment uploads.
+        Some(ChunkState::Assigned) => "running",
         // Ended without a failure report: the node dropped it because the
         // coordinator cancelled it (a lost speculative copy, a cancelled
         // job, a chunk taken back).
