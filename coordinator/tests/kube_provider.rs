@@ -1,0 +1,812 @@
+//! The `kubernetes` provider against a fake API server on loopback that
+//! answers with the real API's shapes (`autoscaling/v1` `Scale`, `apps/v1`
+//! `Deployment`, `v1` `Pod`, `v1` `Status` for failures) and applies merge
+//! patches the way the real one does (a `resourceVersion` in the patch must
+//! be the current one, or `409 Conflict`). Each case checks the exact
+//! method, path, content type and body of every request the provider made,
+//! and what the farm's admin reads when the API server refuses.
+
+use std::collections::BTreeMap;
+use std::sync::{mpsc, Arc, Mutex};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use drover_coordinator::autoscale::kube::{KubernetesProvider, RBAC_RULES};
+use drover_coordinator::autoscale::provider::{
+    KubernetesConfig, Provider, ProviderError, WorkloadKind,
+};
+use serde_json::{json, Value};
+
+const NS: &str = "farm";
+const MERGE: &str = "application/merge-patch+json";
+/// The Deployment's selector; its pods carry these labels and more.
+const POOL_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/name", "drover-node"),
+    ("drover.dev/pool", "gpu"),
+];
+
+/// One request as the fake server saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    method: String,
+    path: String,
+    /// The query's parameters, in order (kube-rs writes `?&name=value`:
+    /// the empty pair is dropped here, as the API server ignores it).
+    query: Vec<(String, String)>,
+    content_type: Option<String>,
+    /// The body parsed as JSON; `Null` when there was none.
+    body: Value,
+}
+
+/// A workload the fake knows: its replica count and resource version.
+#[derive(Debug, Clone)]
+struct Workload {
+    replicas: i64,
+    resource_version: u64,
+}
+
+/// A refusal to give: every request with this method and path is answered
+/// with this status and reason.
+#[derive(Debug, Clone)]
+struct Refusal {
+    method: &'static str,
+    path: String,
+    code: u16,
+    reason: &'static str,
+}
+
+/// Labels or annotations of an object.
+type Labels = BTreeMap<String, String>;
+
+#[derive(Default)]
+struct Fake {
+    /// `deployments/NAME` or `statefulsets/NAME`.
+    workloads: BTreeMap<String, Workload>,
+    /// Pod name to its labels and annotations.
+    pods: BTreeMap<String, (Labels, Labels)>,
+    refusals: Vec<Refusal>,
+    /// Someone else changes the replica count right after each `GET` of a
+    /// scale (the next patch carrying the old version conflicts).
+    racing_writer: bool,
+    seen: Vec<Seen>,
+}
+
+fn status(code: u16, reason: &str, message: String, kind: &str, name: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap()).json(json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": { "name": name, "group": if kind == "pods" { "" } else { "apps" }, "kind": kind },
+        "code": code,
+    }))
+}
+
+fn scale_json(resource: &str, name: &str, w: &Workload) -> Value {
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": format!("0b6a3f9e-{resource}-{name}"),
+            "resourceVersion": w.resource_version.to_string(),
+            "creationTimestamp": "2026-11-24T12:00:00Z",
+        },
+        "spec": { "replicas": w.replicas },
+        "status": {
+            "replicas": w.replicas,
+            "selector": "app.kubernetes.io/name=drover-node,drover.dev/pool=gpu",
+        },
+    })
+}
+
+fn labels_json(labels: &BTreeMap<String, String>) -> Value {
+    Value::Object(
+        labels
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+fn pool_labels() -> BTreeMap<String, String> {
+    POOL_LABELS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn deployment_json(name: &str, w: &Workload) -> Value {
+    let labels = labels_json(&pool_labels());
+    json!({
+        "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": "5c1d2e3f-0000-4000-8000-000000000001",
+            "resourceVersion": w.resource_version.to_string(),
+            "generation": 3,
+            "creationTimestamp": "2026-11-24T12:00:00Z",
+            "labels": labels,
+        },
+        "spec": {
+            "replicas": w.replicas,
+            "selector": { "matchLabels": labels },
+            "template": {
+                "metadata": { "labels": labels },
+                "spec": { "containers": [{ "name": "node", "image": "drover-node:0.1.0", "args": ["node"] }] },
+            },
+            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": "25%", "maxSurge": "25%" } },
+            "revisionHistoryLimit": 10,
+            "progressDeadlineSeconds": 600,
+        },
+        "status": { "observedGeneration": 3, "replicas": w.replicas, "readyReplicas": w.replicas },
+    })
+}
+
+fn pod_json(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    notes: &BTreeMap<String, String>,
+) -> Value {
+    json!({
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": format!("7e0f-{name}"),
+            "resourceVersion": "99",
+            "labels": labels_json(labels),
+            "annotations": labels_json(notes),
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "drover-node-gpu-5d4f7c9b8",
+                "uid": "9a8b7c6d-0000-4000-8000-000000000002", "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": { "containers": [{ "name": "node", "image": "drover-node:0.1.0" }] },
+        "status": { "phase": "Running" },
+    })
+}
+
+/// The fake API server's one handler: records the request, then answers.
+async fn handle(req: HttpRequest, body: web::Bytes, fake: web::Data<Mutex<Fake>>) -> HttpResponse {
+    let mut fake = fake.lock().unwrap();
+    let method = req.method().as_str().to_string();
+    let path = req.path().to_string();
+    let parsed: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()))
+    };
+    fake.seen.push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        query: req
+            .query_string()
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        content_type: req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: parsed.clone(),
+    });
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let Some(r) = fake
+        .refusals
+        .iter()
+        .find(|r| r.method == method && r.path == path)
+    {
+        let (kind, name) = match parts.as_slice() {
+            [_, _, "namespaces", _, kind, name, ..]
+            | [_, _, _, "namespaces", _, kind, name, ..] => (*kind, *name),
+            _ => ("", ""),
+        };
+        let resource = if path.ends_with("/scale") {
+            format!("{kind}/scale")
+        } else {
+            kind.to_string()
+        };
+        let message = match r.code {
+            403 => format!(
+                "{kind}.apps \"{name}\" is forbidden: User \"system:serviceaccount:{NS}:drover-coordinator\" cannot {} resource \"{resource}\" in API group \"apps\" in the namespace \"{NS}\"",
+                method.to_lowercase()
+            ),
+            404 => format!("{kind}.apps \"{name}\" not found"),
+            _ => format!("{} {name}", r.reason),
+        };
+        return status(r.code, r.reason, message, kind, name);
+    }
+    match (method.as_str(), parts.as_slice()) {
+        // apps/v1 workloads and their scale subresource.
+        (m, ["apis", "apps", "v1", "namespaces", ns, resource, name, rest @ ..]) if *ns == NS => {
+            let key = format!("{resource}/{name}");
+            let Some(mut w) = fake.workloads.get(&key).cloned() else {
+                return status(
+                    404,
+                    "NotFound",
+                    format!("{resource}.apps \"{name}\" not found"),
+                    resource,
+                    name,
+                );
+            };
+            match (m, rest) {
+                ("GET", []) if *resource == "deployments" => {
+                    HttpResponse::Ok().json(deployment_json(name, &w))
+                }
+                ("GET", ["scale"]) => {
+                    let answer = scale_json(resource, name, &w);
+                    if fake.racing_writer {
+                        let other = fake.workloads.get_mut(&key).unwrap();
+                        other.replicas += 1;
+                        other.resource_version += 1;
+                    }
+                    HttpResponse::Ok().json(answer)
+                }
+                ("PATCH", ["scale"]) => {
+                    if req
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        != Some(MERGE)
+                    {
+                        return status(
+                            415,
+                            "UnsupportedMediaType",
+                            "only merge patches here".into(),
+                            resource,
+                            name,
+                        );
+                    }
+                    if let Some(v) = parsed["metadata"]["resourceVersion"].as_str() {
+                        if v != w.resource_version.to_string() {
+                            return status(
+                                409,
+                                "Conflict",
+                                format!("Operation cannot be fulfilled on {resource}.apps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+                                resource,
+                                name,
+                            );
+                        }
+                    }
+                    if let Some(r) = parsed["spec"]["replicas"].as_i64() {
+                        w.replicas = r;
+                    }
+                    w.resource_version += 1;
+                    fake.workloads.insert(key, w.clone());
+                    HttpResponse::Ok().json(scale_json(resource, name, &w))
+                }
+                _ => HttpResponse::MethodNotAllowed().finish(),
+            }
+        }
+        // core/v1 pods: merge patches of annotations.
+        ("PATCH", ["api", "v1", "namespaces", ns, "pods", name]) if *ns == NS => {
+            let Some((labels, mut notes)) = fake.pods.get(*name).cloned() else {
+                return status(
+                    404,
+                    "NotFound",
+                    format!("pods \"{name}\" not found"),
+                    "pods",
+                    name,
+                );
+            };
+            for (k, v) in parsed["metadata"]["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                notes.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+            }
+            fake.pods
+                .insert(name.to_string(), (labels.clone(), notes.clone()));
+            HttpResponse::Ok().json(pod_json(name, &labels, &notes))
+        }
+        _ => status(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource {path}"),
+            "",
+            "",
+        ),
+    }
+}
+
+/// A fake API server on loopback, stopped when dropped.
+struct FakeApi {
+    url: String,
+    state: Arc<Mutex<Fake>>,
+    handle: ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeApi {
+    fn start(fake: Fake) -> FakeApi {
+        let state = Arc::new(Mutex::new(fake));
+        let data = web::Data::from(state.clone());
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .default_service(web::to(handle))
+                })
+                .workers(1)
+                .bind(("127.0.0.1", 0))
+                .unwrap();
+                let addr = server.addrs()[0];
+                let server = server.run();
+                tx.send((addr, server.handle())).unwrap();
+                server.await.unwrap();
+            })
+        });
+        let (addr, handle) = rx.recv().unwrap();
+        FakeApi {
+            url: format!("http://{addr}"),
+            state,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        std::mem::take(&mut self.state.lock().unwrap().seen)
+    }
+
+    fn replicas(&self, key: &str) -> i64 {
+        self.state.lock().unwrap().workloads[key].replicas
+    }
+
+    fn provider(&self, kind: WorkloadKind, name: &str) -> KubernetesProvider {
+        KubernetesProvider::new(
+            "gpu",
+            KubernetesConfig {
+                namespace: NS.into(),
+                kind,
+                name: name.into(),
+                api_url: Some(self.url.clone()),
+            },
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        let stop = self.handle.stop(false);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A farm with a Deployment `render` at `replicas` (version 7), its pods
+/// `render-5d4f7c9b8-aaaaa` and `-bbbbb`, a pod of something else, and a
+/// StatefulSet `shots` at `replicas` (version 40).
+fn farm(replicas: i64) -> Fake {
+    let mut fake = Fake::default();
+    fake.workloads.insert(
+        "deployments/render".into(),
+        Workload {
+            replicas,
+            resource_version: 7,
+        },
+    );
+    fake.workloads.insert(
+        "statefulsets/shots".into(),
+        Workload {
+            replicas,
+            resource_version: 40,
+        },
+    );
+    for pod in ["render-5d4f7c9b8-aaaaa", "render-5d4f7c9b8-bbbbb"] {
+        let mut labels = pool_labels();
+        labels.insert("pod-template-hash".into(), "5d4f7c9b8".into());
+        fake.pods.insert(pod.into(), (labels, BTreeMap::new()));
+    }
+    let mut other = BTreeMap::new();
+    other.insert("app.kubernetes.io/name".into(), "database".into());
+    fake.pods
+        .insert("postgres-0".into(), (other, BTreeMap::new()));
+    fake
+}
+
+fn get(path: &str) -> Seen {
+    Seen {
+        method: "GET".into(),
+        path: path.into(),
+        query: vec![],
+        content_type: None,
+        body: Value::Null,
+    }
+}
+
+fn merge_patch(path: &str, body: Value) -> Seen {
+    Seen {
+        method: "PATCH".into(),
+        path: path.into(),
+        query: vec![("fieldManager".into(), "drover-autoscaler".into())],
+        content_type: Some(MERGE.into()),
+        body,
+    }
+}
+
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/farm/deployments/render";
+const DEPLOYMENT_SCALE: &str = "/apis/apps/v1/namespaces/farm/deployments/render/scale";
+const STATEFUL_SCALE: &str = "/apis/apps/v1/namespaces/farm/statefulsets/shots/scale";
+
+fn replicas_patch(version: &str, replicas: i64) -> Value {
+    json!({ "metadata": { "resourceVersion": version }, "spec": { "replicas": replicas } })
+}
+
+#[test]
+fn requested_reads_the_replica_count_from_the_scale_subresource() {
+    let api = FakeApi::start(farm(3));
+    let mut p = api.provider(WorkloadKind::Deployment, "render");
+    assert_eq!(p.kind(), "kubernetes");
+    assert_eq!(p.requested().unwrap(), 3);
+    assert_eq!(api.seen(), vec![get(DEPLOYMENT_SCALE)]);
+    let mut s = api.provider(WorkloadKind::StatefulSet, "shots");
+    assert_eq!(s.requested().unwrap(), 3);
+    assert_eq!(api.seen(), vec![get(STATEFUL_SCALE)]);
+}
+
+#[test]
+fn add_raises_the_replica_count_by_a_merge_patch_at_the_version_read() {
+    let api = FakeApi::start(farm(2));
+    let mut p = api.provider(WorkloadKind::Deployment, "render");
+    p.add(3).unwrap();
+    assert_eq!(
+        api.seen(),
+        vec![
+            get(DEPLOYMENT_SCALE),
+            merge_patch(DEPLOYMENT_SCALE, replicas_patch("7", 5)),
+        ]
+    );
+    assert_eq!(api.replicas("deployments/render"), 5);
+    assert_eq!(p.requested().unwrap(), 5);
+    api.seen();
+    // Nothing to add: no request at all.
+    p.add(0).unwrap();
+    assert_eq!(api.seen(), vec![]);
+
+    let mut s = api.provider(WorkloadKind::StatefulSet, "shots");
+    s.add(1).unwrap();
+    assert_eq!(
+        api.seen(),
+        vec![
+            get(STATEFUL_SCALE),
+            merge_patch(STATEFUL_SCALE, replicas_patch("40", 3)),
+        ]
+    );
+    assert_eq!(api.replicas("statefulsets/shots"), 3);
+}
+
+#[test]
+fn removing_a_deployment_node_marks_its_pod_cheapest_then_lowers_the_count() {
+    let api = FakeApi::start(farm(2));
+    let mut p = api.provider(WorkloadKind::Deployment, "render");
+    p.remove("render-5d4f7c9b8-bbbbb").unwrap();
+    assert_eq!(
+        api.seen(),
+        vec![
+            get(DEPLOYMENT),
+            get(DEPLOYMENT_SCALE),
+            merge_patch(
+                "/api/v1/namespaces/farm/pods/render-5d4f7c9b8-bbbbb",
+                json!({ "metadata": { "annotations": {
+                    "controller.kubernetes.io/pod-deletion-cost": "-2147483648"
+                } } })
+            ),
+            merge_patch(DEPLOYMENT_SCALE, replicas_patch("7", 1)),
+        ]
+    );
+    assert_eq!(api.replicas("deployments/render"), 1);
+    let state = api.state.lock().unwrap();
+    assert_eq!(
+        state.pods["render-5d4f7c9b8-bbbbb"].1["controller.kubernetes.io/pod-deletion-cost"],
+        "-2147483648"
+    );
+    assert!(state.pods["render-5d4f7c9b8-aaaaa"].1.is_empty());
+}
+
+#[test]
+fn a_pod_that_is_not_the_deployments_is_refused_and_the_count_kept() {
+    let api = FakeApi::start(farm(2));
+    let mut p = api.provider(WorkloadKind::Deployment, "render");
+    let err = p.remove("postgres-0").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ProviderError::Api { .. })
+            && text.contains("PATCH pods/postgres-0 in namespace farm (pool gpu)")
+            && text.contains("pod postgres-0 does not belong to deployment render")
+            && text.contains("replica count is unchanged"),
+        "{text}"
+    );
+    let seen = api.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen
+        .iter()
+        .all(|s| !s.path.ends_with("/scale") || s.method == "GET"));
+    assert_eq!(api.replicas("deployments/render"), 2);
+
+    // A pod that does not exist: not one of the pool's nodes.
+    let err = p.remove("render-5d4f7c9b8-zzzzz").unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::UnknownNode { pool, node } if pool == "gpu" && node == "render-5d4f7c9b8-zzzzz"),
+        "{err}"
+    );
+    assert_eq!(api.replicas("deployments/render"), 2);
+}
+
+#[test]
+fn a_stateful_set_removes_only_its_highest_ordinal() {
+    let api = FakeApi::start(farm(3));
+    let mut s = api.provider(WorkloadKind::StatefulSet, "shots");
+    let err = s.remove("shots-1").unwrap_err().to_string();
+    assert!(
+        err.contains("remove node shots-1 from statefulsets/shots in namespace farm (pool gpu)")
+            && err.contains(
+                "a StatefulSet removes only its highest ordinal, which is shots-2 at 3 replicas"
+            ),
+        "{err}"
+    );
+    assert_eq!(api.seen(), vec![get(STATEFUL_SCALE)]);
+    assert_eq!(api.replicas("statefulsets/shots"), 3);
+    // Not a pod of this StatefulSet at all: refused before any request.
+    let err = s.remove("render-5d4f7c9b8-aaaaa").unwrap_err();
+    assert!(matches!(err, ProviderError::UnknownNode { .. }), "{err}");
+    assert_eq!(api.seen(), vec![]);
+
+    s.remove("shots-2").unwrap();
+    assert_eq!(
+        api.seen(),
+        vec![
+            get(STATEFUL_SCALE),
+            merge_patch(STATEFUL_SCALE, replicas_patch("40", 2)),
+        ]
+    );
+    assert_eq!(api.replicas("statefulsets/shots"), 2);
+}
+
+/// What the admin reads when the API server refuses: the request with the
+/// object named, the status, the reason and the server's message.
+fn check_refusal(fake: Fake, kind: WorkloadKind, name: &str, call: &str, expect: &[&str]) {
+    let api = FakeApi::start(fake);
+    let mut p = api.provider(kind, name);
+    let before = api.state.lock().unwrap().workloads.clone();
+    let err = match call {
+        "add" => p.add(1).unwrap_err(),
+        "requested" => p.requested().unwrap_err(),
+        node => p.remove(node).unwrap_err(),
+    };
+    assert!(matches!(err, ProviderError::Api { .. }), "{err:?}");
+    let text = err.to_string();
+    for e in expect {
+        assert!(text.contains(e), "{text:?} lacks {e:?}");
+    }
+    // A refused call changed no replica count (the racing writer's own
+    // change aside).
+    let after = api.state.lock().unwrap().workloads.clone();
+    if !api.state.lock().unwrap().racing_writer {
+        for (k, w) in before {
+            assert_eq!(after[&k].replicas, w.replicas, "{k}");
+        }
+    }
+}
+
+#[test]
+fn refusals_of_the_api_server_come_back_naming_the_object() {
+    // 404: the pool names a workload that is not there.
+    check_refusal(
+        farm(1),
+        WorkloadKind::Deployment,
+        "missing",
+        "requested",
+        &[
+            "GET deployments/missing/scale in namespace farm (pool gpu)",
+            "404 NotFound: deployments.apps \"missing\" not found",
+            "check the pool's kubernetes.namespace and kubernetes.name",
+        ],
+    );
+    // 403: the ServiceAccount may read the scale but not change it.
+    let mut f = farm(1);
+    f.refusals.push(Refusal {
+        method: "PATCH",
+        path: DEPLOYMENT_SCALE.into(),
+        code: 403,
+        reason: "Forbidden",
+    });
+    check_refusal(
+        f,
+        WorkloadKind::Deployment,
+        "render",
+        "add",
+        &[
+            "PATCH deployments/render/scale in namespace farm (pool gpu)",
+            "403 Forbidden: deployments.apps \"render\" is forbidden: User \"system:serviceaccount:farm:drover-coordinator\" cannot patch resource \"deployments/scale\"",
+            "ServiceAccount lacks this right",
+        ],
+    );
+    // 403 on reading the Deployment before a removal.
+    let mut f = farm(2);
+    f.refusals.push(Refusal {
+        method: "GET",
+        path: DEPLOYMENT.into(),
+        code: 403,
+        reason: "Forbidden",
+    });
+    check_refusal(
+        f,
+        WorkloadKind::Deployment,
+        "render",
+        "render-5d4f7c9b8-aaaaa",
+        &[
+            "GET deployments/render in namespace farm (pool gpu)",
+            "403 Forbidden",
+        ],
+    );
+    // 409: someone scaled the StatefulSet between our read and our write.
+    let mut f = farm(2);
+    f.racing_writer = true;
+    check_refusal(
+        f,
+        WorkloadKind::StatefulSet,
+        "shots",
+        "add",
+        &[
+            "PATCH statefulsets/shots/scale in namespace farm (pool gpu)",
+            "409 Conflict: Operation cannot be fulfilled on statefulsets.apps \"shots\": the object has been modified",
+            "decides again on its next pass",
+        ],
+    );
+    let mut f = farm(2);
+    f.racing_writer = true;
+    check_refusal(
+        f,
+        WorkloadKind::Deployment,
+        "render",
+        "render-5d4f7c9b8-aaaaa",
+        &["PATCH deployments/render/scale", "409 Conflict"],
+    );
+}
+
+#[test]
+fn an_unreachable_api_server_is_an_error_naming_the_request() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut p = KubernetesProvider::new(
+        "gpu",
+        KubernetesConfig {
+            namespace: NS.into(),
+            kind: WorkloadKind::Deployment,
+            name: "render".into(),
+            api_url: Some(format!("http://127.0.0.1:{port}")),
+        },
+    )
+    .unwrap();
+    let err = p.requested().unwrap_err().to_string();
+    assert!(
+        err.starts_with("GET deployments/render/scale in namespace farm (pool gpu): "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_provider_config_is_refused_naming_the_field() {
+    let check = |namespace: &str, name: &str, api_url: Option<&str>, expect: &str| {
+        let err = KubernetesProvider::new(
+            "gpu",
+            KubernetesConfig {
+                namespace: namespace.into(),
+                kind: WorkloadKind::Deployment,
+                name: name.into(),
+                api_url: api_url.map(str::to_string),
+            },
+        )
+        .err()
+        .expect("refused");
+        let text = err.to_string();
+        assert!(
+            matches!(err, ProviderError::Config { .. }) && text.contains(expect),
+            "{text:?} lacks {expect:?}"
+        );
+    };
+    check(
+        "Farm",
+        "render",
+        Some("http://127.0.0.1:1"),
+        "pool gpu: provider config: kubernetes.namespace \"Farm\" is not a DNS-1123 label",
+    );
+    check(
+        "farm",
+        "",
+        Some("http://127.0.0.1:1"),
+        "kubernetes.name is empty",
+    );
+    check(
+        "farm",
+        &"r".repeat(70),
+        Some("http://127.0.0.1:1"),
+        "kubernetes.name is 70 bytes; the limit is 63",
+    );
+    check(
+        "farm",
+        "render",
+        Some("not a url"),
+        "kubernetes.api_url \"not a url\" is not a URL",
+    );
+    check(
+        "farm",
+        "render",
+        Some("/just/a/path"),
+        "needs a scheme and a host",
+    );
+}
+
+#[test]
+fn the_rights_listed_are_the_requests_made() {
+    // Every request the cases above make maps to one of RBAC_RULES; this
+    // replays one of each kind and checks the mapping both ways.
+    let api = FakeApi::start(farm(2));
+    let mut d = api.provider(WorkloadKind::Deployment, "render");
+    let mut s = api.provider(WorkloadKind::StatefulSet, "shots");
+    d.requested().unwrap();
+    d.add(1).unwrap();
+    d.remove("render-5d4f7c9b8-aaaaa").unwrap();
+    s.requested().unwrap();
+    s.add(1).unwrap();
+    s.remove("shots-2").unwrap();
+    let mut used: Vec<(String, String, String)> = api
+        .seen()
+        .iter()
+        .map(|r| {
+            let parts: Vec<&str> = r.path.split('/').collect();
+            let (group, resource) = match parts.as_slice() {
+                ["", "apis", group, _, "namespaces", _, res, _, sub] => {
+                    (*group, format!("{res}/{sub}"))
+                }
+                ["", "apis", group, _, "namespaces", _, res, _] => (*group, res.to_string()),
+                ["", "api", _, "namespaces", _, res, _] => ("", res.to_string()),
+                other => panic!("unexpected path {other:?}"),
+            };
+            (group.to_string(), resource, r.method.to_lowercase())
+        })
+        .collect();
+    used.sort();
+    used.dedup();
+    let mut granted: Vec<(String, String, String)> = RBAC_RULES
+        .iter()
+        .flat_map(|r| {
+            r.verbs.iter().map(|v| {
+                (
+                    r.api_group.to_string(),
+                    r.resource.to_string(),
+                    v.to_string(),
+                )
+            })
+        })
+        .collect();
+    granted.sort();
+    assert_eq!(used, granted);
+}
