@@ -203,6 +203,11 @@ impl ArtifactStore {
         self.min_free_disk_bytes
     }
 
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The directory holding a job's segments and output.
     pub fn job_dir(&self, job: u64) -> PathBuf {
         self.root.join(format!("job-{job}"))

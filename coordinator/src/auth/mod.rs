@@ -451,6 +451,11 @@ impl Auth {
         })
     }
 
+    /// The auth journal, for an online backup (`crate::backup`).
+    pub fn backup_journal(&self) -> Arc<dyn crate::journal::Exportable> {
+        Arc::new(self.inner.journal.clone())
+    }
+
     fn model(&self) -> std::sync::RwLockReadGuard<'_, AuthModel> {
         self.inner.model.read().unwrap_or_else(|e| e.into_inner())
     }

@@ -15,6 +15,8 @@
 //! - `recover`: opening: replay, the torn-write and corruption rules, the
 //!   incarnation count.
 //! - `writer`: the writer thread (group commit, archive, snapshots).
+//! - `export`: the state at one durable point, taken online for a backup,
+//!   and the import that writes a new journal from it.
 //! - `tests`: the journal's tests, the crash loop among them.
 //! - [`scheduler`]: the journal of the scheduler's facts (the one the
 //!   coordinator opens), and the upgrade of the previous format.
@@ -135,6 +137,7 @@
 //! of that is **fsync**ed before `open` returns, so epochs built on the
 //! incarnation never repeat.
 
+mod export;
 mod record;
 mod recover;
 pub mod scheduler;
@@ -154,6 +157,7 @@ use crossbeam_channel::Sender;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use export::{Exportable, Import, JournalExport};
 pub use record::{FORMAT_VERSION, MAX_ARCHIVE_BYTES, MAX_FACT_BYTES};
 
 use writer::{Msg, Writer};

@@ -16,6 +16,8 @@ pub(crate) enum Msg<F> {
     Append(Vec<F>),
     /// Snapshot after everything before this message, then answer.
     Snapshot(Sender<Result<(), JournalError>>),
+    /// Export the state after everything before this message (a backup).
+    Export(Sender<Result<super::JournalExport, JournalError>>),
 }
 
 /// What ended a gathering of facts.
@@ -24,6 +26,8 @@ enum Then {
     Wait,
     /// A snapshot was asked for after these facts.
     Snapshot(Sender<Result<(), JournalError>>),
+    /// An export was asked for after these facts.
+    Export(Sender<Result<super::JournalExport, JournalError>>),
     /// Every handle is gone: commit and stop.
     Stop,
 }
@@ -98,6 +102,15 @@ impl<M: Model> Writer<M> {
                     let _ = reply.send(answer);
                     result?;
                 }
+                Then::Export(reply) => {
+                    // A failed export (it only reads) leaves the journal
+                    // running; the asker hears why.
+                    let _ = reply.send(super::export::take(
+                        &self.store,
+                        &self.mirror,
+                        self.last_seq,
+                    ));
+                }
                 Then::Stop => break,
             }
         }
@@ -113,6 +126,7 @@ impl<M: Model> Writer<M> {
         let then = loop {
             match msg {
                 Msg::Snapshot(reply) => break Then::Snapshot(reply),
+                Msg::Export(reply) => break Then::Export(reply),
                 Msg::Append(append) => {
                     facts += append.len();
                     appends.push(append);

@@ -114,6 +114,8 @@ use tracing::{error, info, warn};
 
 use crate::journal::{Journal, JournalConfig};
 use engine::{Core, Deliveries, RetryPolicy};
+/// The journal's model, for a restore (`crate::backup`) to check what it imports.
+pub(crate) use engine::Deliveries as JournalModel;
 use worker::{Shared, State};
 
 pub use secret::{load_or_create_secret, MIN_SECRET_BYTES, SECRET_FILE, SECRET_FILE_ENV};
@@ -359,6 +361,11 @@ impl fmt::Debug for Webhooks {
 }
 
 impl Webhooks {
+    /// The deliveries' journal, for an online backup (`crate::backup`).
+    pub fn backup_journal(&self) -> Arc<dyn crate::journal::Exportable> {
+        Arc::new(self.inner.shared.journal.clone())
+    }
+
     /// Opens the journal in `DATA_DIR/webhooks` (recovering pending
     /// deliveries with their attempts and due times) and starts
     /// `concurrency` delivery threads. Blocking: call it before the async
