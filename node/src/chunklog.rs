@@ -314,7 +314,7 @@ mod tests {
     fn a_long_log_keeps_head_and_tail_within_the_bound() {
         let mut log = ChunkLogBuffer::new();
         let mut streamed = Vec::new();
-        let lines = 40_000;
+        let lines = 100_000;
         let mut total = 0;
         for i in 0..lines {
             let line = format!("frame {i}: 4.2 ms");

@@ -1508,7 +1508,11 @@ mod tests {
         h.at(LOG_FLUSH_INTERVAL_MS + 2_000);
         let log = h.log(0);
         assert!(
-            log.ends_with("frame 10: 3.0 ms\nchunk failed on frame 10: frame 10 exceeded the frame time limit of 2 s\n"),
+            log.ends_with(
+                "frame 10: 3.0 ms\n\
+                 chunk failed on frame 10: frame 10 exceeded the frame time limit of 2 s\n\
+                 the executor process was killed: frame 10 exceeded the frame time limit of 2 s\n"
+            ),
             "{log}"
         );
         assert!(h.logs[&0].1, "complete");
