@@ -515,6 +515,31 @@ impl Client {
         Ok(self.check(r)?.into_json()?)
     }
 
+    /// `GET /v1/pools`: every auto-scaling pool.
+    pub fn pools(&self) -> anyhow::Result<Vec<drover_shared::api::PoolView>> {
+        let r = self.req("GET", "/v1/pools").call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `GET /v1/pools/{name}/decisions?limit=N`: newest first.
+    pub fn pool_decisions(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<drover_shared::api::ScaleDecisionView>> {
+        let path = format!("/v1/pools/{}/decisions?limit={limit}", percent(name));
+        let r = self.req("GET", &path).call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
+    /// `POST /v1/nodes/{name}/preempt`: a preemption notice.
+    pub fn preempt(&self, name: &str) -> anyhow::Result<NodeView> {
+        let r = self
+            .req("POST", &format!("/v1/nodes/{}/preempt", percent(name)))
+            .call();
+        Ok(self.check(r)?.into_json()?)
+    }
+
     /// [`Client::drain_node`], for callers that only need it done.
     pub fn drain(&self, name: &str, drain: Option<bool>) -> anyhow::Result<()> {
         self.drain_node(name, drain).map(drop)

@@ -42,6 +42,25 @@ pub struct DemoArgs {
     /// End with one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Start no node: an auto-scaling pool (the `process` provider, 0 to
+    /// --nodes nodes) grows when the job arrives and shrinks back to 0
+    /// once it is done; its scaling decisions are shown at the end.
+    #[arg(long)]
+    pub autoscale: bool,
+}
+
+/// How long `drover demo --autoscale` waits for its pool to grow and
+/// shrink: a node's start (GPU probe, calibration) takes seconds, its
+/// idle cooldown a few more.
+const AUTOSCALE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The pools file of `drover demo --autoscale`: a short drain target and
+/// idle cooldown, so the pool visibly grows and shrinks within a minute.
+pub fn demo_pools_file(max_nodes: u64) -> String {
+    format!(
+        "[[pool]]\nname = \"demo\"\nprovider = \"process\"\nmin = 0\nmax = {max_nodes}\n\
+         target_drain_s = 2\nscale_up_cooldown_s = 2\nidle_cooldown_s = 3\nframe_s_estimate = 0.5\n"
+    )
 }
 
 /// Per-node line of the report.
@@ -90,19 +109,35 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let chunk = args.chunk_frames.to_string();
-    let mut cluster = Cluster::start(&bin, &root, &["--chunk-frames", &chunk], &[])?;
+    let pools_path = root.join("pools.toml");
+    let mut coordinator_args = vec!["--chunk-frames".to_string(), chunk];
+    if args.autoscale {
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(&pools_path, demo_pools_file(args.nodes))?;
+        coordinator_args.push("--pools".into());
+        coordinator_args.push(pools_path.display().to_string());
+    }
+    let coordinator_args: Vec<&str> = coordinator_args.iter().map(|s| s.as_str()).collect();
+    let mut cluster = Cluster::start(&bin, &root, &coordinator_args, &[])?;
     say(format!(
         "coordinator up: REST {} QUIC {} (data and logs in {})",
         cluster.url(),
         cluster.addrs.quic,
         root.display()
     ));
-    for i in 1..=args.nodes {
-        cluster.add_node(&format!("node-{i}"))?;
+    if args.autoscale {
+        say(format!(
+            "pool \"demo\": process provider, 0 to {} nodes; no node runs yet",
+            args.nodes
+        ));
+    } else {
+        for i in 1..=args.nodes {
+            cluster.add_node(&format!("node-{i}"))?;
+        }
+        cluster.wait_nodes(args.nodes as usize)?;
     }
-    cluster.wait_nodes(args.nodes as usize)?;
     let client = cluster.client();
-    let nodes = client.nodes()?;
+    let mut nodes = client.nodes()?;
     for n in &nodes {
         let a = n.capabilities.render_adapter.as_ref();
         say(format!(
@@ -136,6 +171,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     ));
     let job = crate::watch::watch(&client, sub.id, args.json)?;
     let client_wall = started.elapsed().as_secs_f64();
+    if args.autoscale {
+        // The pool's nodes came and go by themselves: read them now, then
+        // wait for the pool to shrink back to nothing.
+        nodes = client.nodes()?;
+        say("job done; waiting for the pool to drain and remove its idle nodes".into());
+        crate::cluster::wait_for(AUTOSCALE_TIMEOUT, "the pool to shrink to 0", || {
+            let p = client.pools()?;
+            Ok(p.iter()
+                .all(|p| p.requested == 0 && p.nodes.is_empty())
+                .then_some(()))
+        })?;
+        let decisions = client.pool_decisions("demo", 50)?;
+        let mut oldest_first = decisions.clone();
+        oldest_first.reverse();
+        say(format!(
+            "the pool's decisions (drover pools decisions demo):\n{}",
+            crate::pools::decisions_table(&oldest_first)
+        ));
+    }
     if job.state != JobState::Done {
         bail!(
             "demo job ended {:?}: {}\ncoordinator log:\n{}",

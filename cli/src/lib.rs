@@ -11,6 +11,7 @@
 //! - [`download`]: artifacts by signed link, checked against their SHA-256.
 //! - [`watch`]: progress display until a job ends, driven by its events.
 //! - [`logs`]: `drover logs`, the executor log of each chunk of a job.
+//! - [`pools`]: `drover pools` and `drover preempt`.
 //! - [`cluster`]: a coordinator and nodes as real processes on loopback.
 //! - [`demo`]: `drover demo`.
 //! - [`chaos`]: seeded process kills against a local farm, and the node-log
@@ -28,6 +29,7 @@ pub mod download;
 pub mod events;
 pub mod join;
 pub mod media_check;
+pub mod pools;
 pub mod quic_client;
 pub mod logs;
 pub mod watch;

@@ -98,6 +98,11 @@ enum Cmd {
         /// this or --metrics-token-file, `/metrics` answers 403).
         #[arg(long, env = "DROVER_METRICS_PUBLIC", conflicts_with = "metrics_token_file")]
         metrics_public: bool,
+        /// Auto-scaling node pools: a TOML file of `[[pool]]` tables
+        /// (provider, min, max, target, cooldowns); see README's
+        /// "Auto-scaling pools".
+        #[arg(long, env = "DROVER_POOLS", value_name = "PATH")]
+        pools: Option<PathBuf>,
     },
     /// Run a node agent that renders and encodes chunks.
     #[command(
@@ -242,6 +247,14 @@ enum Cmd {
     /// what it has not rendered goes back to the queue at once.
     #[command(after_help = "Example:\n  drover drain gpu-07\n  drover drain gpu-07 --now")]
     Drain(commands::DrainArgs),
+    /// Auto-scaling pools: size, backlog and drain time; `decisions NAME`
+    /// lists a pool's scaling decisions with their reasons.
+    #[command(after_help = "Example:\n  drover pools\n  drover pools decisions gpu")]
+    Pools(drover_cli::pools::PoolsArgs),
+    /// A preemption notice for a node (a spot instance about to go): it is
+    /// drained at once and the frames it has not rendered wait for others.
+    #[command(after_help = "Example:\n  drover preempt spot-3")]
+    Preempt(drover_cli::pools::PreemptArgs),
     /// Let a drained node take work again.
     #[command(after_help = "Example:\n  drover undrain gpu-07")]
     Undrain(commands::NodeArgs),
@@ -383,6 +396,7 @@ fn main() -> anyhow::Result<()> {
             advertise_quic,
             metrics_token_file,
             metrics_public,
+            pools,
         } => {
             init_logs("info");
             let metrics = drover_coordinator::metrics::MetricsAccess::from_flags(
@@ -414,6 +428,7 @@ fn main() -> anyhow::Result<()> {
                 webhook_retry_base_ms,
                 quic_advertise: advertise_quic,
                 metrics,
+                pools,
             };
             actix::System::new().block_on(drover_coordinator::server::run(cfg))
         }
@@ -542,6 +557,14 @@ fn main() -> anyhow::Result<()> {
             init_logs("warn");
             drover_cli::logs::logs(a)
         }
+        }
+        Cmd::Pools(a) => {
+            init_logs("warn");
+            drover_cli::pools::pools(a)
+        }
+        Cmd::Preempt(a) => {
+            init_logs("warn");
+            drover_cli::pools::preempt(a)
         }
         Cmd::Undrain(a) => {
             init_logs("warn");

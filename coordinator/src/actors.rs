@@ -1147,6 +1147,22 @@ impl Handler<Summarize> for Scheduler {
     }
 }
 
+/// Read the fleet (`GET /v1/fleet`): nodes and the jobs that matter now,
+/// only `project`'s jobs when set.
+#[derive(Message)]
+#[rtype(result = "drover_shared::api::FleetView")]
+pub struct Fleet {
+    /// The caller's project, for a key scoped to one.
+    pub project: Option<String>,
+}
+
+impl Handler<Fleet> for Scheduler {
+    type Result = MessageResult<Fleet>;
+    fn handle(&mut self, msg: Fleet, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.core.fleet_view(now_ms(), msg.project.as_deref()))
+    }
+}
+
 /// A core event from a session or the muxer.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -1156,6 +1172,20 @@ impl Handler<CoreEvent> for Scheduler {
     type Result = ();
     fn handle(&mut self, msg: CoreEvent, ctx: &mut Context<Self>) {
         self.apply(msg.0, ctx);
+    }
+}
+
+/// A read of the core on the scheduler's thread, for a client that keeps
+/// its own state beside it (the autoscaler's pool reports). The closure
+/// only reads and must not block.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReadCore(pub Box<dyn FnOnce(&Core) + Send>);
+
+impl Handler<ReadCore> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, msg: ReadCore, _: &mut Context<Self>) {
+        (msg.0)(&self.core);
     }
 }
 
@@ -1453,11 +1483,28 @@ impl Handler<Inbound> for NodeSession {
                     elapsed_ms: d.elapsed_ms,
                 }
             }
+            NodeToCoord::Preempted => {
+                warn!(node = %self.name, "preemption notice from the node: draining it at once");
+                Event::Preempt {
+                    name: self.name.to_string(),
+                }
+            }
             NodeToCoord::Leaving => {
                 info!(node = %self.name, "node leaving: draining its work");
                 Event::NodeLeaving { node }
             }
+            NodeToCoord::ChunkLog(log) => {
+                self.scheduler.do_send(ChunkLogPiece { node, log });
+                return;
+            }
             NodeToCoord::Failed(f) => {
+                // Before the failure reaches the core: the attempt is
+                // still this node's when the note is admitted.
+                self.scheduler.do_send(ChunkLogFailed {
+                    node,
+                    chunk: f.chunk,
+                    reason: f.reason.clone(),
+                });
                 warn!(job = f.chunk.job, chunk = f.chunk.index, node = %self.name, reason = %f.reason,
                     failed_frame = ?f.failed_frame, log = %f.log_tail, "chunk failed");
                 Event::ChunkFailed {
@@ -1485,17 +1532,6 @@ impl Handler<Close> for NodeSession {
         ctx.stop();
     }
 }
-            NodeToCoord::ChunkLog(log) => {
-                self.scheduler.do_send(ChunkLogPiece { node, log });
-                return;
-            }
-                // Before the failure reaches the core: the attempt is
-                // still this node's when the note is admitted.
-                self.scheduler.do_send(ChunkLogFailed {
-                    node,
-                    chunk: f.chunk,
-                    reason: f.reason.clone(),
-                });
 
 /// How often the scheduler drops the chunk logs of jobs it no longer holds
 /// (they left the finished-job retention), in seconds: a job's logs outlive

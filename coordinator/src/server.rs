@@ -34,6 +34,9 @@ pub struct CoordinatorConfig {
     /// The QUIC address join tokens send nodes to (`host:port`); the bound
     /// address when it is a specific one, else this host's name.
     pub quic_advertise: Option<String>,
+    /// The auto-scaling pools file (`--pools`, TOML; see
+    /// [`crate::autoscale::config`]).
+    pub pools: Option<PathBuf>,
     /// Who may read `/metrics` (`--metrics-token-file`, `--metrics-public`).
     pub metrics: crate::metrics::MetricsAccess,
 }
@@ -68,6 +71,11 @@ pub struct BoundAddrs {
 
 /// Runs a coordinator until a shutdown signal. Call inside an actix system.
 pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
+    // A bad pools file stops the start before anything is opened.
+    let pool_configs = match &cfg.pools {
+        Some(path) => crate::autoscale::config::load(path)?,
+        None => Vec::new(),
+    };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let addrs_path = cfg.data_dir.join(ADDRS_FILE);
@@ -146,6 +154,11 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
             warn!(job = c.job, "webhooks not enqueued again: {e:#}");
         }
     }
+    // Each chunk attempt's executor log, kept after its job ends.
+    let chunk_logs = crate::chunklog::ChunkLogs::open(
+        cfg.data_dir.join("logs"),
+        crate::chunklog::LogLimits::default(),
+    )?;
     let scheduler = Scheduler::new(
         core,
         journal.clone(),
@@ -154,12 +167,8 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         cell,
         events.clone(),
         Some(hooks.clone()),
-    // Each chunk attempt's executor log, kept after its job ends.
-    let chunk_logs = crate::chunklog::ChunkLogs::open(
-        cfg.data_dir.join("logs"),
-        crate::chunklog::LogLimits::default(),
-    )?;
     )
+    .with_chunk_logs(chunk_logs)
     .start();
 
     let (cert, key, fingerprint) = crate::quic::load_or_create_identity(&cfg.data_dir)?;
@@ -168,10 +177,32 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     let quic_advertise = match &cfg.quic_advertise {
         Some(a) => a.clone(),
         None => advertised(quic_addr),
-    .with_chunk_logs(chunk_logs)
     };
+    let pools = if pool_configs.is_empty() {
+        crate::autoscale::Pools::none()
+    } else {
+        crate::autoscale::Pools::start(
+            pool_configs,
+            crate::autoscale::PoolsContext {
+                data_dir: &cfg.data_dir,
+                sched: scheduler.clone(),
+                auth: &auth,
+                cert_sha256: &fingerprint,
+                quic_advertise: &quic_advertise,
+            },
+        )
+        .context("starting the auto-scaling pools")?
+    };
+    let pools_data = actix_web::web::Data::new(pools.clone());
 
     let gate = crate::auth::http::Gate::new(auth.clone()).with_links(links.clone());
+    let backup = actix_web::web::Data::new(crate::backup::Sources::new(
+        &cfg.data_dir,
+        store.clone(),
+        &journal,
+        &auth,
+        &hooks,
+    ));
     let api = std::sync::Arc::new(crate::api::Api {
         sched: scheduler.clone(),
         gate: gate.clone(),
@@ -198,6 +229,8 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         actix_web::App::new()
             .app_data(api.clone())
             .app_data(gate.clone())
+            .app_data(pools_data.clone())
+            .app_data(backup.clone())
             .app_data(metrics_access.clone())
             .configure(crate::api::configure)
             .wrap(actix_web::middleware::from_fn(crate::api::gate))
@@ -219,6 +252,9 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
     std::fs::rename(&tmp, &addrs_path)?;
     info!(http = %http_addr, quic = %quic_addr, cert_sha256 = %bound.cert_sha256, "coordinator ready");
     server.await.context("HTTP server")?;
+    // The pools' threads stop, and the node agents the `process` provider
+    // started leave while the scheduler still hears them.
+    let _ = actix_web::rt::task::spawn_blocking(move || pools.stop()).await;
     info!("shutting down: no new jobs, journal flushed, node sessions closed");
     let _ = scheduler.send(Shutdown).await;
     endpoint.close(

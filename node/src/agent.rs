@@ -515,6 +515,11 @@ pub async fn run_until(
     limits: AgentLimits,
     mut stop: mpsc::UnboundedReceiver<&'static str>,
 ) -> anyhow::Result<()> {
+    // SIGUSR1 is a preemption notice (a spot instance's warning, relayed
+    // by whatever watches for it): caught from the start, as its default
+    // action would kill the node before it could say so.
+    let mut preempt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("catching SIGUSR1")?;
     let aids = TestAids {
         slowdown_factor: cfg.slowdown_factor,
         fail_frames: cfg.fail_frames.clone(),
@@ -601,6 +606,16 @@ pub async fn run_until(
     let agent = Arc::new(Agent::new(spool, executor, ev_tx));
     tokio::spawn(events_loop(agent.clone(), ev_rx));
     tokio::spawn(upload_loop(agent.clone()));
+    // A preemption notice goes to the coordinator, which drains the node
+    // at once and takes back the frames it has not rendered; the node
+    // goes on uploading what it rendered until its machine is taken.
+    let notified = agent.clone();
+    tokio::spawn(async move {
+        while preempt.recv().await.is_some() {
+            warn!("SIGUSR1: preemption notice; the coordinator takes back the frames not rendered yet");
+            notified.send_or_keep(NodeToCoord::Preempted);
+        }
+    });
 
     // The node's identity: its own certificate, kept in its data dir.
     let identity = crate::tls::Identity::load_or_create(&cfg.data_dir)?;

@@ -516,3 +516,65 @@ pub struct NodeTags {
     /// gives it back its own.
     pub tags: Option<Vec<String>>,
 }
+
+/// An auto-scaling pool (`GET /v1/pools`, `GET /v1/pools/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolView {
+    /// Pool name (its nodes join with `--pool NAME`).
+    pub name: String,
+    /// `process`, `kubernetes` or `command`.
+    pub provider: String,
+    /// Fewest nodes it keeps.
+    pub min: u32,
+    /// Most nodes it asks for.
+    pub max: u32,
+    /// Nodes asked of the provider and not removed.
+    pub requested: u32,
+    /// Nodes asked for that have not joined yet.
+    pub starting: u32,
+    /// Its connected nodes.
+    pub nodes: Vec<String>,
+    /// Nodes the autoscaler is draining or removing.
+    pub draining: Vec<String>,
+    /// Remaining frames of the jobs its nodes can run.
+    pub backlog_frames: u64,
+    /// Those frames' render time on one of its nodes, seconds.
+    pub work_s: f64,
+    /// How long the backlog takes with the nodes it has, seconds (`None`
+    /// with no node).
+    pub drain_eta_s: Option<f64>,
+    /// The drain time over which it scales up, seconds.
+    pub target_drain_s: f64,
+    /// How long a node may idle before it is drained, seconds.
+    pub idle_cooldown_s: f64,
+    /// The last provider error, until a call succeeds.
+    pub last_error: Option<String>,
+}
+
+/// One decision of a pool's autoscaler
+/// (`GET /v1/pools/{name}/decisions`), journaled with its reason and
+/// outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScaleDecisionView {
+    /// Increasing number of the decision in the coordinator's journal.
+    pub seq: u64,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Pool.
+    pub pool: String,
+    /// `scale_up`, `drain` or `remove`.
+    pub action: String,
+    /// The node drained or removed.
+    pub node: Option<String>,
+    /// How many nodes a scale-up asked for.
+    pub count: Option<u32>,
+    /// Why, with the figures.
+    pub reason: String,
+    /// `ok`, or `failed` (the provider's error is in `error`; it is tried
+    /// again after a backoff).
+    pub outcome: String,
+    /// The provider's error.
+    pub error: Option<String>,
+    /// What the provider printed (the `command` provider's output).
+    pub output: Option<String>,
+}

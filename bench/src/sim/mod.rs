@@ -17,6 +17,9 @@
 //! - [`world`]: the discrete-event driver: an event queue on a virtual
 //!   clock, simulated nodes that render, report, answer shrinks and upload,
 //!   and the core woken at its own deadlines.
+//!   Its `pool` module ([`world::pool`]) drives the coordinator's
+//!   autoscaler on the same clock: a day-long trace, autoscaled against a
+//!   fixed pool sized for the peak.
 //! - [`bound`]: the lower bound on the makespan and the fleet's capacity.
 //! - [`throughput`]: the scheduler throughput and memory measurement
 //!   (10,000 nodes, 1,000,000 queued frames).

@@ -31,6 +31,8 @@ use serde::Serialize;
 
 use super::bound;
 use super::scenario::{Leave, Scenario, TICK_MS};
+
+pub mod pool;
 use super::strategy::Strategy;
 
 /// Time a chunk costs on a node before its first frame (pipeline, encoder
@@ -187,6 +189,8 @@ enum SimEvent {
     ToCore(Box<Event>),
     ToNode(usize, u64, NodeMsg),
     MuxDone(JobId),
+    /// The autoscaler looks at its pool (see [`pool`]).
+    PoolTick,
 }
 
 /// A queue entry, ordered by time then by the order it was queued.
@@ -291,6 +295,10 @@ struct World<'a> {
     chunk_failures: u64,
     refused: u64,
     core_time: Duration,
+    /// The autoscaler and its pool, when the fleet is one (see [`pool`]):
+    /// then nodes join and leave by its decisions, not the scenario's
+    /// uptimes.
+    pool: Option<pool::PoolSim>,
 }
 
 impl<'a> World<'a> {
@@ -319,6 +327,7 @@ impl<'a> World<'a> {
             chunk_failures: 0,
             refused: 0,
             core_time: Duration::ZERO,
+            pool: None,
         }
     }
 
@@ -337,8 +346,17 @@ impl<'a> World<'a> {
         for (i, j) in sc.jobs.iter().enumerate() {
             self.at(j.arrival_ms, SimEvent::Submit(i));
         }
+        if self.pool.is_some() {
+            self.at(0, SimEvent::PoolTick);
+        }
         for (i, n) in sc.nodes.iter().enumerate() {
-            for up in &n.uptime {
+            // An autoscaled pool's nodes come and go by its decisions.
+            let uptime: &[super::scenario::Uptime] = if self.pool.is_some() {
+                &[]
+            } else {
+                &n.uptime
+            };
+            for up in uptime {
                 self.at(up.from_ms, SimEvent::Join(i));
                 if let Some((t, how)) = up.to {
                     self.at(t, SimEvent::Leave(i, how));
@@ -422,6 +440,7 @@ impl<'a> World<'a> {
                 job,
                 output: format!("out/{job}.mp4"),
             }),
+            SimEvent::PoolTick => self.pool_tick(),
         }
     }
 

@@ -123,6 +123,10 @@ routes!(
     admin::revoke_token,
     admin::list_identities,
     admin::revoke_identity,
+    pools::list_pools,
+    pools::get_pool,
+    pools::pool_decisions,
+    pools::preempt_node,
 );
 
 struct BearerAuth;

@@ -300,7 +300,7 @@ fn run_pool(
             false
         });
         if now >= retry_at_ms {
-            if tick % SYNC_EVERY_TICKS == 0 {
+            if tick.is_multiple_of(SYNC_EVERY_TICKS) {
                 match provider.requested() {
                     Ok(r) => policy.sync_requested(now, r, &nodes),
                     Err(e) => tracing::warn!(pool, "asking the provider its node count: {e}"),

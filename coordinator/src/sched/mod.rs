@@ -20,6 +20,7 @@
 //!   speculation, priority preemption, `unschedulable` reasons.
 //! - `chunks`: progress, shrink answers, uploads, done, failures, backoff,
 //!   bad-frame bisection, the end of a job.
+//! - [`pools`]: what the autoscaler reads of a pool; preemption notices.
 //! - [`record`]: the journal record, submission, restore.
 //! - `views`: what the API shows.
 //! - [`summary`]: the load `/metrics` reports (jobs, queue, nodes by state).
@@ -41,6 +42,7 @@ pub mod facts;
 mod invariants;
 mod nodes;
 mod place;
+pub mod pools;
 pub mod record;
 mod state;
 pub mod summary;
@@ -172,6 +174,7 @@ impl Core {
             }
             Event::ClearQuarantine { name } => self.clear_quarantine(now_ms, &name, &mut cmds),
             Event::Drain { name, now } => self.drain(now_ms, &name, now, &mut cmds),
+            Event::Preempt { name } => self.preempt(now_ms, &name, &mut cmds),
             Event::Undrain { name } => self.undrain(now_ms, &name, &mut cmds),
             Event::RetryJob { job } => self.retry(now_ms, job, &mut cmds),
             Event::PauseJob { job, paused } => self.set_paused(now_ms, job, paused, &mut cmds),

@@ -1807,3 +1807,82 @@ fn a_jobs_summary_is_its_views_summary_without_building_the_chunks() {
     h.handle(Event::CancelJob { job });
     same(&h);
 }
+
+#[test]
+fn a_preemption_notice_drains_at_once_and_hands_back_unrendered_frames() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("spot", caps(false, 10.0));
+    let job = h.submit(spec(2_000, ""));
+    let held = h.held("spot");
+    assert_eq!(held.len(), 2, "one running, one queued");
+    let (k, s, e) = held[0];
+    h.progress("spot", k, 5);
+    let cmds = h.handle(Event::Preempt {
+        name: "spot".into(),
+    });
+    // The queued chunk goes back at once; the running one is cut at the
+    // frame it is on.
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::Cancel { chunk, .. } if *chunk == held[1].0)));
+    assert!(cmds.iter().any(
+        |c| matches!(c, Command::Shrink { chunk, proposed_end, .. } if *chunk == k && *proposed_end == s + 5)
+    ));
+    assert!(h.core.node_views(h.now)[0].drained);
+    h.answer_shrink();
+    assert_eq!(h.held("spot"), vec![(k, s, s + 5)]);
+    assert!(s + 5 < e);
+    // Another node takes the frames handed back now, not when the spot
+    // node is gone; the spot node takes nothing new.
+    h.connect("steady", caps(false, 10.0));
+    assert!(!h.held("steady").is_empty());
+    h.finish("spot", k);
+    assert!(h.held("spot").is_empty());
+    h.drain();
+    assert!(h.held("spot").is_empty());
+    assert_eq!(h.view(job).state, JobState::Muxing);
+    h.assert_exact(job);
+}
+
+#[test]
+fn a_pool_report_counts_the_work_its_nodes_could_run_even_with_no_node() {
+    use super::pools::PoolNode;
+    let mut h = Harness::new(CoreConfig::default());
+    let mut declared = caps(false, 10.0);
+    declared.pool = "render".into();
+    // A job for the pool waits with no node (unschedulable) and counts;
+    // one for another pool and a paused one do not.
+    let for_pool = h.submit(spec(100, r#""requirements":{"pool":"render"}"#));
+    h.submit(spec(50, r#""requirements":{"pool":"other"}"#));
+    let paused = h.submit(spec(70, ""));
+    h.handle(Event::PauseJob {
+        job: paused,
+        paused: true,
+    });
+    let r = h.core.pool_report("render", &declared, 0.5);
+    assert_eq!(h.view(for_pool).state, JobState::Unschedulable);
+    assert_eq!((r.backlog_frames, r.jobs, r.work_s), (100, 1, 50.0));
+    assert!(r.nodes.is_empty());
+    // A node of the pool joins: its calibrated speed (10 frames/s at the
+    // job's size) replaces the estimate, and it is busy.
+    h.connect("render-1", declared.clone());
+    let r = h.core.pool_report("render", &declared, 0.5);
+    assert_eq!(
+        r.nodes,
+        vec![PoolNode {
+            name: "render-1".into(),
+            busy: true,
+            drained: false
+        }]
+    );
+    assert_eq!(r.backlog_frames, 100);
+    assert!((r.work_s - 10.0).abs() < 1e-6, "{}", r.work_s);
+    // Frames rendered in running chunks are not work left.
+    let (k, _, _) = h.held("render-1")[0];
+    h.progress("render-1", k, 20);
+    let r = h.core.pool_report("render", &declared, 0.5);
+    assert_eq!(r.backlog_frames, 80);
+    h.drain();
+    let r = h.core.pool_report("render", &declared, 0.5);
+    assert_eq!((r.backlog_frames, r.nodes[0].busy), (0, false));
+}

@@ -365,6 +365,13 @@ pub enum Event {
         /// Hand back unrendered frames at once.
         now: bool,
     },
+    /// A preemption notice (the node's signal or an admin's API call): the
+    /// node is about to go; it is drained at once and the frames of its
+    /// running chunks after the one it is on go back to wait.
+    Preempt {
+        /// Node name.
+        name: String,
+    },
     /// An admin returns a drained node to work.
     Undrain {
         /// Node name.
