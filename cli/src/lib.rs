@@ -10,6 +10,7 @@
 //!   dropped connections.
 //! - [`download`]: artifacts by signed link, checked against their SHA-256.
 //! - [`watch`]: progress display until a job ends, driven by its events.
+//! - [`top`]: `drover top`, the fleet and its jobs live in a terminal.
 //! - [`logs`]: `drover logs`, the executor log of each chunk of a job.
 //! - [`pools`]: `drover pools` and `drover preempt`.
 //! - [`cluster`]: a coordinator and nodes as real processes on loopback.
@@ -31,5 +32,6 @@ pub mod join;
 pub mod media_check;
 pub mod pools;
 pub mod quic_client;
+pub mod top;
 pub mod logs;
 pub mod watch;

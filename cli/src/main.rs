@@ -284,6 +284,10 @@ enum Cmd {
         after_help = "Example:\n  drover events\n  drover events --job 12 --json\n  drover events --kinds job.done,job.failed,node"
     )]
     Events(commands::EventsArgs),
+    /// The farm live in a terminal: nodes, jobs and events; drain, cancel,
+    /// retry and pause from the keyboard (`?` lists the keys).
+    #[command(after_help = "Example:\n  drover top\n  DROVER_URL=http://coord:8270 drover top")]
+    Top(drover_cli::top::TopArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  drover completions bash > ~/.local/share/bash-completion/completions/drover\n  drover completions zsh > ~/.zfunc/_drover"
@@ -594,6 +598,10 @@ fn main() -> anyhow::Result<()> {
             init_logs("warn");
             commands::events(a)
         }
+        // No log subscriber: a line on stderr would tear the screen; errors
+        // show on its status line, and the command's own error after it
+        // restores the terminal.
+        Cmd::Top(a) => drover_cli::top::top(a),
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "drover", &mut std::io::stdout());

@@ -517,6 +517,117 @@ pub struct NodeTags {
     pub tags: Option<Vec<String>>,
 }
 
+/// What `drover top` shows of a node: its state in one word, and what it
+/// is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetNodeState {
+    /// Connected, usable, holds no chunk.
+    Idle,
+    /// Connected and rendering (holds at least one chunk).
+    Busy,
+    /// Drained by an admin or leaving: takes no new work; its chunks finish.
+    Draining,
+    /// Its connection is gone or its heartbeats stopped; remembered until
+    /// it is forgotten, and its chunks went back to their jobs.
+    Lost,
+    /// Failed too many jobs: no new work until an admin clears it.
+    Quarantined,
+}
+
+/// One node in `GET /v1/fleet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetNode {
+    /// Node name.
+    pub name: String,
+    /// Its pool (empty: the default pool).
+    pub pool: String,
+    /// The adapter it renders with (`NVIDIA H100 80GB HBM3`).
+    pub adapter: String,
+    /// That adapter's wgpu backend (`Vulkan`).
+    pub backend: String,
+    /// Its state.
+    pub state: FleetNodeState,
+    /// Why, for a quarantined node.
+    pub reason: Option<String>,
+    /// The job of the chunk it is running (the first it holds).
+    pub job: Option<u64>,
+    /// That chunk's first frame.
+    pub frame_start: Option<u64>,
+    /// That chunk's last frame.
+    pub frame_end: Option<u64>,
+    /// Frames of that chunk rendered so far.
+    pub frames_done: u64,
+    /// Chunks it holds.
+    pub chunks: u32,
+    /// Measured speed, frames per second: the scheduler's learned speed of
+    /// this node on the job it runs, or on the calibration shader at 720p
+    /// when idle.
+    pub speed_fps: f64,
+    /// Frames per second it is rendering now: the progress of its running
+    /// chunks over the time they have run.
+    pub fps: f64,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// CPU load it reported, 0..=100 percent.
+    pub cpu_load_pct: f32,
+    /// Memory in use it reported, 0..=100 percent.
+    pub memory_load_pct: f32,
+    /// Frames it has rendered in done chunks since the coordinator started.
+    pub frames_rendered: u64,
+}
+
+/// One job in `GET /v1/fleet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetJob {
+    /// Job id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: JobState,
+    /// Paused by a user.
+    pub paused: bool,
+    /// Priority, 0..=100.
+    pub priority: u8,
+    /// Project.
+    pub project: String,
+    /// Frames in the job.
+    pub frames_total: u64,
+    /// Frames rendered (stored, plus progress of running chunks).
+    pub frames_done: u64,
+    /// Frames per second its running chunks render now, together.
+    pub fps: f64,
+    /// Seconds until its last frame is rendered: the frames left over
+    /// `fps`. Absent when nothing renders it now (queued, paused, ended).
+    pub eta_s: Option<u64>,
+    /// Nodes holding its chunks, by name.
+    pub nodes: Vec<String>,
+    /// Why it is in its state: why it failed, what no node has
+    /// (`unschedulable`), `paused`, or chunks waiting for their node to
+    /// reconnect.
+    pub reason: Option<String>,
+    /// Submitted at, ms since the Unix epoch.
+    pub submitted_at_ms: u64,
+}
+
+/// `GET /v1/fleet`: every node and the jobs that matter now, in one
+/// answer, for `drover top`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FleetView {
+    /// When the coordinator took it, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Every node the coordinator knows, by name.
+    pub nodes: Vec<FleetNode>,
+    /// Queued, running and muxing jobs first (by priority, then age), then
+    /// the most recently ended ones, at most
+    /// `drover_coordinator::sched::MAX_FLEET_JOBS` in all.
+    pub jobs: Vec<FleetJob>,
+    /// Jobs the coordinator holds in memory and the caller may see; more
+    /// than `jobs.len()` when the list was cut.
+    pub jobs_total: u64,
+}
+
 /// An auto-scaling pool (`GET /v1/pools`, `GET /v1/pools/{name}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolView {

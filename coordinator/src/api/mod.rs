@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod events;
 pub mod health;
+pub mod fleet;
 pub mod jobs;
 pub mod links;
 pub mod problem;
@@ -110,6 +111,7 @@ routes!(
     logs::job_logs,
     logs::chunk_log,
     admin::list_nodes,
+    fleet::fleet,
     admin::get_node,
     admin::drain_node,
     admin::undrain_node,

@@ -1809,6 +1809,60 @@ fn a_jobs_summary_is_its_views_summary_without_building_the_chunks() {
 }
 
 #[test]
+fn the_fleet_view_shows_node_states_rates_and_job_etas() {
+    use drover_shared::api::FleetNodeState as S;
+    let mut h = Harness::new(CoreConfig::default());
+    for name in ["a", "b", "c"] {
+        h.connect(name, caps(false, 10.0));
+    }
+    let f = h.core.fleet_view(h.now, None);
+    let states: Vec<_> = f.nodes.iter().map(|n| (n.name.as_str(), n.state)).collect();
+    assert_eq!(states, [("a", S::Idle), ("b", S::Idle), ("c", S::Idle)]);
+    // 10 frames/s at 640x360 is 2.5 at 720p, the idle nodes' common measure.
+    assert_eq!(f.nodes[0].speed_fps, 2.5);
+    assert_eq!((f.nodes[0].adapter.as_str(), f.nodes[0].backend.as_str()), ("llvmpipe", "Vulkan"));
+    assert!(f.jobs.is_empty());
+
+    let job = h.submit(spec(2_000, r#""priority":70"#));
+    let (k, start, end) = h.held("a")[0];
+    h.progress("a", k, 0);
+    h.advance(2_000);
+    h.progress("a", k, 20);
+    let f = h.core.fleet_view(h.now, None);
+    let a = &f.nodes[0];
+    assert_eq!(a.state, S::Busy);
+    assert_eq!((a.job, a.frame_start, a.frame_end), (Some(job), Some(start), Some(end)));
+    assert_eq!(a.frames_done, 20);
+    assert_eq!(a.fps, 10.0, "20 frames in 2 s");
+    assert_eq!(a.memory_load_pct, 30.0, "from the heartbeat");
+    assert!(a.heartbeat_age_ms < 1_000);
+    let j = &f.jobs[0];
+    assert_eq!((j.id, j.priority, j.state), (job, 70, JobState::Running));
+    assert_eq!(j.nodes, ["a", "b", "c"]);
+    // Only a's chunk has started: the job renders at its 10 frames/s.
+    assert_eq!(j.fps, 10.0);
+    assert_eq!(j.eta_s, Some((2_000 - j.frames_done).div_ceil(10)));
+
+    h.handle(Event::Drain {
+        name: "b".into(),
+        now: false,
+    });
+    h.disconnect("c");
+    let f = h.core.fleet_view(h.now, None);
+    let states: Vec<_> = f.nodes.iter().map(|n| n.state).collect();
+    assert_eq!(states, [S::Busy, S::Draining, S::Lost]);
+    assert!(!f.jobs[0].nodes.contains(&"c".to_string()), "{:?}", f.jobs[0]);
+
+    h.handle(Event::PauseJob { job, paused: true });
+    let f = h.core.fleet_view(h.now, None);
+    assert_eq!(f.jobs[0].reason.as_deref(), Some("paused"));
+    // A key scoped to another project sees every node and none of the jobs.
+    let other = h.core.fleet_view(h.now, Some("elsewhere"));
+    assert_eq!((other.nodes.len(), other.jobs.len(), other.jobs_total), (3, 0, 0));
+    assert_eq!(f.jobs_total, 1);
+}
+
+#[test]
 fn a_preemption_notice_drains_at_once_and_hands_back_unrendered_frames() {
     let mut h = Harness::new(CoreConfig::default());
     h.connect("spot", caps(false, 10.0));

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use drover_shared::api::{
-    ChunkKind, ChunkState, ChunkView, JobState, JobSummary, JobView, NodeView,
+    ChunkKind, ChunkState, ChunkView, FleetJob, FleetNode, FleetNodeState, FleetView, JobState,
+    JobSummary, JobView, NodeView,
 };
 use drover_shared::caps;
 
@@ -276,6 +277,232 @@ impl Core {
             .get(&id)
             .map(|j| j.state)
             .or_else(|| self.finished.get(&id).map(|r| r.state))
+    }
+}
+
+/// Most jobs in one fleet snapshot (`GET /v1/fleet`, read by `drover top`
+/// every second or two): a screen shows a few dozen, and a queue of
+/// 100,000 jobs must not make every snapshot megabytes long. Active jobs
+/// come first, so only the oldest ended ones and the lowest-priority queued
+/// ones are cut; `jobs_total` says how many there were.
+pub const MAX_FLEET_JOBS: usize = 2_000;
+
+/// Ended jobs a fleet snapshot keeps after the active ones, newest first:
+/// enough to see what just finished or failed.
+pub const MAX_FLEET_ENDED_JOBS: usize = 100;
+
+/// Frames per second a running chunk renders now: its progress over the
+/// time since it started, or the rate the scheduler expects of it before
+/// its first frame is done.
+fn chunk_fps(c: &super::state::Chunk, now_ms: u64) -> f64 {
+    if !c.started {
+        return 0.0;
+    }
+    let elapsed_ms = now_ms.saturating_sub(c.started_at_ms);
+    if c.frames_done == 0 || elapsed_ms == 0 {
+        return c.expected_fps;
+    }
+    c.frames_done as f64 * 1_000.0 / elapsed_ms as f64
+}
+
+/// One decimal place is all a table shows, and it keeps snapshots short.
+fn round1(x: f64) -> f64 {
+    if x.is_finite() {
+        (x * 10.0).round() / 10.0
+    } else {
+        0.0
+    }
+}
+
+impl Core {
+    /// Every node and the jobs that matter now, for `drover top`: node
+    /// states, what each node renders and how fast, and each job's rate
+    /// and ETA. `project`: only that project's jobs (a key scoped to it).
+    ///
+    /// A job's ETA is its frames left over the rate its running chunks
+    /// render at now (each chunk's progress over the time it has run, or
+    /// the scheduler's expected rate before its first frame), so it follows
+    /// the nodes actually on the job rather than the whole fleet.
+    pub fn fleet_view(&self, now_ms: u64, project: Option<&str>) -> FleetView {
+        let nodes = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| self.fleet_node(n, now_ms));
+        let mut nodes: Vec<FleetNode> = nodes.collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let visible = |p: &str| project.is_none_or(|mine| mine == p);
+        let mut active: Vec<&super::state::Job> = self
+            .jobs
+            .values()
+            .filter(|j| visible(&j.spec.project))
+            .collect();
+        let ended_total = self
+            .finished
+            .values()
+            .filter(|r| visible(&r.spec.project))
+            .count();
+        let jobs_total = (active.len() + ended_total) as u64;
+        // Running work first, then by priority and age: what a screen of
+        // the busiest jobs should show.
+        let rank = |j: &super::state::Job| match j.state {
+            JobState::Running | JobState::Muxing => 0,
+            JobState::Queued | JobState::Unschedulable => 1,
+            _ => 2,
+        };
+        let key = |j: &&super::state::Job| (rank(j), std::cmp::Reverse(j.spec.priority), j.id);
+        if active.len() > MAX_FLEET_JOBS {
+            active.select_nth_unstable_by_key(MAX_FLEET_JOBS, key);
+            active.truncate(MAX_FLEET_JOBS);
+        }
+        active.sort_unstable_by_key(key);
+        let mut jobs: Vec<FleetJob> = active.iter().map(|j| self.fleet_job(j, now_ms)).collect();
+        let room = MAX_FLEET_JOBS
+            .saturating_sub(jobs.len())
+            .min(MAX_FLEET_ENDED_JOBS);
+        jobs.extend(
+            self.finished
+                .values()
+                .rev()
+                .filter(|r| visible(&r.spec.project))
+                .take(room)
+                .map(|r| {
+                    let v = record_view(r);
+                    FleetJob {
+                        id: v.id,
+                        name: v.name,
+                        state: v.state,
+                        paused: v.paused,
+                        priority: v.priority,
+                        project: v.project,
+                        frames_total: v.frames_total,
+                        frames_done: v.frames_done,
+                        fps: 0.0,
+                        eta_s: None,
+                        nodes: Vec::new(),
+                        reason: v.error,
+                        submitted_at_ms: v.submitted_at_ms,
+                    }
+                }),
+        );
+        FleetView {
+            at_ms: now_ms,
+            nodes,
+            jobs,
+            jobs_total,
+        }
+    }
+
+    fn fleet_node(&self, n: &super::state::Node, now_ms: u64) -> FleetNode {
+        let state = if !n.connected {
+            FleetNodeState::Lost
+        } else if n.quarantined.is_some() {
+            FleetNodeState::Quarantined
+        } else if n.drained || n.leaving {
+            FleetNodeState::Draining
+        } else if n.held.is_empty() {
+            FleetNodeState::Idle
+        } else {
+            FleetNodeState::Busy
+        };
+        let adapter = n.caps.render_adapter.as_ref();
+        let chunk_of = |(job, index): &(JobId, u32)| {
+            self.jobs
+                .get(job)
+                .and_then(|j| j.live.get(index))
+                .map(|c| (*job, c))
+        };
+        // The node runs its chunks in order: the first it holds is the one
+        // rendering now.
+        let current = n.held.first().and_then(chunk_of);
+        let fps: f64 = n
+            .held
+            .iter()
+            .filter_map(chunk_of)
+            .map(|(_, c)| chunk_fps(c, now_ms))
+            .sum();
+        let speed_fps = match current {
+            Some((_, c)) => c.expected_fps,
+            // The calibration shader at 720p: one figure that compares
+            // idle nodes with each other.
+            None => self.node_pixel_fps(n, (0, 2)) / (1280.0 * 720.0),
+        };
+        FleetNode {
+            name: n.name.to_string(),
+            pool: n.caps.pool.clone(),
+            adapter: adapter.map(|a| a.name.clone()).unwrap_or_default(),
+            backend: adapter.map(|a| a.backend.clone()).unwrap_or_default(),
+            state,
+            reason: n.quarantined.clone(),
+            job: current.map(|(j, _)| j),
+            frame_start: current.map(|(_, c)| c.start),
+            frame_end: current.map(|(_, c)| c.end),
+            frames_done: current.map_or(0, |(_, c)| c.frames_done),
+            chunks: n.held.len() as u32,
+            speed_fps: round1(speed_fps),
+            fps: round1(fps),
+            heartbeat_age_ms: now_ms.saturating_sub(n.last_heartbeat_ms),
+            cpu_load_pct: n.cpu_load_pct,
+            memory_load_pct: n.memory_load_pct,
+            frames_rendered: n.frames_rendered,
+        }
+    }
+
+    fn fleet_job(&self, j: &super::state::Job, now_ms: u64) -> FleetJob {
+        let total = j.total_frames();
+        let done = (j.frames_done + live_frames_done(j)).min(total);
+        // A speculative copy renders the frames its twin renders: the pair
+        // counts once, at the faster of the two.
+        let mut fps = 0.0;
+        for c in j.live.values() {
+            let twin = c.twin.and_then(|t| j.live.get(&t));
+            fps += match twin {
+                Some(_) if c.kind == ChunkKind::Speculative => 0.0,
+                Some(t) => chunk_fps(c, now_ms).max(chunk_fps(t, now_ms)),
+                None => chunk_fps(c, now_ms),
+            };
+        }
+        let left = total - done;
+        let eta_s = (fps > 0.0 && !j.state.is_terminal() && j.state != JobState::Muxing)
+            .then(|| (left as f64 / fps).ceil() as u64);
+        let mut nodes: Vec<String> = j
+            .working
+            .keys()
+            .filter_map(|id| self.node(*id).map(|n| n.name.to_string()))
+            .collect();
+        nodes.sort();
+        let reason = if j.error.is_some() {
+            j.error.clone()
+        } else if j.paused {
+            Some("paused".into())
+        } else if !j.orphans.is_empty() {
+            Some(format!(
+                "{} chunk(s) waiting for their node to reconnect",
+                j.orphans.len()
+            ))
+        } else if j.streak > 0 {
+            j.last_failure
+                .as_ref()
+                .map(|f| format!("retrying on one node after a failure: {f}"))
+        } else {
+            None
+        };
+        FleetJob {
+            id: j.id,
+            name: j.spec.name.clone(),
+            state: j.state,
+            paused: j.paused,
+            priority: j.spec.priority,
+            project: j.spec.project.clone(),
+            frames_total: total,
+            frames_done: done,
+            fps: round1(fps),
+            eta_s,
+            nodes,
+            reason,
+            submitted_at_ms: j.submitted_at_ms,
+        }
     }
 }
 
