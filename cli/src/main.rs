@@ -96,7 +96,11 @@ enum Cmd {
         metrics_token_file: Option<PathBuf>,
         /// Serve `/metrics` to anyone who reaches the HTTP port (without
         /// this or --metrics-token-file, `/metrics` answers 403).
-        #[arg(long, env = "DROVER_METRICS_PUBLIC", conflicts_with = "metrics_token_file")]
+        #[arg(
+            long,
+            env = "DROVER_METRICS_PUBLIC",
+            conflicts_with = "metrics_token_file"
+        )]
         metrics_public: bool,
         /// Auto-scaling node pools: a TOML file of `[[pool]]` tables
         /// (provider, min, max, target, cooldowns); see README's
@@ -357,9 +361,29 @@ fn init_logs(default: &str) {
         .with_writer(std::io::stderr);
     match LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text) {
         LogFormat::Text => logs.init(),
-        // Span fields (a chunk's `job`, `chunk`, `node`) are flattened
-        // into each line, so a collector filters on them directly.
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+        // An event's own fields sit at the top of its object, where a
+        // collector filters on them directly; the fields of the spans it
+        // happened in (a node's `node`) are listed under `spans`.
+        LogFormat::Json => {
+            let logs = logs.json().flatten_event(true);
+            // What libraries print to stderr becomes JSON too; tracing
+            // writes to the original stderr (see `foreign_logs`).
+            match foreign_logs::capture_stderr() {
+                Ok(stderr) => logs.with_writer(std::sync::Mutex::new(stderr)).init(),
+                Err(e) => {
+                    logs.init();
+                    tracing::warn!("stderr not captured, library output may not be JSON: {e}");
+                }
+            }
+            foreign_logs::to_tracing();
+            // A panic's message is a log record too (the default hook's
+            // text goes through the captured stderr as well).
+            let default_hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                tracing::error!(target: "panic", "{info}");
+                default_hook(info);
+            }));
+        }
     }
 }
 
@@ -386,7 +410,7 @@ fn main() -> anyhow::Result<()> {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    match cli.cmd {
+    let result = match cli.cmd {
         Cmd::Coordinator {
             data,
             http,
@@ -616,5 +640,11 @@ fn main() -> anyhow::Result<()> {
             init_logs("info");
             drover_node::exec::worker::run()
         }
+    };
+    if let Err(e) = &result {
+        // As a log record as well: with `--log-format json`, the plain
+        // `Error:` line main prints may not reach a collector intact.
+        tracing::error!("{e:#}");
     }
+    result
 }

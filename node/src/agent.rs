@@ -481,7 +481,10 @@ enum SessionEnd {
 /// Runs the agent with the default [`AgentLimits`] until the coordinator
 /// refuses it for good (an error) or a signal ends it (after the drain).
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    run_with(cfg, AgentLimits::default()).await
+    // Every line the agent logs names the node (`--log-format json` puts
+    // the span's fields on each line), its tasks' lines included.
+    let span = tracing::info_span!("node", node = %cfg.name);
+    tracing::Instrument::instrument(run_with(cfg, AgentLimits::default()), span).await
 }
 
 /// [`run`] with the given limits. SIGTERM and SIGINT stop the node: the
@@ -604,8 +607,13 @@ pub async fn run_until(
     let (ev_tx, ev_rx) = mpsc::unbounded_channel::<WorkerEvent>();
     let executor = Executor::start(gpu, spool_dir, aids);
     let agent = Arc::new(Agent::new(spool, executor, ev_tx));
-    tokio::spawn(events_loop(agent.clone(), ev_rx));
-    tokio::spawn(upload_loop(agent.clone()));
+    tokio::spawn(tracing::Instrument::in_current_span(events_loop(
+        agent.clone(),
+        ev_rx,
+    )));
+    tokio::spawn(tracing::Instrument::in_current_span(upload_loop(
+        agent.clone(),
+    )));
     // A preemption notice goes to the coordinator, which drains the node
     // at once and takes back the frames it has not rendered; the node
     // goes on uploading what it rendered until its machine is taken.
@@ -631,14 +639,14 @@ pub async fn run_until(
     endpoint.set_default_client_config(client);
 
     let (quit_tx, quit_rx) = watch::channel(false);
-    let mut sessions = tokio::spawn(reconnect_loop(
+    let mut sessions = tokio::spawn(tracing::Instrument::in_current_span(reconnect_loop(
         endpoint.clone(),
         node_id,
         cfg.clone(),
         caps,
         agent.clone(),
         quit_rx,
-    ));
+    )));
     // A closed stop channel never stops the node.
     let mut stopped = async || match stop.recv().await {
         Some(name) => name,
