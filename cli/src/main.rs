@@ -11,6 +11,8 @@ use drover_shared::config::{CERT_FILE, DEFAULT_HTTP_ADDR, DEFAULT_QUIC_ADDR};
 
 use drover_cli::{commands, demo};
 
+mod foreign_logs;
+
 #[derive(Parser)]
 #[command(
     name = "drover",
