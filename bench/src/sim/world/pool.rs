@@ -31,6 +31,10 @@ pub const NODE_START_MS: u64 = 60_000;
 /// driver does (`autoscale::driver::TICK`).
 pub const POOL_TICK_MS: u64 = 1_000;
 
+/// Seed offset of the trace's arrival times, so that they are not the
+/// scenario generator's stream.
+const TRACE_SEED_SALT: u64 = 0x000D_A70F_A221_7A15;
+
 /// The length of the trace: one day.
 pub const DAY_MS: u64 = 24 * 3600 * 1000;
 
@@ -151,7 +155,7 @@ pub fn day_trace(seed: u64, nodes: u32, jobs: u32) -> Scenario {
         ..ScenarioParams::new(seed)
     };
     let mut sc = Scenario::generate(&params);
-    let mut rng = StdRng::seed_from_u64(seed ^ 0xDA7_0F_A221_7A15);
+    let mut rng = StdRng::seed_from_u64(seed ^ TRACE_SEED_SALT);
     // Rejection sampling of the arrival density: night 1, peak 10 at
     // 15:00.
     let density = |t: f64| {
