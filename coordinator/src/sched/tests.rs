@@ -1940,3 +1940,74 @@ fn a_pool_report_counts_the_work_its_nodes_could_run_even_with_no_node() {
     let r = h.core.pool_report("render", &declared, 0.5);
     assert_eq!((r.backlog_frames, r.nodes[0].busy), (0, false));
 }
+
+/// What `/metrics` reads of the core: jobs by state, the queue in frames
+/// and in seconds at the learned speed, nodes by pool and state.
+#[test]
+fn the_load_summary_follows_jobs_queue_and_node_states() {
+    use super::summary::{NodeState, UNKNOWN_FRAME_S};
+    let node = |s: &summary::LoadSummary, pool: &str, state: NodeState| {
+        s.nodes.get(&(pool.to_string(), state)).copied()
+    };
+    let mut h = Harness::new(CoreConfig::default());
+    let s = h.core.load_summary();
+    assert_eq!((s.queue_frames, s.queue_seconds), (0, 0.0));
+    assert_eq!(
+        node(&s, "", NodeState::Idle),
+        Some(0),
+        "the default pool always shows"
+    );
+    // No node has ever joined: the queue counts at the fallback frame time.
+    let job = h.submit(spec(100, ""));
+    let s = h.core.load_summary();
+    assert_eq!(s.queue_frames, 100);
+    assert_eq!(s.queue_seconds, 100.0 * UNKNOWN_FRAME_S);
+    let active = |s: &summary::LoadSummary| {
+        s.jobs
+            .iter()
+            .filter(|(st, _)| !st.is_terminal())
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    assert_eq!(active(&s), 1);
+    // A node at 10 frames/s (at the job's size) takes it all: busy, and
+    // the queue is its 100 frames at 0.1 s each.
+    h.connect("a", caps(false, 10.0));
+    let mut pooled = caps(false, 10.0);
+    pooled.pool = "gpu".into();
+    pooled.tags = vec!["elsewhere".into()];
+    h.connect("b", pooled);
+    let s = h.core.load_summary();
+    assert_eq!(node(&s, "", NodeState::Busy), Some(1), "{s:?}");
+    let gpu_up = node(&s, "gpu", NodeState::Idle).unwrap_or(0)
+        + node(&s, "gpu", NodeState::Busy).unwrap_or(0);
+    assert_eq!(gpu_up, 1, "{s:?}");
+    assert_eq!(
+        node(&s, "gpu", NodeState::Lost),
+        Some(0),
+        "every state of a pool shows"
+    );
+    assert_eq!(s.queue_frames, 100);
+    assert!((s.queue_seconds - 10.0).abs() < 1e-6, "{s:?}");
+    // Done: nothing queued; the job counts as muxing.
+    h.drain();
+    let s = h.core.load_summary();
+    assert_eq!((s.queue_frames, s.queue_seconds), (0, 0.0));
+    assert!(s.jobs.contains(&(JobState::Muxing, 1)), "{s:?}");
+    h.handle(Event::MuxDone {
+        job,
+        output: "out.mp4".into(),
+    });
+    assert!(h.core.load_summary().jobs.contains(&(JobState::Done, 1)));
+    // Drained, then lost.
+    h.handle(Event::Drain {
+        name: "a".into(),
+        now: false,
+    });
+    let s = h.core.load_summary();
+    assert_eq!(node(&s, "", NodeState::Draining), Some(1));
+    h.disconnect("a");
+    let s = h.core.load_summary();
+    assert_eq!(node(&s, "", NodeState::Lost), Some(1));
+    assert_eq!(node(&s, "", NodeState::Draining), Some(0));
+}
