@@ -297,6 +297,7 @@ pub fn seeds() -> Vec<Seed> {
             }))
         }),
         frame(&|| encode_frame(&NodeToCoord::Leaving)),
+        frame(&|| encode_frame(&NodeToCoord::Preempted)),
         frame(&|| {
             encode_frame(&NodeToCoord::ChunkLog(ChunkLog {
                 chunk: c,

@@ -580,6 +580,7 @@ mod tests {
             l,
         );
         check(NodeToCoord::Leaving, l);
+        check(NodeToCoord::Preempted, l);
         check(
             NodeToCoord::ShrinkAck(ShrinkAck {
                 chunk: C,

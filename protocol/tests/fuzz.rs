@@ -289,6 +289,7 @@ fn node_message() -> BoxedStrategy<NodeToCoord> {
         (chunk(), proptest::option::of(frame()))
             .prop_map(|(chunk, end)| NodeToCoord::ShrinkAck(ShrinkAck { chunk, end })),
         Just(NodeToCoord::Leaving),
+        Just(NodeToCoord::Preempted),
         (
             chunk(),
             prop_oneof![

@@ -447,6 +447,7 @@ fn progress_done_failed_shrink() {
         Err("shrink_ack.end: frame"),
     );
     check(NodeToCoord::Leaving, Ok(()));
+    check(NodeToCoord::Preempted, Ok(()));
 }
 
 #[test]
