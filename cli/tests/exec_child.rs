@@ -117,8 +117,10 @@ fn drover_exec_worker_kills_a_hung_frame_and_renders_the_next_chunk() {
     // The hung chunk's log names the frame it was killed on; the next
     // chunk's has the worker's lines about it, frames 24-47 only.
     assert!(
-        logs[0]
-            .ends_with("chunk failed on frame 0: frame 0 exceeded the frame time limit of 2 s\n"),
+        logs[0].ends_with(
+            "chunk failed on frame 0: frame 0 exceeded the frame time limit of 2 s\n\
+             the executor process was killed: frame 0 exceeded the frame time limit of 2 s\n"
+        ),
         "{}",
         logs[0]
     );

@@ -58,6 +58,10 @@ struct Session {
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    /// Each chunk's executor log as this session's pieces put it together
+    /// (from the offset of the first it got), and whether its last piece
+    /// came.
+    logs: std::collections::HashMap<ChunkRef, (String, bool)>,
 }
 
 impl Session {
@@ -65,7 +69,8 @@ impl Session {
         codec::write_msg(&mut self.send, &msg).await.unwrap();
     }
 
-    /// The next message that is not a heartbeat.
+    /// The next message that is not a heartbeat or a log piece (those are
+    /// put together in [`Session::logs`]).
     async fn next(&mut self) -> NodeToCoord {
         loop {
             let msg = tokio::time::timeout(
@@ -76,8 +81,20 @@ impl Session {
             .expect("a message from the node in time")
             .unwrap()
             .expect("the control stream open");
-            if !matches!(msg, NodeToCoord::Heartbeat(_)) {
-                return msg;
+            match msg {
+                NodeToCoord::Heartbeat(_) => {}
+                NodeToCoord::ChunkLog(l) => {
+                    // A lost session may have taken the first pieces.
+                    let log = self
+                        .logs
+                        .entry(l.chunk)
+                        .or_insert_with(|| (" ".repeat(l.offset as usize), false));
+                    assert_eq!(l.offset as usize, log.0.len(), "pieces follow each other");
+                    assert!(!log.1, "a piece after the last");
+                    log.0.push_str(&l.text);
+                    log.1 = l.last;
+                }
+                msg => return msg,
             }
         }
     }
@@ -104,12 +121,20 @@ impl Session {
         .await
     }
 
+    /// Waits for the chunk's `Done`; its log must have ended by then (when
+    /// this session got any of it).
     async fn done(&mut self, chunk: ChunkRef) -> ChunkDone {
-        self.until(|m| match m {
-            NodeToCoord::Done(d) if d.chunk == chunk => Some(d.clone()),
-            _ => None,
-        })
-        .await
+        let d = self
+            .until(|m| match m {
+                NodeToCoord::Done(d) if d.chunk == chunk => Some(d.clone()),
+                _ => None,
+            })
+            .await;
+        if let Some((log, last)) = self.logs.get(&chunk) {
+            assert!(*last, "the log is complete before Done:\n{log}");
+            assert!(log.contains("chunk finished: frames "), "{log}");
+        }
+        d
     }
 }
 
@@ -169,6 +194,7 @@ impl Coordinator {
                     conn,
                     send,
                     recv,
+                    logs: Default::default(),
                 });
             }
         });

@@ -558,8 +558,17 @@ fn a_worker_whose_agent_is_gone_exits_even_mid_frame() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The chunk's log lines (checked below) are set aside.
+    let mut logged = Vec::new();
     let mut next = || -> serde_json::Value {
-        serde_json::from_str(&lines.next().expect("a line").unwrap()).unwrap()
+        loop {
+            let msg: serde_json::Value =
+                serde_json::from_str(&lines.next().expect("a line").unwrap()).unwrap();
+            if msg["msg"] != "log" {
+                return msg;
+            }
+            logged.push(msg["line"].as_str().unwrap_or_default().to_string());
+        }
     };
     let init = serde_json::json!({
         "msg": "init", "version": 1, "spool": spool.path(),
@@ -582,6 +591,11 @@ fn a_worker_whose_agent_is_gone_exits_even_mid_frame() {
     writeln!(stdin, "{answer}").unwrap();
     // It asks about frame 6 while frame 5 renders, and frame 5 never ends.
     assert_eq!(next()["frame"], 6);
+    drop(next);
+    assert!(
+        logged.iter().any(|l| l.contains(": adapter ")),
+        "{logged:?}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     drop(stdin);
     let closed = Instant::now();

@@ -601,7 +601,7 @@ impl Supervisor {
         let mut log = ChunkLogBuffer::new();
         let a = &item.assign;
         log.push_line(&format!(
-            "job {} chunk {} (attempt epoch {}): frames {}-{}, sent to executor process {}, frame time limit {} s",
+            "job {} chunk {} (attempt epoch {}): frames {}-{}, sent to the node's executor process #{}, frame time limit {} s",
             a.chunk.job,
             a.chunk.index,
             a.chunk.epoch,
@@ -1493,7 +1493,7 @@ mod tests {
         h.at(LOG_FLUSH_INTERVAL_MS);
         assert_eq!(
             h.log(0),
-            "job 7 chunk 0 (attempt epoch 1): frames 10-12, sent to executor process 1, frame time limit 2 s\n\
+            "job 7 chunk 0 (attempt epoch 1): frames 10-12, sent to the node's executor process #1, frame time limit 2 s\n\
              adapter llvmpipe\nframe 10: 3.0 ms\n"
         );
         // A line for another chunk is not this one's.

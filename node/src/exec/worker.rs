@@ -322,7 +322,7 @@ impl Chunk<'_> {
         self.out.log(
             chunk,
             format!(
-                "executor process {}: adapter {} ({}, {}, driver {})",
+                "executor process (pid {}): adapter {} ({}, {}, driver {})",
                 std::process::id(),
                 a.name,
                 a.device_type,
