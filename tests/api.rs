@@ -221,6 +221,8 @@ fn every_route_is_closed_without_a_key_read_only_for_viewers_and_invisible_acros
     params.insert("id", job.to_string());
     params.insert("job", job.to_string());
     params.insert("name", "node-1".into());
+    // The job's first chunk, whose executor log the node sent.
+    params.insert("index", "0".into());
 
     for (method, template, public) in &routes {
         let mut p = params.clone();
