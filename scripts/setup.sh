@@ -11,6 +11,7 @@ packages=(
   mesa-vulkan-drivers libvulkan1        # Vulkan loader + lavapipe (CPU Vulkan)
   python3-venv                          # the OpenAPI client generator's venv (tests)
   systemd                               # systemd-analyze verify (deploy tests)
+  tmux                                  # drover top's terminal test (tests/top.rs)
 )
 
 missing=()

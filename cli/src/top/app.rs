@@ -747,18 +747,21 @@ impl App {
         }
         self.job_order = order;
 
-        // The selection stays on its row, or goes to the first one.
-        if !self
-            .selected_node
-            .as_ref()
-            .is_some_and(|s| self.node_order.iter().any(|&i| &self.nodes[i].name == s))
-        {
+        // The selection stays on its row; it goes to the first row when
+        // there was none or the filter hides it. A row that is gone keeps
+        // the selection (a restarted coordinator lists its nodes again as
+        // they reconnect), but nothing acts on it meanwhile.
+        let node_hidden = |s: &String| {
+            self.node_index.contains_key(s)
+                && !self.node_order.iter().any(|&i| &self.nodes[i].name == s)
+        };
+        if self.selected_node.as_ref().is_none_or(node_hidden) {
             self.selected_node = self.node_order.first().map(|&i| self.nodes[i].name.clone());
         }
-        if !self
-            .selected_job
-            .is_some_and(|s| self.job_order.iter().any(|&i| self.jobs[i].id == s))
-        {
+        let job_hidden = |s: u64| {
+            self.job_index.contains_key(&s) && !self.job_order.iter().any(|&i| self.jobs[i].id == s)
+        };
+        if self.selected_job.is_none_or(job_hidden) {
             self.selected_job = self.job_order.first().map(|&i| self.jobs[i].id);
         }
         self.dirty = true;

@@ -110,7 +110,11 @@ fn snapshots(client: Client, tx: mpsc::Sender<Msg>, poke: mpsc::Receiver<()>) {
 
 fn stream(client: Client, tx: mpsc::Sender<Msg>) {
     for item in client.events_with(EventQuery::default()) {
-        if tx.send(Msg::Stream(item.map_err(|e| short(&e)))).is_err() {
+        // The stream's own message says what it does next (reconnecting).
+        if tx
+            .send(Msg::Stream(item.map_err(|e| e.to_string())))
+            .is_err()
+        {
             return;
         }
     }

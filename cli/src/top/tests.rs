@@ -276,4 +276,11 @@ fn events_change_rows_until_the_next_snapshot() {
     let selected = app.selected_node.clone();
     app.apply_snapshot(fixture::fleet(8, 7, AT_MS + 2_000));
     assert_eq!(app.selected_node, selected);
+    // ... and when a restarted coordinator lists no node until they
+    // reconnect; nothing acts on it meanwhile.
+    app.apply_snapshot(fixture::fleet(0, 7, AT_MS + 3_000));
+    assert_eq!(keys(&mut app, "d"), None);
+    assert_eq!(app.overlay, None, "no dialog for a node that is gone");
+    app.apply_snapshot(fixture::fleet(8, 7, AT_MS + 4_000));
+    assert_eq!(app.selected_node, selected);
 }
