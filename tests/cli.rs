@@ -584,6 +584,7 @@ fn completions_and_help_cover_every_client_command() {
         "resume",
         "priority",
         "chunks",
+        "logs",
         "artifacts",
         "download",
         "webhooks",
