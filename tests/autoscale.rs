@@ -117,6 +117,7 @@ fn process_pool_grows_from_0_to_2_for_a_job_and_back_to_0() {
         Ok((p.nodes.len() == 2).then_some(p))
     })
     .unwrap();
+    assert_eq!(joined.current, 2);
     let mut names = joined.nodes.clone();
     names.sort();
     assert_eq!(names, vec!["render-1", "render-2"]);
@@ -166,6 +167,11 @@ fn process_pool_grows_from_0_to_2_for_a_job_and_back_to_0() {
         assert!(!d.reason.is_empty());
     }
     assert!(ds.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    // The pool's own document carries the last few, as `drover top`
+    // shows them.
+    let p = pool(&c, "render");
+    assert_eq!(p.current, 0);
+    assert_eq!(p.decisions, ds[..ds.len().min(5)].to_vec());
     assert!(ds
         .iter()
         .any(|d| d.action == "drain" && d.reason.contains("idle for")));

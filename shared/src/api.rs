@@ -645,6 +645,8 @@ pub struct PoolView {
     pub starting: u32,
     /// Its connected nodes.
     pub nodes: Vec<String>,
+    /// How many nodes are connected (`nodes.len()`).
+    pub current: u32,
     /// Nodes the autoscaler is draining or removing.
     pub draining: Vec<String>,
     /// Remaining frames of the jobs its nodes can run.
@@ -660,6 +662,9 @@ pub struct PoolView {
     pub idle_cooldown_s: f64,
     /// The last provider error, until a call succeeds.
     pub last_error: Option<String>,
+    /// Its last few decisions, newest first (all of them:
+    /// `GET /v1/pools/{name}/decisions`).
+    pub decisions: Vec<ScaleDecisionView>,
 }
 
 /// One decision of a pool's autoscaler

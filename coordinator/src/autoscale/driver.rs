@@ -39,6 +39,10 @@ pub const BASE_BACKOFF_MS: u64 = 2_000;
 /// Longest wait between two tries of a failing provider.
 pub const MAX_BACKOFF_MS: u64 = 5 * 60 * 1_000;
 
+/// Decisions a pool's view carries (newest first): what `drover top`
+/// shows beside the pool; the rest are a request away.
+pub const VIEW_DECISIONS: usize = 5;
+
 /// What a running coordinator needs to start pools.
 pub struct PoolsContext<'a> {
     /// The coordinator's data dir (`DATA/pools/...`).
@@ -125,13 +129,21 @@ impl Pools {
         self.inner.threads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every pool, in the file's order.
+    /// Every pool, in the file's order, with its last decisions.
     pub fn views(&self) -> Vec<PoolView> {
-        self.inner
+        let mut views: Vec<PoolView> = self
+            .inner
             .pools
             .iter()
             .map(|p| p.view.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect()
+            .collect();
+        let log = self.inner.log.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = log.as_ref() {
+            for v in &mut views {
+                v.decisions = log.list(&v.name, VIEW_DECISIONS);
+            }
+        }
+        views
     }
 
     /// One pool.
@@ -166,6 +178,7 @@ fn initial_view(c: &PoolConfig) -> PoolView {
         requested: 0,
         starting: 0,
         nodes: Vec::new(),
+        current: 0,
         draining: Vec::new(),
         backlog_frames: 0,
         work_s: 0.0,
@@ -173,6 +186,7 @@ fn initial_view(c: &PoolConfig) -> PoolView {
         target_drain_s: c.target_drain_s,
         idle_cooldown_s: c.idle_cooldown_s,
         last_error: None,
+        decisions: Vec::new(),
     }
 }
 
@@ -334,6 +348,7 @@ fn run_pool(
         v.requested = policy.requested();
         v.starting = policy.starting();
         v.nodes = nodes.iter().map(|n| n.name.clone()).collect();
+        v.current = nodes.len() as u32;
         v.draining = policy.draining().cloned().collect();
         v.backlog_frames = report.backlog_frames;
         v.work_s = report.work_s;
