@@ -230,8 +230,8 @@ impl Metrics {
     }
 
     /// Counts what an event says before the core handles it: a chunk's
-    /// duration when it is done, the frames a failure throws back (read
-    /// from the core before it forgets the attempt).
+    /// duration when it is done, a failure and the frames it throws back
+    /// (read from the core before it forgets the attempt).
     pub fn event_seen(&self, core: &crate::sched::Core, event: &crate::sched::Event) {
         use crate::sched::Event;
         match event {
@@ -239,9 +239,11 @@ impl Metrics {
                 self.chunk_duration.observe(*elapsed_ms as f64 / 1000.0);
             }
             Event::ChunkFailed { chunk, epoch, .. } => {
-                self.chunk_failures.inc();
-                self.frames_failed
-                    .inc_by(core.unrendered_frames(*chunk, *epoch));
+                // A late report of an attempt already over changes nothing.
+                if let Some(frames) = core.failing_attempt_frames(*chunk, *epoch) {
+                    self.chunk_failures.inc();
+                    self.frames_failed.inc_by(frames);
+                }
             }
             _ => {}
         }

@@ -177,14 +177,15 @@ impl Core {
         mean(true).or_else(|| mean(false))
     }
 
-    /// Frames of a running chunk attempt not rendered yet (what its failure
-    /// throws back), or 0 when the attempt is not running.
-    pub fn unrendered_frames(&self, chunk: ChunkKey, epoch: u32) -> u64 {
+    /// The frames a failure of this running attempt throws back (its whole
+    /// range: a chunk is stored only as one segment), or `None` when the
+    /// attempt is not running (a late report of an old attempt).
+    pub fn failing_attempt_frames(&self, chunk: ChunkKey, epoch: u32) -> Option<u64> {
         self.jobs
             .get(&chunk.0)
             .and_then(|j| j.live.get(&chunk.1))
             .filter(|c| c.epoch == epoch)
-            .map_or(0, |c| c.frames().saturating_sub(c.frames_done))
+            .map(|c| c.frames())
     }
 }
 

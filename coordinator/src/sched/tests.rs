@@ -2011,3 +2011,22 @@ fn the_load_summary_follows_jobs_queue_and_node_states() {
     assert_eq!(node(&s, "", NodeState::Lost), Some(1));
     assert_eq!(node(&s, "", NodeState::Draining), Some(0));
 }
+
+/// What `/metrics` counts when a chunk fails: the attempt's whole range
+/// while it runs, nothing for a report of an attempt already over.
+#[test]
+fn a_failing_attempt_throws_back_its_whole_range_and_a_stale_one_nothing() {
+    let mut h = Harness::new(CoreConfig::default());
+    h.connect("a", caps(false, 10.0));
+    h.submit(spec(50, ""));
+    let (key, start, end) = h.held("a")[0];
+    let epoch = h.nodes[h.ix("a")].chunks[0].epoch;
+    h.progress("a", key, 5);
+    assert_eq!(
+        h.core.failing_attempt_frames(key, epoch),
+        Some(end - start + 1)
+    );
+    assert_eq!(h.core.failing_attempt_frames(key, epoch + 1), None);
+    h.fail("a", key, None);
+    assert_eq!(h.core.failing_attempt_frames(key, epoch), None);
+}
