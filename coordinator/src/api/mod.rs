@@ -15,8 +15,8 @@
 
 pub mod admin;
 pub mod events;
-pub mod health;
 pub mod fleet;
+pub mod health;
 pub mod jobs;
 pub mod links;
 pub mod problem;

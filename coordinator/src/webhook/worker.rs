@@ -105,8 +105,12 @@ pub(crate) fn run(shared: &Shared) {
                 .core
                 .on_answer(&send, at_ms, answer, rand::random::<u64>());
             crate::metrics::global().webhook_answered(
-                facts.iter().any(|f| matches!(f, super::engine::Fact::Delivered { .. })),
-                facts.iter().any(|f| matches!(f, super::engine::Fact::GaveUp { .. })),
+                facts
+                    .iter()
+                    .any(|f| matches!(f, super::engine::Fact::Delivered { .. })),
+                facts
+                    .iter()
+                    .any(|f| matches!(f, super::engine::Fact::GaveUp { .. })),
             );
             let _ = shared.record(&mut state, facts);
             continue;
