@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use drover_cli::cluster::{wait_for, Cluster};
+#[path = "../coordinator/tests/support/fake_kube.rs"]
+mod fake_kube;
 use drover_coordinator::autoscale::config::{parse as parse_pools, ProviderKind};
 use drover_coordinator::autoscale::kube::RBAC_RULES;
 use drover_coordinator::autoscale::provider::WorkloadKind;
@@ -881,5 +883,146 @@ fn a_node_joins_with_the_token_read_from_a_file() {
             "{err}"
         );
     }
+    c.stop();
+}
+
+/// The annotation's value on a pod the fake API server holds (0 when unset,
+/// as Kubernetes reads it).
+fn deletion_cost(api: &fake_kube::FakeApi, pod: &str) -> i64 {
+    api.state.lock().unwrap().pods[pod]
+        .1
+        .get(drover_coordinator::autoscale::kube::POD_DELETION_COST_ANNOTATION)
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn a_kubernetes_pool_grows_and_shrinks_a_deployment_through_the_api() {
+    use fake_kube::{Fake, FakeApi, Workload};
+    // The API server: a Deployment `render` at 0 replicas.
+    let mut fake = Fake::default();
+    fake.workloads.insert(
+        "deployments/render".into(),
+        Workload {
+            replicas: 0,
+            resource_version: 1,
+        },
+    );
+    let api = FakeApi::start(fake);
+    // A real coordinator whose pool is that Deployment. A target of 1 s
+    // with a 0.5 s frame estimate: a 240-frame job wants more than the two
+    // nodes the pool may have.
+    let dir = tempfile::tempdir().unwrap();
+    let pools = dir.path().join("pools.toml");
+    std::fs::write(
+        &pools,
+        format!(
+            "[[pool]]\nname = \"kube\"\nprovider = \"kubernetes\"\nmin = 0\nmax = 2\n\
+             target_drain_s = 1\nscale_up_cooldown_s = 1\nidle_cooldown_s = 2\nframe_s_estimate = 0.5\n\
+             [pool.kubernetes]\nnamespace = \"{}\"\nkind = \"Deployment\"\nname = \"render\"\napi_url = \"{}\"\n",
+            fake_kube::NS,
+            api.url
+        ),
+    )
+    .unwrap();
+    let mut c = Cluster::start(
+        Path::new(BIN),
+        &dir.path().join("farm"),
+        &["--pools", pools.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
+    let job = c
+        .client()
+        .submit_json(&serde_json::json!({
+            "name": "on-kubernetes",
+            "frames": { "start": 1, "end": 240 },
+            "fps": 24,
+            "resolution": { "width": 64, "height": 64 },
+            "render": { "kind": "shader", "shader": "rings" },
+        }))
+        .unwrap()
+        .id;
+    // The test plays the ReplicaSet controller: pods (real node agents
+    // named after them) follow the replica count, and a scale-down removes
+    // the pod with the lowest deletion cost, as Kubernetes does.
+    let mut pods: Vec<String> = Vec::new();
+    let mut removed: Vec<(String, i64)> = Vec::new();
+    let mut most = 0;
+    let mut job_done = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let desired = api.replicas("deployments/render") as usize;
+        most = most.max(desired);
+        while pods.len() < desired {
+            let name = format!("render-5d4f7c9b8-{:05}", pods.len() + removed.len());
+            let mut labels = fake_kube::pool_labels();
+            labels.insert("pod-template-hash".into(), "5d4f7c9b8".into());
+            api.state
+                .lock()
+                .unwrap()
+                .pods
+                .insert(name.clone(), (labels, Default::default()));
+            c.add_node_with(&name, &["--pool", "kube", "--slowdown", "2"])
+                .unwrap();
+            pods.push(name);
+        }
+        while pods.len() > desired {
+            let (i, cost) = pods
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i, deletion_cost(&api, p)))
+                .min_by_key(|&(_, cost)| cost)
+                .unwrap();
+            let name = pods.remove(i);
+            api.state.lock().unwrap().pods.remove(&name);
+            c.kill_node(&name).unwrap();
+            removed.push((name, cost));
+        }
+        if !job_done {
+            let j = c.client().job(job).unwrap();
+            assert!(
+                !j.state.is_terminal() || j.state == drover_shared::api::JobState::Done,
+                "{j:?}"
+            );
+            job_done = j.state.is_terminal();
+        }
+        if job_done && desired == 0 && most > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool did not grow for the job and shrink back to 0: {} replicas, {pods:?} running, {removed:?} removed, job done: {job_done}",
+            desired
+        );
+        // The controller's resync period; each pass reads fresh state.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(most, 2, "the pool grew to its maximum for the job");
+    // Every pod removed was the one the autoscaler marked, never another.
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    for (pod, cost) in &removed {
+        assert_eq!(*cost, i64::from(i32::MIN), "{pod} was removed unmarked");
+    }
+    // The requests: the count read first, raised, and for each removal the
+    // Deployment read, the pod marked, then the count lowered by one.
+    let seen: Vec<(String, String)> = api
+        .seen()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .filter(|(m, _)| m == "PATCH")
+        .collect();
+    let scale = "/apis/apps/v1/namespaces/farm/deployments/render/scale".to_string();
+    let pod = |p: &str| format!("/api/v1/namespaces/farm/pods/{p}");
+    let patch = |p: String| ("PATCH".to_string(), p);
+    let mut want = vec![];
+    // Two nodes in one step or one at a time.
+    let ups = seen.iter().take_while(|s| s.1 == scale).count();
+    assert!((1..=2).contains(&ups), "{seen:?}");
+    want.extend(std::iter::repeat_n(patch(scale.clone()), ups));
+    for (p, _) in &removed {
+        want.push(patch(pod(p)));
+        want.push(patch(scale.clone()));
+    }
+    assert_eq!(seen, want);
     c.stop();
 }

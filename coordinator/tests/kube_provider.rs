@@ -1,399 +1,31 @@
-//! The `kubernetes` provider against a fake API server on loopback that
-//! answers with the real API's shapes (`autoscaling/v1` `Scale`, `apps/v1`
-//! `Deployment`, `v1` `Pod`, `v1` `Status` for failures) and applies merge
-//! patches the way the real one does (a `resourceVersion` in the patch must
-//! be the current one, or `409 Conflict`). Each case checks the exact
-//! method, path, content type and body of every request the provider made,
-//! and what the farm's admin reads when the API server refuses.
+//! The `kubernetes` provider against a fake API server on loopback
+//! (support/fake_kube.rs) that speaks the real API's shapes. Each case
+//! checks the exact method, path, content type and body of every request the
+//! provider made, and what the farm's admin reads when the API server
+//! refuses.
+
+mod support;
 
 use std::collections::BTreeMap;
-use std::sync::{mpsc, Arc, Mutex};
 
-use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use drover_coordinator::autoscale::kube::{KubernetesProvider, RBAC_RULES};
 use drover_coordinator::autoscale::provider::{
     KubernetesConfig, Provider, ProviderError, WorkloadKind,
 };
 use serde_json::{json, Value};
+use support::fake_kube::{pool_labels, Fake, FakeApi, Refusal, Seen, Workload, MERGE, NS};
 
-const NS: &str = "farm";
-const MERGE: &str = "application/merge-patch+json";
-/// The Deployment's selector; its pods carry these labels and more.
-const POOL_LABELS: [(&str, &str); 2] = [
-    ("app.kubernetes.io/name", "drover-node"),
-    ("drover.dev/pool", "gpu"),
-];
-
-/// One request as the fake server saw it.
-#[derive(Debug, Clone, PartialEq)]
-struct Seen {
-    method: String,
-    path: String,
-    /// The query's parameters, in order (kube-rs writes `?&name=value`:
-    /// the empty pair is dropped here, as the API server ignores it).
-    query: Vec<(String, String)>,
-    content_type: Option<String>,
-    /// The body parsed as JSON; `Null` when there was none.
-    body: Value,
-}
-
-/// A workload the fake knows: its replica count and resource version.
-#[derive(Debug, Clone)]
-struct Workload {
-    replicas: i64,
-    resource_version: u64,
-}
-
-/// A refusal to give: every request with this method and path is answered
-/// with this status and reason.
-#[derive(Debug, Clone)]
-struct Refusal {
-    method: &'static str,
-    path: String,
-    code: u16,
-    reason: &'static str,
-}
-
-/// Labels or annotations of an object.
-type Labels = BTreeMap<String, String>;
-
-#[derive(Default)]
-struct Fake {
-    /// `deployments/NAME` or `statefulsets/NAME`.
-    workloads: BTreeMap<String, Workload>,
-    /// Pod name to its labels and annotations.
-    pods: BTreeMap<String, (Labels, Labels)>,
-    refusals: Vec<Refusal>,
-    /// Someone else changes the replica count right after each `GET` of a
-    /// scale (the next patch carrying the old version conflicts).
-    racing_writer: bool,
-    seen: Vec<Seen>,
-}
-
-fn status(code: u16, reason: &str, message: String, kind: &str, name: &str) -> HttpResponse {
-    HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap()).json(json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "details": { "name": name, "group": if kind == "pods" { "" } else { "apps" }, "kind": kind },
-        "code": code,
-    }))
-}
-
-fn scale_json(resource: &str, name: &str, w: &Workload) -> Value {
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": name,
-            "namespace": NS,
-            "uid": format!("0b6a3f9e-{resource}-{name}"),
-            "resourceVersion": w.resource_version.to_string(),
-            "creationTimestamp": "2026-11-24T12:00:00Z",
+fn provider(api: &FakeApi, kind: WorkloadKind, name: &str) -> KubernetesProvider {
+    KubernetesProvider::new(
+        "gpu",
+        KubernetesConfig {
+            namespace: NS.into(),
+            kind,
+            name: name.into(),
+            api_url: Some(api.url.clone()),
         },
-        "spec": { "replicas": w.replicas },
-        "status": {
-            "replicas": w.replicas,
-            "selector": "app.kubernetes.io/name=drover-node,drover.dev/pool=gpu",
-        },
-    })
-}
-
-fn labels_json(labels: &BTreeMap<String, String>) -> Value {
-    Value::Object(
-        labels
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
     )
-}
-
-fn pool_labels() -> BTreeMap<String, String> {
-    POOL_LABELS
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn deployment_json(name: &str, w: &Workload) -> Value {
-    let labels = labels_json(&pool_labels());
-    json!({
-        "kind": "Deployment",
-        "apiVersion": "apps/v1",
-        "metadata": {
-            "name": name,
-            "namespace": NS,
-            "uid": "5c1d2e3f-0000-4000-8000-000000000001",
-            "resourceVersion": w.resource_version.to_string(),
-            "generation": 3,
-            "creationTimestamp": "2026-11-24T12:00:00Z",
-            "labels": labels,
-        },
-        "spec": {
-            "replicas": w.replicas,
-            "selector": { "matchLabels": labels },
-            "template": {
-                "metadata": { "labels": labels },
-                "spec": { "containers": [{ "name": "node", "image": "drover-node:0.1.0", "args": ["node"] }] },
-            },
-            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": "25%", "maxSurge": "25%" } },
-            "revisionHistoryLimit": 10,
-            "progressDeadlineSeconds": 600,
-        },
-        "status": { "observedGeneration": 3, "replicas": w.replicas, "readyReplicas": w.replicas },
-    })
-}
-
-fn pod_json(
-    name: &str,
-    labels: &BTreeMap<String, String>,
-    notes: &BTreeMap<String, String>,
-) -> Value {
-    json!({
-        "kind": "Pod",
-        "apiVersion": "v1",
-        "metadata": {
-            "name": name,
-            "namespace": NS,
-            "uid": format!("7e0f-{name}"),
-            "resourceVersion": "99",
-            "labels": labels_json(labels),
-            "annotations": labels_json(notes),
-            "ownerReferences": [{
-                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "drover-node-gpu-5d4f7c9b8",
-                "uid": "9a8b7c6d-0000-4000-8000-000000000002", "controller": true, "blockOwnerDeletion": true,
-            }],
-        },
-        "spec": { "containers": [{ "name": "node", "image": "drover-node:0.1.0" }] },
-        "status": { "phase": "Running" },
-    })
-}
-
-/// The fake API server's one handler: records the request, then answers.
-async fn handle(req: HttpRequest, body: web::Bytes, fake: web::Data<Mutex<Fake>>) -> HttpResponse {
-    let mut fake = fake.lock().unwrap();
-    let method = req.method().as_str().to_string();
-    let path = req.path().to_string();
-    let parsed: Value = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()))
-    };
-    fake.seen.push(Seen {
-        method: method.clone(),
-        path: path.clone(),
-        query: req
-            .query_string()
-            .split('&')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (k.to_string(), v.to_string())
-            })
-            .collect(),
-        content_type: req
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        body: parsed.clone(),
-    });
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    if let Some(r) = fake
-        .refusals
-        .iter()
-        .find(|r| r.method == method && r.path == path)
-    {
-        let (kind, name) = match parts.as_slice() {
-            [_, _, "namespaces", _, kind, name, ..]
-            | [_, _, _, "namespaces", _, kind, name, ..] => (*kind, *name),
-            _ => ("", ""),
-        };
-        let resource = if path.ends_with("/scale") {
-            format!("{kind}/scale")
-        } else {
-            kind.to_string()
-        };
-        let message = match r.code {
-            403 => format!(
-                "{kind}.apps \"{name}\" is forbidden: User \"system:serviceaccount:{NS}:drover-coordinator\" cannot {} resource \"{resource}\" in API group \"apps\" in the namespace \"{NS}\"",
-                method.to_lowercase()
-            ),
-            404 => format!("{kind}.apps \"{name}\" not found"),
-            _ => format!("{} {name}", r.reason),
-        };
-        return status(r.code, r.reason, message, kind, name);
-    }
-    match (method.as_str(), parts.as_slice()) {
-        // apps/v1 workloads and their scale subresource.
-        (m, ["apis", "apps", "v1", "namespaces", ns, resource, name, rest @ ..]) if *ns == NS => {
-            let key = format!("{resource}/{name}");
-            let Some(mut w) = fake.workloads.get(&key).cloned() else {
-                return status(
-                    404,
-                    "NotFound",
-                    format!("{resource}.apps \"{name}\" not found"),
-                    resource,
-                    name,
-                );
-            };
-            match (m, rest) {
-                ("GET", []) if *resource == "deployments" => {
-                    HttpResponse::Ok().json(deployment_json(name, &w))
-                }
-                ("GET", ["scale"]) => {
-                    let answer = scale_json(resource, name, &w);
-                    if fake.racing_writer {
-                        let other = fake.workloads.get_mut(&key).unwrap();
-                        other.replicas += 1;
-                        other.resource_version += 1;
-                    }
-                    HttpResponse::Ok().json(answer)
-                }
-                ("PATCH", ["scale"]) => {
-                    if req
-                        .headers()
-                        .get("content-type")
-                        .and_then(|v| v.to_str().ok())
-                        != Some(MERGE)
-                    {
-                        return status(
-                            415,
-                            "UnsupportedMediaType",
-                            "only merge patches here".into(),
-                            resource,
-                            name,
-                        );
-                    }
-                    if let Some(v) = parsed["metadata"]["resourceVersion"].as_str() {
-                        if v != w.resource_version.to_string() {
-                            return status(
-                                409,
-                                "Conflict",
-                                format!("Operation cannot be fulfilled on {resource}.apps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
-                                resource,
-                                name,
-                            );
-                        }
-                    }
-                    if let Some(r) = parsed["spec"]["replicas"].as_i64() {
-                        w.replicas = r;
-                    }
-                    w.resource_version += 1;
-                    fake.workloads.insert(key, w.clone());
-                    HttpResponse::Ok().json(scale_json(resource, name, &w))
-                }
-                _ => HttpResponse::MethodNotAllowed().finish(),
-            }
-        }
-        // core/v1 pods: merge patches of annotations.
-        ("PATCH", ["api", "v1", "namespaces", ns, "pods", name]) if *ns == NS => {
-            let Some((labels, mut notes)) = fake.pods.get(*name).cloned() else {
-                return status(
-                    404,
-                    "NotFound",
-                    format!("pods \"{name}\" not found"),
-                    "pods",
-                    name,
-                );
-            };
-            for (k, v) in parsed["metadata"]["annotations"]
-                .as_object()
-                .into_iter()
-                .flatten()
-            {
-                notes.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
-            }
-            fake.pods
-                .insert(name.to_string(), (labels.clone(), notes.clone()));
-            HttpResponse::Ok().json(pod_json(name, &labels, &notes))
-        }
-        _ => status(
-            404,
-            "NotFound",
-            format!("the server could not find the requested resource {path}"),
-            "",
-            "",
-        ),
-    }
-}
-
-/// A fake API server on loopback, stopped when dropped.
-struct FakeApi {
-    url: String,
-    state: Arc<Mutex<Fake>>,
-    handle: ServerHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FakeApi {
-    fn start(fake: Fake) -> FakeApi {
-        let state = Arc::new(Mutex::new(fake));
-        let data = web::Data::from(state.clone());
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(data.clone())
-                        .default_service(web::to(handle))
-                })
-                .workers(1)
-                .bind(("127.0.0.1", 0))
-                .unwrap();
-                let addr = server.addrs()[0];
-                let server = server.run();
-                tx.send((addr, server.handle())).unwrap();
-                server.await.unwrap();
-            })
-        });
-        let (addr, handle) = rx.recv().unwrap();
-        FakeApi {
-            url: format!("http://{addr}"),
-            state,
-            handle,
-            thread: Some(thread),
-        }
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        std::mem::take(&mut self.state.lock().unwrap().seen)
-    }
-
-    fn replicas(&self, key: &str) -> i64 {
-        self.state.lock().unwrap().workloads[key].replicas
-    }
-
-    fn provider(&self, kind: WorkloadKind, name: &str) -> KubernetesProvider {
-        KubernetesProvider::new(
-            "gpu",
-            KubernetesConfig {
-                namespace: NS.into(),
-                kind,
-                name: name.into(),
-                api_url: Some(self.url.clone()),
-            },
-        )
-        .unwrap()
-    }
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        let stop = self.handle.stop(false);
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    .unwrap()
 }
 
 /// A farm with a Deployment `render` at `replicas` (version 7), its pods
@@ -458,11 +90,11 @@ fn replicas_patch(version: &str, replicas: i64) -> Value {
 #[test]
 fn requested_reads_the_replica_count_from_the_scale_subresource() {
     let api = FakeApi::start(farm(3));
-    let mut p = api.provider(WorkloadKind::Deployment, "render");
+    let mut p = provider(&api, WorkloadKind::Deployment, "render");
     assert_eq!(p.kind(), "kubernetes");
     assert_eq!(p.requested().unwrap(), 3);
     assert_eq!(api.seen(), vec![get(DEPLOYMENT_SCALE)]);
-    let mut s = api.provider(WorkloadKind::StatefulSet, "shots");
+    let mut s = provider(&api, WorkloadKind::StatefulSet, "shots");
     assert_eq!(s.requested().unwrap(), 3);
     assert_eq!(api.seen(), vec![get(STATEFUL_SCALE)]);
 }
@@ -470,7 +102,7 @@ fn requested_reads_the_replica_count_from_the_scale_subresource() {
 #[test]
 fn add_raises_the_replica_count_by_a_merge_patch_at_the_version_read() {
     let api = FakeApi::start(farm(2));
-    let mut p = api.provider(WorkloadKind::Deployment, "render");
+    let mut p = provider(&api, WorkloadKind::Deployment, "render");
     p.add(3).unwrap();
     assert_eq!(
         api.seen(),
@@ -486,7 +118,7 @@ fn add_raises_the_replica_count_by_a_merge_patch_at_the_version_read() {
     p.add(0).unwrap();
     assert_eq!(api.seen(), vec![]);
 
-    let mut s = api.provider(WorkloadKind::StatefulSet, "shots");
+    let mut s = provider(&api, WorkloadKind::StatefulSet, "shots");
     s.add(1).unwrap();
     assert_eq!(
         api.seen(),
@@ -501,7 +133,7 @@ fn add_raises_the_replica_count_by_a_merge_patch_at_the_version_read() {
 #[test]
 fn removing_a_deployment_node_marks_its_pod_cheapest_then_lowers_the_count() {
     let api = FakeApi::start(farm(2));
-    let mut p = api.provider(WorkloadKind::Deployment, "render");
+    let mut p = provider(&api, WorkloadKind::Deployment, "render");
     p.remove("render-5d4f7c9b8-bbbbb").unwrap();
     assert_eq!(
         api.seen(),
@@ -529,7 +161,7 @@ fn removing_a_deployment_node_marks_its_pod_cheapest_then_lowers_the_count() {
 #[test]
 fn a_pod_that_is_not_the_deployments_is_refused_and_the_count_kept() {
     let api = FakeApi::start(farm(2));
-    let mut p = api.provider(WorkloadKind::Deployment, "render");
+    let mut p = provider(&api, WorkloadKind::Deployment, "render");
     let err = p.remove("postgres-0").unwrap_err();
     let text = err.to_string();
     assert!(
@@ -558,7 +190,7 @@ fn a_pod_that_is_not_the_deployments_is_refused_and_the_count_kept() {
 #[test]
 fn a_stateful_set_removes_only_its_highest_ordinal() {
     let api = FakeApi::start(farm(3));
-    let mut s = api.provider(WorkloadKind::StatefulSet, "shots");
+    let mut s = provider(&api, WorkloadKind::StatefulSet, "shots");
     let err = s.remove("shots-1").unwrap_err().to_string();
     assert!(
         err.contains("remove node shots-1 from statefulsets/shots in namespace farm (pool gpu)")
@@ -589,7 +221,7 @@ fn a_stateful_set_removes_only_its_highest_ordinal() {
 /// object named, the status, the reason and the server's message.
 fn check_refusal(fake: Fake, kind: WorkloadKind, name: &str, call: &str, expect: &[&str]) {
     let api = FakeApi::start(fake);
-    let mut p = api.provider(kind, name);
+    let mut p = provider(&api, kind, name);
     let before = api.state.lock().unwrap().workloads.clone();
     let err = match call {
         "add" => p.add(1).unwrap_err(),
@@ -769,8 +401,8 @@ fn the_rights_listed_are_the_requests_made() {
     // Every request the cases above make maps to one of RBAC_RULES; this
     // replays one of each kind and checks the mapping both ways.
     let api = FakeApi::start(farm(2));
-    let mut d = api.provider(WorkloadKind::Deployment, "render");
-    let mut s = api.provider(WorkloadKind::StatefulSet, "shots");
+    let mut d = provider(&api, WorkloadKind::Deployment, "render");
+    let mut s = provider(&api, WorkloadKind::StatefulSet, "shots");
     d.requested().unwrap();
     d.add(1).unwrap();
     d.remove("render-5d4f7c9b8-aaaaa").unwrap();

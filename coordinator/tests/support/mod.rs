@@ -1,0 +1,2 @@
+//! Helpers shared by the coordinator's integration tests.
+pub mod fake_kube;
