@@ -111,7 +111,7 @@ pub fn job(id: u64, nodes: usize, jobs: usize) -> FleetJob {
     let reason = match state {
         JobState::Unschedulable => Some("no node has: requirements.vram_gb >= 96".to_string()),
         JobState::Failed => Some("frame 17 failed 4 times: shader panicked".to_string()),
-        JobState::Queued if id % 2 == 0 => Some("paused".to_string()),
+        JobState::Queued if id.is_multiple_of(2) => Some("paused".to_string()),
         _ => None,
     };
     FleetJob {
