@@ -43,6 +43,10 @@ enum LogFormat {
 /// The format `init_logs` uses, set once from the command line.
 static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
+/// Whether `init_logs` takes over fd 2 in JSON mode: only in the servers
+/// and the executor, which own their stderr.
+static CAPTURE_STDERR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the coordinator (scheduler, journal, QUIC endpoint, REST API).
@@ -368,13 +372,19 @@ fn init_logs(default: &str) {
         // happened in (a node's `node`) are listed under `spans`.
         LogFormat::Json => {
             let logs = logs.json().flatten_event(true);
-            // What libraries print to stderr becomes JSON too; tracing
-            // writes to the original stderr (see `foreign_logs`).
-            match foreign_logs::capture_stderr() {
-                Ok(stderr) => logs.with_writer(std::sync::Mutex::new(stderr)).init(),
-                Err(e) => {
-                    logs.init();
-                    tracing::warn!("stderr not captured, library output may not be JSON: {e}");
+            // In the servers, what libraries print to stderr becomes JSON
+            // too; tracing writes to the original stderr (see
+            // `foreign_logs`). Client commands keep theirs as it is: a
+            // progress bar is no log line.
+            if CAPTURE_STDERR.get() != Some(&true) {
+                logs.init();
+            } else {
+                match foreign_logs::capture_stderr() {
+                    Ok(stderr) => logs.with_writer(std::sync::Mutex::new(stderr)).init(),
+                    Err(e) => {
+                        logs.init();
+                        tracing::warn!("stderr not captured, library output may not be JSON: {e}");
+                    }
                 }
             }
             foreign_logs::to_tracing();
@@ -392,6 +402,10 @@ fn init_logs(default: &str) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _ = LOG_FORMAT.set(cli.log_format);
+    let _ = CAPTURE_STDERR.set(matches!(
+        cli.cmd,
+        Cmd::Coordinator { .. } | Cmd::Node { .. } | Cmd::ExecWorker
+    ));
     if cli.log_format == LogFormat::Json {
         // The processes drover starts (a node's executor, a demo's
         // coordinator and nodes) log the same way.
