@@ -13,6 +13,7 @@
 //! - [`top`]: `drover top`, the fleet and its jobs live in a terminal.
 //! - [`logs`]: `drover logs`, the executor log of each chunk of a job.
 //! - [`pools`]: `drover pools` and `drover preempt`.
+//! - [`backup`]: `drover backup` and `drover restore`.
 //! - [`cluster`]: a coordinator and nodes as real processes on loopback.
 //! - [`demo`]: `drover demo`.
 //! - [`chaos`]: seeded process kills against a local farm, and the node-log
@@ -21,6 +22,7 @@
 //!   reference video.
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod chaos;
 pub mod client;
 pub mod cluster;
@@ -29,9 +31,9 @@ pub mod demo;
 pub mod download;
 pub mod events;
 pub mod join;
+pub mod logs;
 pub mod media_check;
 pub mod pools;
 pub mod quic_client;
 pub mod top;
-pub mod logs;
 pub mod watch;

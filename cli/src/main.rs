@@ -232,15 +232,15 @@ enum Cmd {
     /// A job's chunks: frames, state, kind, node, failures.
     #[command(after_help = "Example:\n  drover chunks 12")]
     Chunks(commands::JobArgs),
+    /// The executor log of each chunk of a job (adapter, encoder, frame
+    /// timings, the failure), as its node sent it; or one chunk's.
+    #[command(after_help = "Example:\n  drover logs 12\n  drover logs 12 --chunk 3")]
+    Logs(drover_cli::logs::LogsArgs),
     /// A done job's files with size, SHA-256 and signed links (no key
     /// needed to fetch them).
     #[command(after_help = "Example:\n  drover artifacts 12 --ttl-s 86400")]
     Artifacts(commands::ArtifactsArgs),
     /// Download a done job's video (or poster), checked against its SHA-256.
-    /// The executor log of each chunk of a job (adapter, encoder, frame
-    /// timings, the failure), as its node sent it; or one chunk's.
-    #[command(after_help = "Example:\n  drover logs 12\n  drover logs 12 --chunk 3")]
-    Logs(drover_cli::logs::LogsArgs),
     #[command(
         after_help = "Example:\n  drover download 12\n  drover download 12 -o shot.mp4\n  drover download 12 --poster -o posters/"
     )]
@@ -294,6 +294,15 @@ enum Cmd {
         after_help = "Example:\n  drover events\n  drover events --job 12 --json\n  drover events --kinds job.done,job.failed,node"
     )]
     Events(commands::EventsArgs),
+    /// Take a consistent online backup of the coordinator (journals,
+    /// unfinished jobs' segments, the artifact index, its keys) into a new
+    /// file, mode 0600 (admin).
+    #[command(after_help = "Example:\n  drover backup /backups/drover-$(date +%F).tar\n  drover backup full.tar --artifacts   # done jobs' outputs and posters too")]
+    Backup(drover_cli::backup::BackupArgs),
+    /// Restore a backup into a new data dir (checked whole before anything
+    /// is written); then start `drover coordinator --data DIR` on it.
+    #[command(after_help = "Example:\n  drover restore /backups/drover-2026-11-24.tar --data /var/lib/drover-restored")]
+    Restore(drover_cli::backup::RestoreArgs),
     /// The farm live in a terminal: nodes, jobs and events; drain, cancel,
     /// retry and pause from the keyboard (`?` lists the keys).
     #[command(after_help = "Example:\n  drover top\n  DROVER_URL=http://coord:8270 drover top")]
@@ -578,6 +587,10 @@ fn main() -> anyhow::Result<()> {
             init_logs("warn");
             commands::chunks(a)
         }
+        Cmd::Logs(a) => {
+            init_logs("warn");
+            drover_cli::logs::logs(a)
+        }
         Cmd::Artifacts(a) => {
             init_logs("warn");
             commands::artifacts(a)
@@ -597,10 +610,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Drain(a) => {
             init_logs("warn");
             commands::drain(a)
-        Cmd::Logs(a) => {
-            init_logs("warn");
-            drover_cli::logs::logs(a)
-        }
         }
         Cmd::Pools(a) => {
             init_logs("warn");
@@ -637,6 +646,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Events(a) => {
             init_logs("warn");
             commands::events(a)
+        }
+        Cmd::Backup(a) => {
+            init_logs("warn");
+            drover_cli::backup::backup(a)
+        }
+        Cmd::Restore(a) => {
+            init_logs("warn");
+            drover_cli::backup::restore(a)
         }
         // No log subscriber: a line on stderr would tear the screen; errors
         // show on its status line, and the command's own error after it

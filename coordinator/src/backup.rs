@@ -154,6 +154,11 @@ pub struct Member {
     pub bytes: u64,
     /// SHA-256 of its content, lowercase hex.
     pub sha256: String,
+    /// A copied file's modification time, ns since the Unix epoch: restored
+    /// with it, so the checksum sidecars (which trust a file whose size and
+    /// mtime match) stay valid and the poster is not made again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<u64>,
 }
 
 /// One artifact of a done job, as the API lists it.
@@ -371,6 +376,7 @@ impl<W: Write> Writer<W> {
             path: path.to_string(),
             bytes: len,
             sha256: hex::encode(hashing.hasher.finalize()),
+            mtime_ns: None,
         });
         Ok(())
     }
@@ -387,8 +393,16 @@ impl<W: Write> Writer<W> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err(file)(e)),
         };
-        let len = f.metadata().map_err(io_err(file))?.len();
-        self.append(path, len, f)?;
+        let meta = f.metadata().map_err(io_err(file))?;
+        self.append(path, meta.len(), f)?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as u64);
+        if let Some(m) = self.members.last_mut() {
+            m.mtime_ns = mtime_ns;
+        }
         Ok(true)
     }
 }
@@ -639,6 +653,7 @@ pub fn verify(archive: &Path) -> Result<Manifest, RestoreError> {
             path,
             bytes: hashing.bytes,
             sha256: hex::encode(hashing.hasher.finalize()),
+            mtime_ns: None,
         });
     }
     let manifest_missing = |what: &str| RestoreError::Manifest {
@@ -790,7 +805,12 @@ pub fn restore(archive: &Path, data: &Path) -> Result<RestoreReport, RestoreErro
     // Stored paths in the journal name the final directory, not the
     // temporary one.
     let new_root = data.join("artifacts");
-    let files = extract(archive, &tmp, &new_root, incarnation)?;
+    let mtimes: HashMap<&str, u64> = manifest
+        .members
+        .iter()
+        .filter_map(|m| Some((m.path.as_str(), m.mtime_ns?)))
+        .collect();
+    let files = extract(archive, &tmp, &new_root, incarnation, &mtimes)?;
     // Into place: an empty target directory is replaced.
     if data.exists() {
         std::fs::remove_dir(&data).map_err(wio(&data))?;
@@ -890,6 +910,7 @@ fn extract(
     dir: &Path,
     new_root: &Path,
     incarnation: u32,
+    mtimes: &HashMap<&str, u64>,
 ) -> Result<u64, RestoreError> {
     let file = File::open(archive).map_err(|e| unreadable(archive, e))?;
     let mut tar = tar::Archive::new(io::BufReader::with_capacity(COPY_CHUNK_BYTES, file));
@@ -959,9 +980,17 @@ fn extract(
             ["artifacts", job, name] if job.starts_with("job-") => {
                 let target = dir.join("artifacts").join(job).join(name);
                 write_file(&target, &mut entry)?;
-                // The sidecars hold the mtime the file had when hashed; a
-                // restored file has a new one, so its checksum is computed
-                // again on the first listing (the same bytes, the same sum).
+                if let Some(ns) = mtimes.get(path.as_str()) {
+                    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(*ns);
+                    File::options()
+                        .write(true)
+                        .open(&target)
+                        .and_then(|f| {
+                            f.set_modified(mtime)?;
+                            f.sync_all()
+                        })
+                        .map_err(wio(&target))?;
+                }
                 dirs.insert(dir.join("artifacts").join(job));
                 files += 1;
             }

@@ -16,6 +16,8 @@
 //! - [`events`]: the ordered, resumable stream of job and node changes.
 //! - [`artifact`]: a finished job's files, their checksums and poster frame.
 //! - [`webhook`]: signed, journaled, retried deliveries of job outcomes.
+//! - [`backup`]: online backup of the journals, artifacts and secrets, and
+//!   restore into a new data dir.
 //! - [`autoscale`]: auto-scaling node pools: policy, providers, driver.
 //! - [`metrics`]: Prometheus series for `/metrics` and the readiness checks.
 //! - [`server`]: wires everything together for `drover coordinator`.
@@ -26,9 +28,10 @@ pub mod api;
 pub mod artifact;
 pub mod auth;
 pub mod autoscale;
+pub mod backup;
+pub mod chunklog;
 pub mod events;
 pub mod journal;
-pub mod chunklog;
 pub mod metrics;
 pub mod mux;
 pub mod quic;

@@ -14,15 +14,16 @@
 //!   anything the core decides.
 
 pub mod admin;
+pub mod backup;
 pub mod events;
 pub mod fleet;
 pub mod health;
 pub mod jobs;
 pub mod links;
-pub mod problem;
-pub mod rpc;
 pub mod logs;
 pub mod pools;
+pub mod problem;
+pub mod rpc;
 
 use actix::Addr;
 use actix_web::http::StatusCode;
@@ -106,10 +107,10 @@ routes!(
     jobs::output,
     jobs::download,
     jobs::webhooks,
-    events::events,
-    events::stream_link,
     logs::job_logs,
     logs::chunk_log,
+    events::events,
+    events::stream_link,
     admin::list_nodes,
     fleet::fleet,
     admin::get_node,
@@ -125,6 +126,7 @@ routes!(
     admin::revoke_token,
     admin::list_identities,
     admin::revoke_identity,
+    backup::backup,
     pools::list_pools,
     pools::get_pool,
     pools::pool_decisions,

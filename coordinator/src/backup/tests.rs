@@ -18,6 +18,7 @@ fn member(path: &str, bytes: u64, sha: &str) -> Member {
         path: path.into(),
         bytes,
         sha256: sha.into(),
+        mtime_ns: None,
     }
 }
 
