@@ -56,6 +56,10 @@ fn farm(replicas: i64) -> Fake {
     other.insert("app.kubernetes.io/name".into(), "database".into());
     fake.pods
         .insert("postgres-0".into(), (other, BTreeMap::new()));
+    let mut cache = BTreeMap::new();
+    cache.insert("app.kubernetes.io/name".into(), "render-cache".into());
+    fake.pods
+        .insert("render-cache-0".into(), (cache, BTreeMap::new()));
     fake
 }
 
@@ -162,12 +166,22 @@ fn removing_a_deployment_node_marks_its_pod_cheapest_then_lowers_the_count() {
 fn a_pod_that_is_not_the_deployments_is_refused_and_the_count_kept() {
     let api = FakeApi::start(farm(2));
     let mut p = provider(&api, WorkloadKind::Deployment, "render");
+    // Not named like the Deployment's pods: refused before any request, so
+    // no other workload's pod is ever marked.
     let err = p.remove("postgres-0").unwrap_err();
+    assert!(
+        matches!(&err, ProviderError::UnknownNode { pool, node } if pool == "gpu" && node == "postgres-0"),
+        "{err}"
+    );
+    assert_eq!(api.seen(), vec![]);
+    // Named like them, but its labels are another workload's: refused
+    // before the count is touched.
+    let err = p.remove("render-cache-0").unwrap_err();
     let text = err.to_string();
     assert!(
         matches!(err, ProviderError::Api { .. })
-            && text.contains("PATCH pods/postgres-0 in namespace farm (pool gpu)")
-            && text.contains("pod postgres-0 does not belong to deployment render")
+            && text.contains("PATCH pods/render-cache-0 in namespace farm (pool gpu)")
+            && text.contains("pod render-cache-0 does not belong to deployment render: its label app.kubernetes.io/name is Some(\"render-cache\"), the selector wants \"drover-node\"")
             && text.contains("replica count is unchanged"),
         "{text}"
     );

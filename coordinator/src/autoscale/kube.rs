@@ -13,7 +13,8 @@
 //! - [`Provider::requested`]: `GET .../{deployments|statefulsets}/{name}/scale`.
 //! - [`Provider::add`]: that `GET`, then `PATCH .../scale` with
 //!   `spec.replicas` raised by the count.
-//! - [`Provider::remove`] of a Deployment's node: `GET .../deployments/{name}`
+//! - [`Provider::remove`] of a Deployment's node (named `{name}-...`, as its
+//!   pods are; any other name is refused first): `GET .../deployments/{name}`
 //!   (its selector), the `GET` of the scale, a merge patch of the node's pod
 //!   (`PATCH /api/v1/namespaces/{ns}/pods/{node}`: a node in Kubernetes is
 //!   named after its pod) setting [`POD_DELETION_COST_ANNOTATION`] to the
@@ -265,6 +266,18 @@ impl KubernetesProvider {
     fn remove_from_deployment(&self, node: &str) -> Result<(), ProviderError> {
         let ns = &self.config.namespace;
         let name = &self.config.name;
+        // A Deployment's pods are named `{name}-{template hash}-{suffix}`:
+        // any other name is refused before a request, so no other
+        // workload's pod is ever marked.
+        if !node
+            .strip_prefix(name.as_str())
+            .is_some_and(|rest| rest.starts_with('-'))
+        {
+            return Err(ProviderError::UnknownNode {
+                pool: self.pool.clone(),
+                node: node.to_string(),
+            });
+        }
         let deployment_op = || self.operation("GET", &format!("deployments/{name}"));
         let deployment = self
             .runtime
@@ -322,9 +335,10 @@ impl KubernetesProvider {
             })?;
         let labels = pod.metadata.labels.unwrap_or_default();
         if let Some((key, want)) = selector.iter().find(|(k, v)| labels.get(*k) != Some(*v)) {
-            // The annotation stays on a pod that is not ours: it only
-            // matters to a ReplicaSet scaling down, and this pod's own
-            // owner may want it removed first as little as it cares.
+            // A pod named like ours but selected by another workload (a
+            // Deployment `render-cache` beside `render`). The annotation stays
+            // on it: taking it back off could race that pod's owner, and it
+            // only orders that workload's own scale-downs.
             return Err(ProviderError::Api {
                 operation: pod_op(),
                 message: format!(
