@@ -14,7 +14,10 @@ use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use drover_shared::api::{FleetJob, FleetNode, FleetNodeState, FleetView, JobState, JobSummary};
+use drover_shared::api::{
+    FleetJob, FleetNode, FleetNodeState, FleetView, JobState, JobSummary, PoolView,
+    ScaleDecisionView,
+};
 
 use crate::events::ApiEvent;
 
@@ -209,8 +212,8 @@ impl JobSort {
     }
 }
 
-/// One auto-scaling pool as `GET /v1/pools` shows it; read field by field
-/// so the panel works with whatever the coordinator's pool document holds.
+/// One auto-scaling pool as the pools panel shows it (from the API's
+/// [`PoolView`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PoolRow {
     /// Pool name.
@@ -218,102 +221,58 @@ pub struct PoolRow {
     /// `process`, `kubernetes` or `command`.
     pub provider: String,
     /// Fewest nodes.
-    pub min: Option<u64>,
+    pub min: u32,
     /// Most nodes.
-    pub max: Option<u64>,
-    /// Nodes it has now.
-    pub current: Option<u64>,
-    /// Nodes the provider was asked for.
-    pub requested: Option<u64>,
-    /// The last decisions, newest first, one line each with the reason.
+    pub max: u32,
+    /// Nodes connected now.
+    pub current: u32,
+    /// Nodes the provider was asked for and not removed.
+    pub requested: u32,
+    /// The provider's last error, until a call succeeds.
+    pub error: Option<String>,
+    /// The last decisions, newest first, one line each with its reason.
     pub decisions: Vec<String>,
 }
 
-fn field_u64(v: &serde_json::Value, names: &[&str]) -> Option<u64> {
-    names
-        .iter()
-        .find_map(|n| v.get(*n).and_then(|x| x.as_u64()))
-}
-
-fn field_str(v: &serde_json::Value, names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|n| v.get(*n).and_then(|x| x.as_str()).map(str::to_string))
-}
-
-/// One decision as a line: its action, size change and reason.
-fn decision_line(d: &serde_json::Value) -> String {
-    if let Some(s) = d.as_str() {
-        return s.to_string();
+/// One decision as a line: when, what, and why.
+fn decision_line(d: &ScaleDecisionView) -> String {
+    let mut line = format!("{} {}", clock(d.at_ms), d.action);
+    if let Some(c) = d.count {
+        line.push_str(&format!(" +{c}"));
     }
-    let mut parts = Vec::new();
-    if let Some(at) = field_u64(d, &["at_ms", "time_ms"]) {
-        parts.push(clock(at));
+    if let Some(n) = &d.node {
+        line.push_str(&format!(" {n}"));
     }
-    if let Some(a) = field_str(d, &["action", "kind", "decision"]) {
-        parts.push(a);
+    line.push_str(&format!(" ({})", d.reason));
+    if d.outcome != "ok" {
+        line.push_str(&format!(
+            " {}: {}",
+            d.outcome,
+            d.error.as_deref().unwrap_or("no detail")
+        ));
     }
-    match (
-        field_u64(d, &["from", "before"]),
-        field_u64(d, &["to", "after", "target"]),
-    ) {
-        (Some(f), Some(t)) => parts.push(format!("{f}->{t}")),
-        (None, Some(t)) => parts.push(format!("->{t}")),
-        _ => {}
-    }
-    if let Some(n) = field_str(d, &["node"]) {
-        parts.push(n);
-    }
-    if let Some(r) = field_str(d, &["reason", "why"]) {
-        parts.push(format!("({r})"));
-    }
-    if parts.is_empty() {
-        d.to_string()
-    } else {
-        parts.join(" ")
-    }
+    line
 }
 
 impl PoolRow {
-    /// The pools of a `GET /v1/pools` answer: a list, or an object with a
-    /// `pools` list.
-    pub fn from_json(v: &serde_json::Value) -> Vec<PoolRow> {
-        let list = v
-            .as_array()
-            .or_else(|| v.get("pools").and_then(|p| p.as_array()));
-        let Some(list) = list else { return Vec::new() };
-        list.iter()
-            .map(|p| {
-                let mut decisions: Vec<String> = p
-                    .get("decisions")
-                    .or_else(|| p.get("last_decisions"))
-                    .and_then(|d| d.as_array())
-                    .map(|d| d.iter().map(decision_line).collect())
-                    .unwrap_or_default();
-                // Lists come oldest first or newest first; a timestamp
-                // decides, else the order is kept.
-                if let Some(first) = p.get("decisions").and_then(|d| d.as_array()).and_then(|d| {
-                    Some((
-                        field_u64(d.first()?, &["at_ms"])?,
-                        field_u64(d.last()?, &["at_ms"])?,
-                    ))
-                }) {
-                    if first.0 < first.1 {
-                        decisions.reverse();
-                    }
-                }
-                decisions.truncate(MAX_POOL_DECISIONS);
-                PoolRow {
-                    name: field_str(p, &["name", "pool"]).unwrap_or_default(),
-                    provider: field_str(p, &["provider", "kind"]).unwrap_or_default(),
-                    min: field_u64(p, &["min", "min_nodes"]),
-                    max: field_u64(p, &["max", "max_nodes"]),
-                    current: field_u64(p, &["current", "size", "nodes", "connected"]),
-                    requested: field_u64(p, &["requested", "replicas", "desired"]),
-                    decisions,
-                }
-            })
-            .collect()
+    /// The panel's row of a pool (its newest [`MAX_POOL_DECISIONS`]
+    /// decisions).
+    pub fn from_view(p: &PoolView) -> PoolRow {
+        PoolRow {
+            name: p.name.clone(),
+            provider: p.provider.clone(),
+            min: p.min,
+            max: p.max,
+            current: p.current,
+            requested: p.requested,
+            error: p.last_error.clone(),
+            decisions: p
+                .decisions
+                .iter()
+                .take(MAX_POOL_DECISIONS)
+                .map(decision_line)
+                .collect(),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use drover_shared::api::FleetView;
+use drover_shared::api::{FleetView, PoolView};
 
 use super::app::{Action, App, PoolRow};
 use crate::client::{ApiError, Client};
@@ -63,8 +63,8 @@ pub fn retry_delay_ms(failures: u32) -> u64 {
 
 /// The pools, `None` when this coordinator has no pools API (404).
 fn pools(client: &Client) -> anyhow::Result<Option<Vec<PoolRow>>> {
-    match client.get_json::<serde_json::Value>("/v1/pools") {
-        Ok(v) => Ok(Some(PoolRow::from_json(&v))),
+    match client.get_json::<Vec<PoolView>>("/v1/pools") {
+        Ok(v) => Ok(Some(v.iter().map(PoolRow::from_view).collect())),
         Err(e)
             if e.downcast_ref::<ApiError>()
                 .is_some_and(|a| a.status == 404) =>

@@ -3,7 +3,7 @@
 //! case per line.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use drover_shared::api::{FleetNodeState, JobState};
+use drover_shared::api::{FleetNodeState, JobState, PoolView, ScaleDecisionView};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
@@ -145,16 +145,77 @@ fn the_pools_panel() {
     assert_eq!(app.view, View::Pools);
     let before = screen(&app, 80, 24);
     assert!(before.contains("no pools API"), "{before}");
-    app.apply_pools(Some(PoolRow::from_json(&serde_json::json!([
-        {"name": "spot", "provider": "kubernetes", "min": 0, "max": 20, "current": 4,
-         "requested": 6, "decisions": [
-            {"at_ms": AT_MS - 60_000, "action": "scale_up", "from": 4, "to": 6,
-             "reason": "queue needs 41 min > target 10 min"},
-            {"at_ms": AT_MS - 600_000, "action": "scale_down", "from": 5, "to": 4,
-             "node": "gpu-0003", "reason": "idle 300 s > cooldown"}]},
-        {"name": "studio-b", "provider": "process", "min": 1, "max": 2, "current": 1,
-         "requested": 1, "decisions": []}
-    ]))));
+    let decision =
+        |seq, ago_ms, action: &str, count, node: Option<&str>, reason: &str| ScaleDecisionView {
+            seq,
+            at_ms: AT_MS - ago_ms,
+            pool: "spot".into(),
+            action: action.into(),
+            node: node.map(str::to_string),
+            count,
+            reason: reason.into(),
+            outcome: "ok".into(),
+            error: None,
+            output: None,
+        };
+    let pool = |name: &str, provider: &str, min, max, current, decisions| PoolView {
+        name: name.into(),
+        provider: provider.into(),
+        min,
+        max,
+        requested: current,
+        starting: 0,
+        nodes: Vec::new(),
+        current,
+        draining: Vec::new(),
+        backlog_frames: 0,
+        work_s: 0.0,
+        drain_eta_s: None,
+        target_drain_s: 600.0,
+        idle_cooldown_s: 300.0,
+        last_error: None,
+        decisions,
+    };
+    let mut failed = decision(
+        1,
+        900_000,
+        "scale_up",
+        Some(1),
+        None,
+        "queue 12 min > target 10 min",
+    );
+    failed.outcome = "failed".into();
+    failed.error = Some("kubernetes: 403 forbidden".into());
+    let views = [
+        pool(
+            "spot",
+            "kubernetes",
+            0,
+            20,
+            6,
+            vec![
+                decision(
+                    3,
+                    60_000,
+                    "scale_up",
+                    Some(2),
+                    None,
+                    "queue needs 41 min > target 10 min",
+                ),
+                decision(
+                    2,
+                    600_000,
+                    "drain",
+                    None,
+                    Some("gpu-0003"),
+                    "idle 300 s > cooldown 300 s",
+                ),
+                failed,
+            ],
+        ),
+        pool("studio-b", "process", 1, 2, 1, Vec::new()),
+    ];
+    app.apply_pools(Some(views.iter().map(PoolRow::from_view).collect()));
     insta::assert_snapshot!(screen(&app, 80, 24));
 }
 

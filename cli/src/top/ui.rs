@@ -421,7 +421,6 @@ fn draw_pools(f: &mut Frame, app: &App, area: Rect) {
         );
         return;
     }
-    let num = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     let mut lines = vec![Line::from(Span::styled(
         format!(
             "{:<16} {:<11} {:>4} {:>4} {:>5} {:>5}  LAST DECISION",
@@ -434,12 +433,18 @@ fn draw_pools(f: &mut Frame, app: &App, area: Rect) {
             "{:<16} {:<11} {:>4} {:>4} {:>5} {:>5}  {}",
             p.name,
             p.provider,
-            num(p.min),
-            num(p.max),
-            num(p.current),
-            num(p.requested),
+            p.min,
+            p.max,
+            p.current,
+            p.requested,
             p.decisions.first().map(String::as_str).unwrap_or("-")
         )));
+        if let Some(e) = &p.error {
+            lines.push(Line::from(Span::styled(
+                format!("  {}: provider error: {e}", p.name),
+                Style::new().fg(Color::Red),
+            )));
+        }
     }
     lines.push(Line::from(Span::styled(
         "Decisions, newest first",
