@@ -278,6 +278,47 @@ fn each_chunk_keeps_its_executor_log_readable_by_cli_and_api() {
         assert_eq!(status, 404, "{path}: {body}");
         assert!(body.contains(&format!("job {ok} does not exist")), "{body}");
     }
+
+    // A running chunk's log can be read while it runs (a stuck chunk's
+    // would be): a slowed node alone renders a job.
+    // Test aid: --slowdown makes this node's frames take about 10 times
+    // longer (its calibration too, so more would cost seconds at its start),
+    // so the chunk runs for a couple of seconds.
+    c.add_node_with("slow", &["--slowdown", "10"]).unwrap();
+    c.wait_nodes(3).unwrap();
+    for n in ["node-1", "node-2"] {
+        client.drain_node(n, Some(false)).unwrap();
+    }
+    let slow = client.submit_json(&spec("slow", 1..=96)).unwrap().id;
+    let running = wait_for(JOB_TIMEOUT, "a running chunk's log", || {
+        let list: ChunkLogList = client.get_json(&format!("/v1/jobs/{slow}/logs"))?;
+        Ok(list
+            .logs
+            .into_iter()
+            .find(|e| e.state == "running" && !e.complete && e.size_bytes > 0))
+    })
+    .unwrap();
+    assert_eq!(running.node, "slow");
+    let partial = client.get_text(&running.url).unwrap();
+    assert!(
+        partial.contains("rendering from frame 1 at 64x64"),
+        "{partial}"
+    );
+    assert!(!partial.contains("chunk finished"), "{partial}");
+    let header = drover(&c, &home, &["logs", &slow.to_string()]);
+    assert!(header.contains("· running · "), "{header}");
+    assert!(header.contains(", still growing ==="), "{header}");
+    let j = wait_ended(&client, slow);
+    assert_eq!(j.state, JobState::Done, "{:?}", j.error);
+    let whole = logs_when(&client, slow, "the slow job's log", |l| {
+        l.iter()
+            .any(|e| e.index == running.index && e.state == "done")
+    });
+    let whole = client
+        .get_text(&whole.iter().find(|e| e.index == running.index).unwrap().url)
+        .unwrap();
+    assert!(whole.starts_with(&partial), "{whole}");
+    assert!(whole.contains("chunk finished: frames 1-96"), "{whole}");
     c.stop();
 }
 
