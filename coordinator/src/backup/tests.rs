@@ -331,3 +331,34 @@ fn a_non_empty_target_is_refused_and_left_as_it_was() {
     restore(&file, &empty).unwrap();
     assert!(empty.join("wal").is_dir());
 }
+
+#[test]
+fn a_segment_gone_before_it_is_copied_is_listed_missing_and_the_restore_still_works() {
+    // Its job ended and its segments were discarded between the export and
+    // the copy: the archive says so, and the restored journal still names
+    // the segment, which the coordinator finds absent at start and renders
+    // again (`Fact::SegmentLost`).
+    let farm = farm();
+    let segment = farm
+        .sources
+        .store
+        .job_dir(1)
+        .join("chunk-00000-e1-f1-10-ab.mp4");
+    std::fs::remove_file(&segment).unwrap();
+    let (archive, manifest) = take_backup(&farm, false);
+    assert_eq!(manifest.counts.segments, 0);
+    assert_eq!(manifest.counts.segments_missing, 1);
+    assert_eq!(
+        manifest.missing,
+        vec!["artifacts/job-1/chunk-00000-e1-f1-10-ab.mp4".to_string()]
+    );
+    let out = tempfile::tempdir().unwrap();
+    let file = write(out.path(), "backup.tar", &archive);
+    let target = out.path().join("restored");
+    restore(&file, &target).unwrap();
+    let (journal, recovered) =
+        crate::journal::scheduler::open(&target, |c| c, Box::new(|_| {})).unwrap();
+    let job = &recovered.model.jobs[&1];
+    assert!(!Path::new(&job.done[&1].segment).exists());
+    journal.close().unwrap();
+}
