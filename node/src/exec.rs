@@ -947,9 +947,10 @@ impl RendererCache {
     /// Whether [`RendererCache::get`] would reuse the renderer it holds.
     pub fn holds(&self, source: &str, width: u32, height: u32, fps: u32) -> bool {
         self.renderer.is_some()
-            && self.key.as_ref().is_some_and(|(s, w, h, f)| {
-                s == source && (*w, *h, *f) == (width, height, fps)
-            })
+            && self
+                .key
+                .as_ref()
+                .is_some_and(|(s, w, h, f)| s == source && (*w, *h, *f) == (width, height, fps))
     }
 
     /// A renderer for this shader, size and rate, reused when it matches.
