@@ -2030,3 +2030,25 @@ fn a_failing_attempt_throws_back_its_whole_range_and_a_stale_one_nothing() {
     h.fail("a", key, None);
     assert_eq!(h.core.failing_attempt_frames(key, epoch), None);
 }
+
+#[test]
+fn the_fleet_view_keeps_the_busiest_jobs_when_there_are_too_many() {
+    use super::views::{MAX_FLEET_ENDED_JOBS, MAX_FLEET_JOBS};
+    let mut h = Harness::new(CoreConfig::default());
+    // No node: every job waits. Priorities cycle, so the cut must pick.
+    for i in 0..MAX_FLEET_JOBS + 5 {
+        h.submit(spec(10, &format!(r#""priority":{}"#, i % 100)));
+    }
+    let f = h.core.fleet_view(h.now, None);
+    assert_eq!(f.jobs.len(), MAX_FLEET_JOBS);
+    assert_eq!(f.jobs_total, (MAX_FLEET_JOBS + 5) as u64);
+    // Highest priority first, oldest first within one; the five cut are
+    // of the lowest priority.
+    let prios: Vec<u8> = f.jobs.iter().map(|j| j.priority).collect();
+    assert!(prios.windows(2).all(|w| w[0] >= w[1]), "{prios:?}");
+    assert_eq!(f.jobs[0].priority, 99);
+    assert_eq!(f.jobs.last().unwrap().priority, 0);
+    let zeros = f.jobs.iter().filter(|j| j.priority == 0).count();
+    assert_eq!(zeros, (MAX_FLEET_JOBS + 5) / 100 + 1 - 5);
+    assert!(MAX_FLEET_ENDED_JOBS < MAX_FLEET_JOBS);
+}
