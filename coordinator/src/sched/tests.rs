@@ -1820,7 +1820,10 @@ fn the_fleet_view_shows_node_states_rates_and_job_etas() {
     assert_eq!(states, [("a", S::Idle), ("b", S::Idle), ("c", S::Idle)]);
     // 10 frames/s at 640x360 is 2.5 at 720p, the idle nodes' common measure.
     assert_eq!(f.nodes[0].speed_fps, 2.5);
-    assert_eq!((f.nodes[0].adapter.as_str(), f.nodes[0].backend.as_str()), ("llvmpipe", "Vulkan"));
+    assert_eq!(
+        (f.nodes[0].adapter.as_str(), f.nodes[0].backend.as_str()),
+        ("llvmpipe", "Vulkan")
+    );
     assert!(f.jobs.is_empty());
 
     let job = h.submit(spec(2_000, r#""priority":70"#));
@@ -1831,7 +1834,10 @@ fn the_fleet_view_shows_node_states_rates_and_job_etas() {
     let f = h.core.fleet_view(h.now, None);
     let a = &f.nodes[0];
     assert_eq!(a.state, S::Busy);
-    assert_eq!((a.job, a.frame_start, a.frame_end), (Some(job), Some(start), Some(end)));
+    assert_eq!(
+        (a.job, a.frame_start, a.frame_end),
+        (Some(job), Some(start), Some(end))
+    );
     assert_eq!(a.frames_done, 20);
     assert_eq!(a.fps, 10.0, "20 frames in 2 s");
     assert_eq!(a.memory_load_pct, 30.0, "from the heartbeat");
@@ -1851,14 +1857,21 @@ fn the_fleet_view_shows_node_states_rates_and_job_etas() {
     let f = h.core.fleet_view(h.now, None);
     let states: Vec<_> = f.nodes.iter().map(|n| n.state).collect();
     assert_eq!(states, [S::Busy, S::Draining, S::Lost]);
-    assert!(!f.jobs[0].nodes.contains(&"c".to_string()), "{:?}", f.jobs[0]);
+    assert!(
+        !f.jobs[0].nodes.contains(&"c".to_string()),
+        "{:?}",
+        f.jobs[0]
+    );
 
     h.handle(Event::PauseJob { job, paused: true });
     let f = h.core.fleet_view(h.now, None);
     assert_eq!(f.jobs[0].reason.as_deref(), Some("paused"));
     // A key scoped to another project sees every node and none of the jobs.
     let other = h.core.fleet_view(h.now, Some("elsewhere"));
-    assert_eq!((other.nodes.len(), other.jobs.len(), other.jobs_total), (3, 0, 0));
+    assert_eq!(
+        (other.nodes.len(), other.jobs.len(), other.jobs_total),
+        (3, 0, 0)
+    );
     assert_eq!(f.jobs_total, 1);
 }
 
