@@ -132,6 +132,24 @@ fn a_backup_taken_mid_job_restores_into_a_coordinator_that_finishes_it() {
         .map(|id| identity(&client.job(*id).unwrap()))
         .collect();
 
+    // Only an admin takes a backup: it holds the coordinator's keys.
+    let viewer = client
+        .create_key(&drover_cli::client::NewKey {
+            name: "viewer".into(),
+            role: drover_shared::api::Role::Viewer,
+            project: None,
+            rate_per_s: None,
+            max_active_jobs: None,
+        })
+        .unwrap();
+    let refused = ureq::get(&format!("{}/v1/admin/backup", farm.url()))
+        .set("authorization", &format!("Bearer {}", viewer.secret))
+        .call();
+    assert!(
+        matches!(refused, Err(ureq::Error::Status(403, _))),
+        "{refused:?}"
+    );
+
     let archive = dir.path().join("backup.tar");
     let archive_arg = archive.display().to_string();
     let started = Instant::now();
