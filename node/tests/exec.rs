@@ -591,7 +591,6 @@ fn a_worker_whose_agent_is_gone_exits_even_mid_frame() {
     writeln!(stdin, "{answer}").unwrap();
     // It asks about frame 6 while frame 5 renders, and frame 5 never ends.
     assert_eq!(next()["frame"], 6);
-    drop(next);
     assert!(
         logged.iter().any(|l| l.contains(": adapter ")),
         "{logged:?}"
