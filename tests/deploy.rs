@@ -808,6 +808,31 @@ fn the_images_are_multi_stage_non_root_and_the_node_has_vulkan() {
     }
 }
 
+#[test]
+fn the_compose_file_follows_the_compose_specification() {
+    let read = |text: &str| {
+        compose_spec::Compose::options()
+            .apply_merge(true)
+            .from_yaml_str(text)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate_all().map(|()| c).map_err(|e| e.to_string()))
+    };
+    let text = std::fs::read_to_string(deploy().join("compose/compose.yaml")).unwrap();
+    let compose = read(&text).unwrap();
+    assert_eq!(compose.services.len(), 3);
+    assert_eq!(compose.secrets.len(), 2);
+    // The reader is strict: a misspelt key and an undeclared secret are
+    // refused.
+    let typo = text.replacen("stop_grace_period: 11m", "stop_grace_perod: 11m", 1);
+    assert_ne!(typo, text);
+    let err = read(&typo).unwrap_err();
+    assert!(err.contains("stop_grace_perod"), "{err}");
+    let undeclared = text.replacen("    - drover_join_token\n", "    - drover_join_tokn\n", 1);
+    assert_ne!(undeclared, text);
+    let err = read(&undeclared).unwrap_err();
+    assert!(err.contains("drover_join_tokn"), "{err}");
+}
+
 /// A process killed and reaped when dropped, whatever the test did.
 struct Reaped(Child);
 
