@@ -1592,24 +1592,18 @@ impl Handler<ChunkLogPiece> for Scheduler {
         // node's, must not land on it. Once its log is open, the same node
         // may finish it after the attempt ended (a cancelled chunk's last
         // lines come after the cancel).
-        let (start, end) = match self.core.current(m.node, key(&c), c.epoch) {
-            Some(held) => (held.start, held.end),
-            None if logs.is_open(c.job, c.index, c.epoch, &node) => {
-                let meta = logs.list(c.job).into_iter().find(|l| l.chunk == c.index);
-                match meta {
-                    Some(l) => (l.start, l.end),
-                    None => return,
-                }
-            }
-            None => {
-                tracing::debug!(
-                    job = c.job,
-                    chunk = c.index,
-                    epoch = c.epoch,
-                    "chunk log piece of an attempt the node does not hold: dropped"
-                );
-                return;
-            }
+        let held = self
+            .core
+            .current(m.node, key(&c), c.epoch)
+            .map(|h| (h.start, h.end));
+        let Some((start, end)) = logs.admit(c.job, c.index, c.epoch, &node, held) else {
+            tracing::debug!(
+                job = c.job,
+                chunk = c.index,
+                epoch = c.epoch,
+                "chunk log piece of an attempt the node does not hold: dropped"
+            );
+            return;
         };
         logs.submit(crate::chunklog::Piece {
             job: c.job,

@@ -287,17 +287,31 @@ impl ChunkLogs {
         self.inner.retain(keep)
     }
 
-    /// Whether `node`'s log of this attempt is here and still open: the
-    /// attempt's first piece was admitted while `node` held it, so its
-    /// later pieces may come after the attempt ended (a cancelled chunk's
-    /// last lines).
-    pub fn is_open(&self, job: u64, chunk: u32, epoch: u32, node: &str) -> bool {
+    /// Whether `node` may write this attempt's log, and the chunk's frames
+    /// if so. `held` is the core's word: the frames of the attempt when
+    /// `node` holds it now (only the holder writes, as only it may upload).
+    /// Without it, a log the node opened while it held the attempt and has
+    /// not ended may still be finished (a cancelled chunk's last lines come
+    /// after the cancel); anything else (another node, an older attempt, an
+    /// ended log) is refused.
+    pub fn admit(
+        &self,
+        job: u64,
+        chunk: u32,
+        epoch: u32,
+        node: &str,
+        held: Option<(u64, u64)>,
+    ) -> Option<(u64, u64)> {
+        if held.is_some() {
+            return held;
+        }
         self.inner
             .lock()
             .jobs
             .get(&job)
             .and_then(|j| j.chunks.get(&chunk))
-            .is_some_and(|m| m.epoch == epoch && m.node == node && !m.complete)
+            .filter(|m| m.epoch == epoch && m.node == node && !m.complete)
+            .map(|m| (m.start, m.end))
     }
 
     /// Jobs with logs here.
@@ -690,11 +704,6 @@ mod tests {
         logs.append(piece(7, 3, 3, 0, "third\n", false)).unwrap();
         assert_eq!(text(&logs, 7, 3), "third\n");
         assert_eq!(logs.total_bytes(), 6);
-        assert!(logs.is_open(7, 3, 3, "n1"));
-        assert!(!logs.is_open(7, 3, 2, "n1"), "another attempt");
-        assert!(!logs.is_open(7, 3, 3, "n2"), "another node");
-        logs.append(piece(7, 3, 3, 6, "", true)).unwrap();
-        assert!(!logs.is_open(7, 3, 3, "n1"), "complete");
         // A failure note for another attempt is not this one's.
         logs.mark_failed(7, 3, 2, "old".into()).unwrap();
         assert_eq!(logs.list(7)[0].failed, None);
@@ -766,6 +775,34 @@ mod tests {
         assert_eq!(logs.jobs(), [9]);
         assert!(!dir.path().join("7").exists());
         assert!(logs.read(7, 3).unwrap().is_none());
+    }
+
+    /// Who may write: the holder always; after the attempt, only the node
+    /// whose log of that attempt is open.
+    #[test]
+    fn only_the_holder_or_the_opener_of_an_attempts_log_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = open(dir.path(), 1 << 20, 1 << 20);
+        logs.append(piece(7, 3, 3, 0, "a\n", false)).unwrap();
+        let check = |epoch, node, held, want: Option<(u64, u64)>| {
+            assert_eq!(
+                logs.admit(7, 3, epoch, node, held),
+                want,
+                "{epoch} {node} {held:?}"
+            );
+        };
+        // Held now: the core's frames, whatever is on disk.
+        check(3, "n1", Some((0, 11)), Some((0, 11)));
+        check(4, "n2", Some((5, 9)), Some((5, 9)));
+        // Not held: only the same attempt's open log, from its node.
+        check(3, "n1", None, Some((0, 23)));
+        check(2, "n1", None, None);
+        check(3, "n2", None, None);
+        assert_eq!(logs.admit(7, 4, 3, "n1", None), None, "another chunk");
+        assert_eq!(logs.admit(8, 3, 3, "n1", None), None, "another job");
+        // Once its last piece is in, nothing more.
+        logs.append(piece(7, 3, 3, 2, "", true)).unwrap();
+        check(3, "n1", None, None);
     }
 
     /// The writer thread applies queued pieces in order.
