@@ -984,6 +984,27 @@ async fn events_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<Work
                 };
                 finished(&agent, meta, path).await;
             }
+            WorkerEvent::Log {
+                chunk,
+                offset,
+                text,
+                last,
+            } => {
+                let msg = NodeToCoord::ChunkLog(ChunkLog {
+                    chunk,
+                    offset,
+                    text,
+                    last,
+                });
+                // The last piece waits for a session with the chunk's
+                // outcome, which it must precede; the others matter only
+                // to a live session (the coordinator marks a hole).
+                if last {
+                    agent.send_or_keep(msg);
+                } else {
+                    agent.send(msg);
+                }
+            }
             WorkerEvent::Failed {
                 chunk,
                 reason,
@@ -1007,27 +1028,6 @@ async fn events_loop(agent: Arc<Agent>, mut events: mpsc::UnboundedReceiver<Work
                         log_tail,
                         failed_frame,
                     }));
-            WorkerEvent::Log {
-                chunk,
-                offset,
-                text,
-                last,
-            } => {
-                let msg = NodeToCoord::ChunkLog(ChunkLog {
-                    chunk,
-                    offset,
-                    text,
-                    last,
-                });
-                // The last piece waits for a session with the chunk's
-                // outcome, which it must precede; the others matter only
-                // to a live session (the coordinator marks a hole).
-                if last {
-                    agent.send_or_keep(msg);
-                } else {
-                    agent.send(msg);
-                }
-            }
                 }
             }
         }
