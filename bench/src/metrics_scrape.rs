@@ -18,8 +18,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use drover_coordinator::sched::Core;
-use drover_coordinator::sched::{CoreConfig, Event, Owner};
+use drover_coordinator::sched::{Core, CoreConfig, Event, Owner};
 use drover_shared::caps::{Adapter, Calibration, Capabilities, DeviceType};
 use drover_shared::spec::JobSpec;
 

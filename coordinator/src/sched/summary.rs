@@ -96,12 +96,12 @@ impl Core {
     /// job's pixels and learned cost. Lost nodes count only when none is
     /// connected; with no node known at all, [`UNKNOWN_FRAME_S`].
     pub fn load_summary(&self) -> LoadSummary {
-        let mut jobs: HashMap<&'static str, u64> = HashMap::new();
+        let mut jobs = [0u64; JOB_STATES.len()];
         let mut queue_frames = 0;
         let mut queue_seconds = 0.0;
         let mut mean_speed: HashMap<SpeedKey, Option<f64>> = HashMap::new();
         for j in self.jobs.values() {
-            *jobs.entry(state_key(j.state)).or_default() += 1;
+            jobs[state_index(j.state)] += 1;
             let waiting = matches!(
                 j.state,
                 JobState::Queued | JobState::Unschedulable | JobState::Running
@@ -124,7 +124,7 @@ impl Core {
             queue_seconds += left as f64 * frame_s;
         }
         for r in self.finished.values() {
-            *jobs.entry(state_key(r.state)).or_default() += 1;
+            jobs[state_index(r.state)] += 1;
         }
         let mut nodes = BTreeMap::new();
         for s in NodeState::ALL {
@@ -150,10 +150,7 @@ impl Core {
             *nodes.entry((n.caps.pool.clone(), state)).or_default() += 1;
         }
         LoadSummary {
-            jobs: JOB_STATES
-                .iter()
-                .map(|s| (*s, jobs.get(state_key(*s)).copied().unwrap_or(0)))
-                .collect(),
+            jobs: JOB_STATES.iter().copied().zip(jobs).collect(),
             queue_frames,
             queue_seconds,
             nodes,
@@ -189,6 +186,19 @@ impl Core {
     }
 }
 
+/// Where a state is in [`JOB_STATES`].
+fn state_index(s: JobState) -> usize {
+    match s {
+        JobState::Queued => 0,
+        JobState::Unschedulable => 1,
+        JobState::Running => 2,
+        JobState::Muxing => 3,
+        JobState::Done => 4,
+        JobState::Failed => 5,
+        JobState::Cancelled => 6,
+    }
+}
+
 /// A job state's label value (the API's word for it).
 pub fn state_key(s: JobState) -> &'static str {
     match s {
@@ -199,5 +209,17 @@ pub fn state_key(s: JobState) -> &'static str {
         JobState::Done => "done",
         JobState::Failed => "failed",
         JobState::Cancelled => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_has_its_own_place_in_the_counts() {
+        for (i, s) in JOB_STATES.iter().enumerate() {
+            assert_eq!(state_index(*s), i, "{s:?}");
+        }
     }
 }
