@@ -327,6 +327,10 @@ pub struct App {
     pub job_offset: Cell<usize>,
     /// Something changed since the last draw.
     pub dirty: bool,
+    /// Events changed rows since the last [`App::reindex`]: the order is
+    /// redone once before the next frame or key ([`App::refresh`]), not per
+    /// event.
+    stale: bool,
     node_index: HashMap<String, usize>,
     job_index: HashMap<u64, usize>,
 }
@@ -407,6 +411,7 @@ impl App {
             node_offset: Cell::new(0),
             job_offset: Cell::new(0),
             dirty: true,
+            stale: false,
             node_index: HashMap::new(),
             job_index: HashMap::new(),
         }
@@ -522,10 +527,11 @@ impl App {
                     reason: s.error,
                     submitted_at_ms: s.submitted_at_ms,
                 });
+                self.job_index.insert(id, self.jobs.len() - 1);
                 self.jobs_total += 1;
             }
         }
-        self.reindex();
+        self.stale = true;
     }
 
     fn node_changed(&mut self, name: &str, kind: &str, reason: Option<String>) {
@@ -552,7 +558,9 @@ impl App {
                     memory_load_pct: 0.0,
                     frames_rendered: 0,
                 });
-                self.reindex();
+                self.node_index
+                    .insert(name.to_string(), self.nodes.len() - 1);
+                self.stale = true;
             }
             return;
         };
@@ -583,7 +591,7 @@ impl App {
             }
             _ => return,
         }
-        self.reindex();
+        self.stale = true;
     }
 
     fn matches_node(&self, n: &FleetNode) -> bool {
@@ -623,6 +631,7 @@ impl App {
     /// Recomputes the lookups, the filtered and sorted row orders, and the
     /// selection (`O(n log n)`; only when something changed).
     pub fn reindex(&mut self) {
+        self.stale = false;
         self.node_index = self
             .nodes
             .iter()
@@ -726,6 +735,14 @@ impl App {
         self.dirty = true;
     }
 
+    /// Redoes the order if events changed rows since it was made: before
+    /// drawing (the driver) and before a key acts on a row.
+    pub fn refresh(&mut self) {
+        if self.stale {
+            self.reindex();
+        }
+    }
+
     /// Row of the selected node in `node_order`.
     pub fn selected_node_row(&self) -> Option<usize> {
         let name = self.selected_node.as_ref()?;
@@ -792,6 +809,7 @@ impl App {
         if k.kind == KeyEventKind::Release {
             return None;
         }
+        self.refresh();
         self.dirty = true;
         if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
             return Some(Action::Quit);

@@ -223,6 +223,7 @@ fn event_loop(
         }
         let since = last_draw.map_or(min_frame, |t| t.elapsed());
         if draw_now || (app.dirty && since >= min_frame) {
+            app.refresh();
             terminal.draw(|f| super::ui::draw(f, &app))?;
             app.dirty = false;
             draw_now = false;

@@ -64,6 +64,8 @@ fn app() -> App {
         })
         .unwrap(),
     ));
+    // The driver does this before every frame.
+    app.refresh();
     app
 }
 
