@@ -1014,11 +1014,24 @@ fn a_kubernetes_pool_grows_and_shrinks_a_deployment_through_the_api() {
         if job_done && desired == 0 && most > 0 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pool did not grow for the job and shrink back to 0: {} replicas, {pods:?} running, {removed:?} removed, job done: {job_done}",
-            desired
-        );
+        if std::time::Instant::now() > deadline {
+            let decisions: Vec<String> = c
+                .client()
+                .pool_decisions("kube", 100)
+                .unwrap_or_default()
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{} {:?} {:?} {} {} {:?}",
+                        d.action, d.node, d.count, d.reason, d.outcome, d.error
+                    )
+                })
+                .collect();
+            panic!(
+                "the pool did not grow for the job and shrink back to 0: {desired} replicas, {pods:?} running, {removed:?} removed; job {:?}; decisions {decisions:#?}",
+                c.client().job(job).map(|j| (j.state, j.frames_done)).ok()
+            );
+        }
         // The controller's resync period; each pass reads fresh state.
         std::thread::sleep(Duration::from_millis(50));
     }
