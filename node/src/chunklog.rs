@@ -168,6 +168,32 @@ impl ChunkLogBuffer {
     }
 }
 
+/// `line` without terminal escape sequences (colours of a log formatter
+/// writing to what it took for a terminal): a CSI sequence (`ESC [`,
+/// parameters, one final byte in `@..=~`) or an escape and one character.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            // An escape and one character (or a lone escape at the end).
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Least time between two lines of frame timings in a chunk log, in
 /// milliseconds: fast frames are summed up once a second (a 60 fps chunk
 /// would otherwise write 60 lines a second), slow ones get a line each.
@@ -350,6 +376,20 @@ mod tests {
 #[cfg(test)]
 mod frame_line_tests {
     use super::*;
+
+    #[test]
+    fn terminal_escapes_are_stripped() {
+        let check = |input: &str, want: &str| assert_eq!(strip_ansi(input), want, "{input:?}");
+        check("plain", "plain");
+        check(
+            "\x1b[2m2026-11-24\x1b[0m \x1b[33m WARN\x1b[0m x",
+            "2026-11-24  WARN x",
+        );
+        check("\x1b[38;5;208mé\x1b[m", "é");
+        check("a\x1bcb", "ab");
+        check("cut \x1b[3", "cut ");
+        check("end \x1b", "end ");
+    }
 
     /// (time done, frame, ms taken) in, the lines out.
     fn check(frames: &[(u64, u64, f64)], want: &[&str]) {

@@ -666,6 +666,8 @@ enum Input {
     Garbled(u64, String),
     /// Worker `generation` closed its output.
     Closed(u64),
+    /// A line worker `generation` wrote on its stderr.
+    Stderr(u64, String),
     /// The executor was dropped.
     Close,
 }
@@ -725,6 +727,7 @@ impl Driver {
                 Some(Input::Submit(item)) => self.core.submit(now, item),
                 Some(Input::Message(g, msg)) => self.core.message(now, g, msg),
                 Some(Input::Garbled(g, e)) => self.core.garbled(now, g, e),
+                Some(Input::Stderr(g, line)) => self.core.stderr_line(g, &line),
                 Some(Input::Closed(g)) => {
                     let (status, tail) = self.wait_exit(g);
                     self.core.exited(Instant::now(), g, &status, &tail);
@@ -825,10 +828,13 @@ impl Driver {
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
         let (done_tx, stderr_done) = mpsc::channel();
         let keep = Arc::clone(&tail);
+        let lines = self.feed.clone();
         std::thread::Builder::new()
             .name("drover-exec-stderr".into())
             .spawn(move || {
-                relay_stderr(stderr, &keep);
+                relay_stderr(stderr, &keep, |line| {
+                    let _ = lines.send(Input::Stderr(generation, line.to_string()));
+                });
                 drop(done_tx);
             })?;
         Ok(Process {
@@ -876,8 +882,13 @@ impl Driver {
 }
 
 /// Copies the worker's stderr to the agent's, line by line, keeping the
-/// last [`STDERR_TAIL_LINES`].
-fn relay_stderr(stderr: std::process::ChildStderr, tail: &Mutex<VecDeque<String>>) {
+/// last [`STDERR_TAIL_LINES`] and handing each to `on_line` (for the logs
+/// of the chunks the worker holds).
+fn relay_stderr(
+    stderr: std::process::ChildStderr,
+    tail: &Mutex<VecDeque<String>>,
+    mut on_line: impl FnMut(&str),
+) {
     let mut r = std::io::BufReader::new(stderr);
     let mut buf = Vec::new();
     loop {
@@ -895,6 +906,7 @@ fn relay_stderr(stderr: std::process::ChildStderr, tail: &Mutex<VecDeque<String>
         }
         let _ = std::io::stderr().write_all(&buf);
         let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+        on_line(&line);
         let mut t = tail.lock().unwrap_or_else(PoisonError::into_inner);
         if t.len() == STDERR_TAIL_LINES {
             t.pop_front();

@@ -40,7 +40,7 @@ use super::{
     frame_limit, segment_path, WorkItem, WorkerEvent, CANCEL_GRACE_MS, FLUSH_TIMEOUT_MIN_S,
     RESTART_BACKOFF_BASE_MS, RESTART_BACKOFF_MAX_MS, STABLE_UPTIME_S, WORKER_STARTUP_TIMEOUT_S,
 };
-use crate::chunklog::{ChunkLogBuffer, MAX_CHUNK_LOG_PIECE_BYTES};
+use crate::chunklog::{strip_ansi, ChunkLogBuffer, MAX_CHUNK_LOG_PIECE_BYTES};
 use crate::render::AdapterReport;
 
 /// How often a running chunk's new log lines go to the agent (and on to
@@ -294,6 +294,22 @@ impl Supervisor {
             Worker::Down { .. } => {}
         }
         self.pump(now);
+    }
+
+    /// A line worker `generation` wrote on its stderr (a warning of the
+    /// encoder or the driver, a panic): it goes into the log of every chunk
+    /// the worker holds, since a process's stderr is not per chunk.
+    pub(crate) fn stderr_line(&mut self, generation: u64, line: &str) {
+        if self.generation() != Some(generation) {
+            return;
+        }
+        let line = strip_ansi(line);
+        if line.trim().is_empty() {
+            return;
+        }
+        for a in &mut self.active {
+            a.log.push_line(&format!("stderr: {line}"));
+        }
     }
 
     /// A message from worker `generation`.
@@ -1496,6 +1512,18 @@ mod tests {
             "job 7 chunk 0 (attempt epoch 1): frames 10-12, sent to the node's executor process #1, frame time limit 2 s\n\
              adapter llvmpipe\nframe 10: 3.0 ms\n"
         );
+        // What the worker writes on stderr goes to the chunks it holds,
+        // without terminal colours; an older worker's does not.
+        h.sup
+            .stderr_line(1, "\x1b[33m WARN\x1b[0m x264: [warning] VBV underflow");
+        h.sup.stderr_line(0, "an older worker");
+        h.at(LOG_FLUSH_INTERVAL_MS * 2);
+        assert!(
+            h.log(0)
+                .ends_with("frame 10: 3.0 ms\nstderr:  WARN x264: [warning] VBV underflow\n"),
+            "{}",
+            h.log(0)
+        );
         // A line for another chunk is not this one's.
         h.say(
             1,
@@ -1505,11 +1533,11 @@ mod tests {
             },
         );
         // The frame passes its limit: the kill names it, last in the log.
-        h.at(LOG_FLUSH_INTERVAL_MS + 2_000);
+        h.at(2_000);
         let log = h.log(0);
         assert!(
             log.ends_with(
-                "frame 10: 3.0 ms\n\
+                "VBV underflow\n\
                  chunk failed on frame 10: frame 10 exceeded the frame time limit of 2 s\n\
                  the executor process was killed: frame 10 exceeded the frame time limit of 2 s\n"
             ),
