@@ -179,16 +179,14 @@ pub fn strip_ansi(line: &str) -> String {
             out.push(c);
             continue;
         }
-        match chars.next() {
-            Some('[') => {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
+        // Dropped: an escape and the character after it (a lone escape
+        // at the end too), or a CSI sequence up to its final byte.
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
                 }
             }
-            // An escape and one character (or a lone escape at the end).
-            _ => {}
         }
     }
     out
