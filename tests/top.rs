@@ -72,6 +72,19 @@ impl Tmux {
         ]);
     }
 
+    /// The pid of `drover top` in session `name`: the one child of the
+    /// pane's shell.
+    fn top_pid(&self, name: &str) -> i32 {
+        let out = self.run(&["display-message", "-p", "-t", name, "#{pane_pid}"]);
+        let sh = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
+            .expect("the pane's shell runs");
+        let mut pids = children.split_whitespace();
+        let pid = pids.next().expect("drover top runs").parse().unwrap();
+        assert_eq!(pids.next(), None, "one child: {children}");
+        pid
+    }
+
     fn screen(&self, name: &str) -> String {
         String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", name]).stdout).into_owned()
     }
@@ -210,5 +223,18 @@ fn drain_a_node_from_top_and_ride_out_a_coordinator_restart() {
     });
     assert!(!header(&s).contains("reconnecting"), "{s}");
     assert!(row(&s, "node-2").starts_with("> "), "still selected: {s}");
+
+    // SIGTERM (a closed SSH session sends SIGHUP, handled alike): it leaves
+    // the alternate screen and exits 0, the terminal given back.
+    let pid = tmux.top_pid("admin");
+    // SAFETY: kill(2) on the drover top process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let s = tmux.wait("admin", "drover top to exit", |s| {
+        s.contains("drover top exited with 0")
+    });
+    assert!(
+        !s.contains("Fleet"),
+        "the table is gone with the alternate screen: {s}"
+    );
     farm.stop();
 }
