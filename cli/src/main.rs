@@ -297,11 +297,15 @@ enum Cmd {
     /// Take a consistent online backup of the coordinator (journals,
     /// unfinished jobs' segments, the artifact index, its keys) into a new
     /// file, mode 0600 (admin).
-    #[command(after_help = "Example:\n  drover backup /backups/drover-$(date +%F).tar\n  drover backup full.tar --artifacts   # done jobs' outputs and posters too")]
+    #[command(
+        after_help = "Example:\n  drover backup /backups/drover-$(date +%F).tar\n  drover backup full.tar --artifacts   # done jobs' outputs and posters too"
+    )]
     Backup(drover_cli::backup::BackupArgs),
     /// Restore a backup into a new data dir (checked whole before anything
     /// is written); then start `drover coordinator --data DIR` on it.
-    #[command(after_help = "Example:\n  drover restore /backups/drover-2026-11-24.tar --data /var/lib/drover-restored")]
+    #[command(
+        after_help = "Example:\n  drover restore /backups/drover-2026-11-24.tar --data /var/lib/drover-restored"
+    )]
     Restore(drover_cli::backup::RestoreArgs),
     /// The farm live in a terminal: nodes, jobs and events; drain, cancel,
     /// retry and pause from the keyboard (`?` lists the keys).

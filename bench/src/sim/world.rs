@@ -351,11 +351,8 @@ impl<'a> World<'a> {
         }
         for (i, n) in sc.nodes.iter().enumerate() {
             // An autoscaled pool's nodes come and go by its decisions.
-            let uptime: &[super::scenario::Uptime] = if self.pool.is_some() {
-                &[]
-            } else {
-                &n.uptime
-            };
+            let uptime: &[super::scenario::Uptime] =
+                if self.pool.is_some() { &[] } else { &n.uptime };
             for up in uptime {
                 self.at(up.from_ms, SimEvent::Join(i));
                 if let Some((t, how)) = up.to {

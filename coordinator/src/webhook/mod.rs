@@ -113,9 +113,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::journal::{Journal, JournalConfig};
-use engine::{Core, Deliveries, RetryPolicy};
 /// The journal's model, for a restore (`crate::backup`) to check what it imports.
 pub(crate) use engine::Deliveries as JournalModel;
+use engine::{Core, Deliveries, RetryPolicy};
 use worker::{Shared, State};
 
 pub use secret::{load_or_create_secret, MIN_SECRET_BYTES, SECRET_FILE, SECRET_FILE_ENV};
