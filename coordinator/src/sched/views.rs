@@ -291,6 +291,9 @@ pub const MAX_FLEET_JOBS: usize = 2_000;
 /// enough to see what just finished or failed.
 pub const MAX_FLEET_ENDED_JOBS: usize = 100;
 
+// Ended jobs are a part of a snapshot, never the whole of it.
+const _: () = assert!(MAX_FLEET_ENDED_JOBS < MAX_FLEET_JOBS);
+
 /// Frames per second a running chunk renders now: its progress over the
 /// time since it started, or the rate the scheduler expects of it before
 /// its first frame is done.
