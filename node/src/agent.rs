@@ -618,12 +618,12 @@ pub async fn run_until(
     // at once and takes back the frames it has not rendered; the node
     // goes on uploading what it rendered until its machine is taken.
     let notified = agent.clone();
-    tokio::spawn(async move {
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         while preempt.recv().await.is_some() {
             warn!("SIGUSR1: preemption notice; the coordinator takes back the frames not rendered yet");
             notified.send_or_keep(NodeToCoord::Preempted);
         }
-    });
+    }));
 
     // The node's identity: its own certificate, kept in its data dir.
     let identity = crate::tls::Identity::load_or_create(&cfg.data_dir)?;
