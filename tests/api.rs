@@ -161,7 +161,18 @@ fn body_for(method: &str, template: &str) -> Option<Value> {
 fn every_route_is_closed_without_a_key_read_only_for_viewers_and_invisible_across_projects() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(Path::new(BIN), dir.path(), &[], &[]).unwrap();
+    // One auto-scaled pool, so the pool routes have something to name. Its
+    // commands fail (`false`): the pool never gets a node, and its failed
+    // attempts are decisions the routes list.
+    let pools = dir.path().join("pools.toml");
+    std::fs::write(
+        &pools,
+        "[[pool]]\nname = \"spot\"\nprovider = \"command\"\nmin = 0\nmax = 1\n\
+         [pool.command]\nadd_command = \"false\"\nremove_command = \"false\"\n",
+    )
+    .unwrap();
+    let pools_arg = pools.to_str().unwrap();
+    let mut c = Cluster::start(Path::new(BIN), dir.path(), &["--pools", pools_arg], &[]).unwrap();
     c.add_node("node-1").unwrap();
     c.wait_nodes(1).unwrap();
     let base = c.url();
@@ -231,6 +242,9 @@ fn every_route_is_closed_without_a_key_read_only_for_viewers_and_invisible_acros
         }
         if template.starts_with("/v1/downloads/") {
             p.insert("name", "output.mp4".into());
+        }
+        if template.starts_with("/v1/pools/") {
+            p.insert("name", "spot".into());
         }
         let path = fill(template, &p);
         let body = body_for(method, template);
