@@ -299,23 +299,21 @@ fn draw_nodes(f: &mut Frame, app: &App, area: Rect) {
         .skip(offset)
         .take(height)
         .map(|&i| Row::new(kept(node_cells(&app.nodes[i]), &keep)));
-    let table = Table::new(rows, widths(&NODE_COLS, &keep))
-        .header(header_row(&NODE_COLS, &keep))
-        .column_spacing(1)
-        .highlight_symbol(MARK)
-        .highlight_spacing(HighlightSpacing::Always)
-        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
-    let mut state =
-        TableState::new().with_selected(selected.filter(|_| focused).map(|s| s - offset));
-    f.render_stateful_widget(table, inner, &mut state);
-    if app.node_order.is_empty() {
-        let text = if app.nodes.is_empty() {
+    let empty = app
+        .node_order
+        .is_empty()
+        .then_some(if app.nodes.is_empty() {
             "no nodes"
         } else {
             "no node matches the filter"
-        };
-        render_note(f, inner, text);
-    }
+        });
+    let table = Selectable {
+        cols: &NODE_COLS,
+        keep: &keep,
+        selected: selected.filter(|_| focused).map(|s| s - offset),
+        empty,
+    };
+    table.render(f, inner, rows);
 }
 
 fn render_note(f: &mut Frame, inner: Rect, text: &str) {
@@ -362,22 +360,43 @@ fn draw_jobs(f: &mut Frame, app: &App, area: Rect) {
         .skip(offset)
         .take(height)
         .map(|&i| Row::new(kept(job_cells(&app.jobs[i], progress_width), &keep)));
-    let table = Table::new(rows, widths(&JOB_COLS, &keep))
-        .header(header_row(&JOB_COLS, &keep))
-        .column_spacing(1)
-        .highlight_symbol(MARK)
-        .highlight_spacing(HighlightSpacing::Always)
-        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
-    let mut state =
-        TableState::new().with_selected(selected.filter(|_| focused).map(|s| s - offset));
-    f.render_stateful_widget(table, inner, &mut state);
-    if app.job_order.is_empty() {
-        let text = if app.jobs.is_empty() {
-            "no jobs"
-        } else {
-            "no job matches the filter"
-        };
-        render_note(f, inner, text);
+    let empty = app.job_order.is_empty().then_some(if app.jobs.is_empty() {
+        "no jobs"
+    } else {
+        "no job matches the filter"
+    });
+    let table = Selectable {
+        cols: &JOB_COLS,
+        keep: &keep,
+        selected: selected.filter(|_| focused).map(|s| s - offset),
+        empty,
+    };
+    table.render(f, inner, rows);
+}
+
+/// The fleet or jobs table as drawn: its visible rows, the selection mark
+/// and, when no row is listed, a note saying why.
+struct Selectable<'a> {
+    cols: &'a [Col],
+    keep: &'a [bool],
+    /// The selected row among the visible ones, when the table has focus.
+    selected: Option<usize>,
+    empty: Option<&'static str>,
+}
+
+impl Selectable<'_> {
+    fn render<'r>(self, f: &mut Frame, inner: Rect, rows: impl IntoIterator<Item = Row<'r>>) {
+        let table = Table::new(rows, widths(self.cols, self.keep))
+            .header(header_row(self.cols, self.keep))
+            .column_spacing(1)
+            .highlight_symbol(MARK)
+            .highlight_spacing(HighlightSpacing::Always)
+            .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+        let mut state = TableState::new().with_selected(self.selected);
+        f.render_stateful_widget(table, inner, &mut state);
+        if let Some(text) = self.empty {
+            render_note(f, inner, text);
+        }
     }
 }
 

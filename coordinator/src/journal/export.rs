@@ -61,26 +61,7 @@ where
     Journal<M>: Send + Sync,
 {
     fn export(&self) -> Result<JournalExport, JournalError> {
-        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        {
-            let app = self
-                .inner
-                .appender
-                .lock()
-                .map_err(|_| JournalError::Failed {
-                    what: "an append panicked halfway".into(),
-                })?;
-            let Some(tx) = app.tx.as_ref() else {
-                return Err(JournalError::Closed);
-            };
-            if tx.send(Msg::Export(reply_tx)).is_err() {
-                return Err(self.inner.shared.gone());
-            }
-        }
-        match reply_rx.recv() {
-            Ok(result) => result,
-            Err(_) => Err(self.inner.shared.gone()),
-        }
+        self.ask_writer(Msg::Export)
     }
 
     fn archived_entry(&self, key: u64) -> Result<Option<(u64, Vec<u8>)>, JournalError> {

@@ -1125,6 +1125,15 @@ impl<M: Model> Journal<M> {
     /// Asks the writer to snapshot after every fact appended so far, and
     /// waits for it (tests, shutdown).
     pub fn snapshot_now(&self) -> Result<(), JournalError> {
+        self.ask_writer(Msg::Snapshot)
+    }
+
+    /// Sends the writer a request carrying a reply channel, after every
+    /// append made so far, and waits for its answer.
+    pub(crate) fn ask_writer<T>(
+        &self,
+        request: impl FnOnce(crossbeam_channel::Sender<Result<T, JournalError>>) -> Msg<M::Fact>,
+    ) -> Result<T, JournalError> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         {
             let app = self
@@ -1137,7 +1146,7 @@ impl<M: Model> Journal<M> {
             let Some(tx) = app.tx.as_ref() else {
                 return Err(JournalError::Closed);
             };
-            if tx.send(Msg::Snapshot(reply_tx)).is_err() {
+            if tx.send(request(reply_tx)).is_err() {
                 return Err(self.inner.shared.gone());
             }
         }
