@@ -376,11 +376,15 @@ fn readyz_names_the_artifact_store_while_it_cannot_be_written() {
     let aside = farm.root().join("coordinator").join("artifacts.aside");
     std::fs::rename(&store, &aside).unwrap();
     std::fs::write(&store, b"not a directory").unwrap();
-    let (status, body) = get(&base, "/readyz", None);
+    // A readiness result is reused for half a second: poll for the change.
+    let unready = wait_for(Duration::from_secs(10), "/readyz to be 503", || {
+        let (status, body) = get(&base, "/readyz", None);
+        Ok((status == 503).then_some(body))
+    });
     // Put back before asserting, so a failure leaves a sane farm behind.
     std::fs::remove_file(&store).unwrap();
     std::fs::rename(&aside, &store).unwrap();
-    assert_eq!(status, 503, "{body}");
+    let body = unready.unwrap();
     let problem: Json = serde_json::from_str(&body).unwrap();
     assert_eq!(problem["field"], "artifact_store", "{problem}");
     let detail = problem["detail"].as_str().unwrap();
@@ -389,8 +393,12 @@ fn readyz_names_the_artifact_store_while_it_cannot_be_written() {
     assert_eq!(problem["checks"]["journal"], "ok", "{problem}");
     assert_eq!(problem["checks"]["quic_endpoint"], "ok", "{problem}");
 
-    let (status, body) = get(&base, "/readyz", None);
-    assert_eq!(status, 200, "ready again once the store is back: {body}");
+    wait_for(
+        Duration::from_secs(10),
+        "/readyz to be 200 again once the store is back",
+        || Ok((get(&base, "/readyz", None).0 == 200).then_some(())),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -62,6 +62,23 @@ fn summary(m: &Manifest) -> String {
         },
         c.artifact_files,
         c.members
+    ) + &unindexed(m)
+}
+
+/// The done jobs the artifact index lacks, said after the summary.
+fn unindexed(m: &Manifest) -> String {
+    if m.unindexed.is_empty() {
+        return String::new();
+    }
+    let jobs: Vec<String> = m
+        .unindexed
+        .iter()
+        .map(|u| format!("job {}: {}", u.job, u.reason))
+        .collect();
+    format!(
+        "; {} done jobs not in the artifact index ({})",
+        m.unindexed.len(),
+        jobs.join("; ")
     )
 }
 

@@ -1147,6 +1147,17 @@ impl Handler<Summarize> for Scheduler {
     }
 }
 
+/// Does nothing: `/readyz` asks it to learn that the scheduler's thread
+/// answers, at no cost to the scheduler.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;
+
+impl Handler<Ping> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
+}
+
 /// Read the fleet (`GET /v1/fleet`): nodes and the jobs that matter now,
 /// only `project`'s jobs when set.
 #[derive(Message)]

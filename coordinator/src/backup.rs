@@ -216,8 +216,22 @@ pub struct Manifest {
     /// Segments named by the state that were gone before they could be
     /// copied (the restored coordinator renders their frames again).
     pub missing: Vec<String>,
+    /// Done jobs whose output could not be described (read, hashed, its
+    /// poster made), so they are not in `index`; with `artifacts`, their
+    /// output file is copied all the same when it exists.
+    #[serde(default)]
+    pub unindexed: Vec<Unindexed>,
     /// Every member but the manifest and its checksum, in archive order.
     pub members: Vec<Member>,
+}
+
+/// A done job left out of the artifact index, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unindexed {
+    /// The job.
+    pub job: u64,
+    /// What describing its output said.
+    pub reason: String,
 }
 
 /// The `meta.json` of one journal.
@@ -521,12 +535,29 @@ pub fn write_backup<W: Write>(
     // listing the API gives (`artifact::describe`, cached in sidecars) is
     // the index, so a restored coordinator lists the same checksums.
     let mut index = Vec::new();
+    let mut unindexed = Vec::new();
     for (job, output) in &done_jobs {
         let cache = sources.store.job_dir(*job);
-        let Ok(infos) = crate::artifact::describe(output, &cache) else {
-            // An output already gone (a restore without artifacts, or
-            // removed by hand) has nothing to index.
-            continue;
+        let infos = match crate::artifact::describe(output, &cache) {
+            Ok(infos) => infos,
+            Err(e) => {
+                // Said in the manifest, never skipped silently: an output
+                // already gone (a restore without artifacts, removed by
+                // hand) or one that cannot be read or decoded for its
+                // poster. The file itself still goes in when asked for.
+                unindexed.push(Unindexed {
+                    job: *job,
+                    reason: e.to_string(),
+                });
+                if artifacts && output.is_file() {
+                    if let Some(member) = artifact_member(*job, output) {
+                        if w.append_file(&member, output)? {
+                            counts.artifact_files += 1;
+                        }
+                    }
+                }
+                continue;
+            }
         };
         for info in infos {
             index.push(IndexEntry {
@@ -565,6 +596,7 @@ pub fn write_backup<W: Write>(
         counts,
         index,
         missing,
+        unindexed,
         members: std::mem::take(&mut w.members),
     };
     let bytes =

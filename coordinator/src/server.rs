@@ -214,6 +214,7 @@ pub async fn run(cfg: CoordinatorConfig) -> anyhow::Result<()> {
         connections: Default::default(),
         cert_sha256: fingerprint.clone(),
         quic_advertise,
+        ready: Default::default(),
     });
     actix::spawn(crate::quic::serve(
         endpoint.clone(),

@@ -22,7 +22,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// The outcome of one readiness check: `None` when it passed.
-type Check = (&'static str, Option<String>);
+pub type Check = (&'static str, Option<String>);
 
 /// Readiness: the scheduler answers, the journal is writable (its writer
 /// alive and caught up, a probe file synced in its directory), the QUIC
@@ -36,8 +36,35 @@ type Check = (&'static str, Option<String>);
 ))]
 #[get("/readyz")]
 pub async fn readyz(api: web::Data<Api>) -> HttpResponse {
-    let scheduler = match api.sched.send(crate::actors::Summarize).await {
-        Ok(_) => None,
+    // One check at a time, its result kept for READY_CACHE: `/readyz` needs
+    // no key, so a flood of probes must not turn into a flood of fsyncs, and
+    // two probes at once (a kubelet and a load balancer) must not race on
+    // the probe files.
+    let mut last = api.ready.lock().await;
+    if let Some((at, checks)) = last.as_ref() {
+        if at.elapsed() < READY_CACHE {
+            return ready_answer(checks);
+        }
+    }
+    let checks = run_checks(&api).await;
+    let answer = ready_answer(&checks);
+    *last = Some((std::time::Instant::now(), checks));
+    answer
+}
+
+/// How long a readiness result is reused: short beside any probe period
+/// (Kubernetes' least is 1 s), long enough that probes cost at most a few
+/// fsyncs a second whoever sends them.
+const READY_CACHE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The last readiness result and when it was taken; its lock makes the
+/// checks single-flight.
+pub type ReadyCache = std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, Vec<Check>)>>>;
+
+async fn run_checks(api: &Api) -> Vec<Check> {
+    // A no-op message: the scheduler's thread answers, at no cost to it.
+    let scheduler = match api.sched.send(crate::actors::Ping).await {
+        Ok(()) => None,
         Err(e) => Some(format!("does not answer: {e}")),
     };
     // The disk checks fsync: off the async threads, side by side.
@@ -52,13 +79,12 @@ pub async fn readyz(api: web::Data<Api>) -> HttpResponse {
     };
     let quic = (!crate::metrics::health().quic_accepting())
         .then(|| "the endpoint does not accept connections".to_string());
-    let checks: Vec<Check> = vec![
+    vec![
         ("scheduler", scheduler),
         ("journal", flatten(journal)),
         ("quic_endpoint", quic),
         ("artifact_store", flatten(store)),
-    ];
-    ready_answer(&checks)
+    ]
 }
 
 /// `200` with every check, or `503` naming each failing one.

@@ -59,6 +59,9 @@ pub struct Api {
     pub cert_sha256: String,
     /// The QUIC address join tokens send nodes to.
     pub quic_advertise: String,
+    /// The last readiness result; its lock makes `/readyz`'s checks
+    /// single-flight.
+    pub ready: health::ReadyCache,
 }
 
 /// Largest JSON body of any request but a job spec (which has its own
