@@ -55,10 +55,16 @@ pub enum ProviderError {
         source: std::io::Error,
     },
     /// An admin-given command ran and failed (non-zero exit or timeout).
-    #[error("command `{command}` failed: {message}; output: {output}")]
+    ///
+    /// The error names the command's field, never its text: decisions
+    /// carry errors to every API key, and an admin's command line may hold
+    /// credentials.
+    #[error("pool {pool}: {field} failed: {message}; output: {output}")]
     Command {
-        /// The command line as configured.
-        command: String,
+        /// The pool.
+        pool: String,
+        /// Which command: `add_command` or `remove_command`.
+        field: &'static str,
         /// The exit status or `timed out after N s`.
         message: String,
         /// The command's captured output (stdout then stderr), truncated.
@@ -408,7 +414,15 @@ impl CommandProvider {
         })
     }
 
-    fn run(&mut self, command: &str, env: &[(&str, String)]) -> Result<(), ProviderError> {
+    /// Runs the command of `field` (`add_command` or `remove_command`);
+    /// errors name the field, not the command's text (see
+    /// [`ProviderError::Command`]).
+    fn run(
+        &mut self,
+        field: &'static str,
+        command: &str,
+        env: &[(&str, String)],
+    ) -> Result<(), ProviderError> {
         let io = |action: String| move |source| ProviderError::Io { action, source };
         let out = std::fs::File::create(&self.log)
             .map_err(io(format!("creating {}", self.log.display())))?;
@@ -428,7 +442,7 @@ impl CommandProvider {
         }
         let mut child = cmd
             .spawn()
-            .map_err(io(format!("running `{command}` for pool {}", self.pool)))?;
+            .map_err(io(format!("running {field} for pool {}", self.pool)))?;
         let timeout = Duration::from_secs(self.cfg.timeout_s.unwrap_or(DEFAULT_COMMAND_TIMEOUT_S));
         let deadline = Instant::now() + timeout;
         let status = loop {
@@ -441,7 +455,7 @@ impl CommandProvider {
                     let _ = child.wait();
                     break None;
                 }
-                Err(e) => return Err(io(format!("waiting for `{command}`"))(e)),
+                Err(e) => return Err(io(format!("waiting for {field}"))(e)),
             }
         };
         let output = tail(&self.log);
@@ -449,12 +463,14 @@ impl CommandProvider {
         match status {
             Some(s) if s.success() => Ok(()),
             Some(s) => Err(ProviderError::Command {
-                command: command.to_string(),
+                pool: self.pool.clone(),
+                field,
                 message: format!("exited with {s}"),
                 output,
             }),
             None => Err(ProviderError::Command {
-                command: command.to_string(),
+                pool: self.pool.clone(),
+                field,
                 message: format!("timed out after {} s", timeout.as_secs()),
                 output,
             }),
@@ -482,7 +498,7 @@ impl Provider for CommandProvider {
 
     fn add(&mut self, count: u32) -> Result<(), ProviderError> {
         let cmd = self.cfg.add_command.clone();
-        self.run(&cmd, &[("DROVER_COUNT", count.to_string())])?;
+        self.run("add_command", &cmd, &[("DROVER_COUNT", count.to_string())])?;
         self.count += count;
         Ok(())
     }
@@ -490,6 +506,7 @@ impl Provider for CommandProvider {
     fn remove(&mut self, node: &str) -> Result<(), ProviderError> {
         let cmd = self.cfg.remove_command.clone();
         self.run(
+            "remove_command",
             &cmd,
             &[
                 ("DROVER_NODE", node.to_string()),
@@ -551,6 +568,26 @@ mod tests {
         let e = p.add(1).unwrap_err().to_string();
         assert!(e.contains("exit status: 3"), "{e}");
         assert!(e.contains("quota exceeded"), "{e}");
+        assert_eq!(p.requested().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_failing_commands_error_names_its_field_not_its_text() {
+        // The command lines hold a secret; the errors (which decisions show
+        // to every API key) name the field instead.
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = provider(
+            dir.path(),
+            "TOKEN=s3cret-add; exit 1",
+            "TOKEN=s3cret-remove; exit 2",
+            None,
+        );
+        let e = p.add(1).unwrap_err().to_string();
+        assert!(e.contains("pool gpu: add_command failed"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = p.remove("gpu-1").unwrap_err().to_string();
+        assert!(e.contains("pool gpu: remove_command failed"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
         assert_eq!(p.requested().unwrap(), 0);
     }
 
