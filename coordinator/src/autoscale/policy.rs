@@ -133,6 +133,11 @@ pub struct PoolPolicy {
     draining: BTreeSet<String>,
     /// Nodes whose removal was decided and not yet confirmed.
     removing: BTreeSet<String>,
+    /// Nodes the provider removed that are still connected (a VM slow to
+    /// shut down, a pod in its termination grace): kept until the name
+    /// leaves the pool's nodes, so such a node is never drained or removed
+    /// twice and never counts as capacity.
+    removed: BTreeSet<String>,
 }
 
 impl PoolPolicy {
@@ -149,6 +154,7 @@ impl PoolPolicy {
             idle_since: BTreeMap::new(),
             draining: BTreeSet::new(),
             removing: BTreeSet::new(),
+            removed: BTreeSet::new(),
         }
     }
 
@@ -195,10 +201,12 @@ impl PoolPolicy {
     /// decision, and the next scale-up waits a cooldown anyway.
     pub fn add_failed(&mut self, _now_ms: u64) {}
 
-    /// The provider removed `node`.
+    /// The provider removed `node`; while it stays connected it is
+    /// remembered as removed (see [`PoolPolicy::tick`]).
     pub fn removed(&mut self, node: &str) {
         if self.removing.remove(node) {
             self.requested = self.requested.saturating_sub(1);
+            self.removed.insert(node.to_string());
         }
         self.idle_since.remove(node);
     }
@@ -214,6 +222,21 @@ impl PoolPolicy {
     /// One step: the pool's state now in, decisions out.
     pub fn tick(&mut self, now_ms: u64, input: &PoolInput) -> Vec<Decision> {
         let mut out = Vec::new();
+        // A removed node is forgotten only once it has left; until then it
+        // is neither seen, idle, drained, removed again nor capacity.
+        self.removed
+            .retain(|k| input.nodes.iter().any(|n| &n.name == k));
+        let removed = &self.removed;
+        let input = &PoolInput {
+            backlog_frames: input.backlog_frames,
+            work_s: input.work_s,
+            nodes: input
+                .nodes
+                .iter()
+                .filter(|n| !removed.contains(&n.name))
+                .cloned()
+                .collect(),
+        };
         let c = &self.config;
         // Nodes seen for the first time are asked-for nodes that joined.
         for n in &input.nodes {
@@ -626,6 +649,66 @@ mod tests {
         ));
         p.removed("a");
         assert_eq!(p.requested(), 0);
+    }
+
+    #[test]
+    fn a_removed_node_still_connected_is_never_drained_or_removed_again() {
+        // `a` was removed but its VM shuts down slowly: it stays connected,
+        // idle and drained, well past the cooldown.
+        let a_left = input(0.0, vec![node("a", false, true), node("b", true, false)]);
+        check(
+            cfg(0, 3),
+            2,
+            vec![
+                (
+                    0,
+                    input(0.0, vec![node("a", false, false), node("b", true, false)]),
+                    &[],
+                ),
+                (
+                    30_001,
+                    input(0.0, vec![node("a", false, false), node("b", true, false)]),
+                    &["drain a"],
+                ),
+                (31_000, a_left.clone(), &["remove a"]),
+                (100_000, a_left.clone(), &[]),
+                (200_000, a_left, &[]),
+                // It is not capacity either: 150 node-seconds on `b` alone
+                // want two more nodes (max 3, one kept).
+                (
+                    200_001,
+                    input(150.0, vec![node("a", false, true), node("b", true, false)]),
+                    &["up 2"],
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_removed_nodes_name_is_usable_again_once_it_left() {
+        let mut p = PoolPolicy::new("gpu", cfg(0, 2), 1);
+        let idle = input(0.0, vec![node("a", false, false)]);
+        p.tick(0, &idle);
+        p.tick(30_001, &idle);
+        let drained = input(0.0, vec![node("a", false, true)]);
+        assert_eq!(
+            p.tick(30_002, &drained)
+                .iter()
+                .map(short)
+                .collect::<Vec<_>>(),
+            ["remove a"]
+        );
+        p.removed("a");
+        assert!(p.tick(90_000, &drained).is_empty());
+        // It left; a new `a` (a StatefulSet ordinal again) is a new node.
+        assert!(p.tick(91_000, &input(0.0, vec![])).is_empty());
+        p.added(91_000, 1);
+        assert!(p.tick(92_000, &idle).is_empty());
+        assert_eq!(p.starting(), 0);
+        assert_eq!(
+            p.tick(122_001, &idle).iter().map(short).collect::<Vec<_>>(),
+            ["drain a"]
+        );
     }
 
     #[test]
