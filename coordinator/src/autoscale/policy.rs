@@ -175,13 +175,22 @@ impl PoolPolicy {
 
     /// The provider's own count, when the driver reads it (a node process
     /// that exited, a replica count changed by hand): the policy adopts
-    /// it. `joined` are the pool's connected nodes now.
+    /// it, but never below the pool's joined nodes (not counting those
+    /// already removed): a provider that cannot ask its cloud (`command`)
+    /// starts from 0 after a coordinator restart, and the nodes still
+    /// there must count against `max` and be drained when idle. `joined`
+    /// are the pool's connected nodes now.
     pub fn sync_requested(&mut self, now_ms: u64, requested: u32, joined: &[NodeObs]) {
+        let live = joined
+            .iter()
+            .filter(|n| !self.removed.contains(&n.name))
+            .count() as u32;
+        let requested = requested.max(live);
         self.requested = requested;
         for n in joined {
             self.seen.insert(n.name.clone());
         }
-        let starting = requested.saturating_sub(joined.len() as u32) as usize;
+        let starting = requested.saturating_sub(live) as usize;
         while self.starting.len() > starting {
             self.starting.remove(0);
         }
@@ -709,6 +718,32 @@ mod tests {
             p.tick(122_001, &idle).iter().map(short).collect::<Vec<_>>(),
             ["drain a"]
         );
+    }
+
+    #[test]
+    fn after_a_restart_the_joined_nodes_count_when_the_provider_says_zero() {
+        // A `command` provider starts from 0 after a coordinator restart
+        // while three of its nodes are still joined: they count against
+        // `max` and idle ones are drained.
+        let mut p = PoolPolicy::new("gpu", cfg(0, 3), 0);
+        let joined = vec![
+            node("a", true, false),
+            node("b", true, false),
+            node("c", false, false),
+        ];
+        p.sync_requested(0, 0, &joined);
+        assert_eq!((p.requested(), p.starting()), (3, 0));
+        // Much work, but the pool is at max: no scale-up.
+        assert!(p.tick(0, &input(10_000.0, joined.clone())).is_empty());
+        let got: Vec<String> = p
+            .tick(30_001, &input(0.0, joined))
+            .iter()
+            .map(short)
+            .collect();
+        assert_eq!(got, ["drain c"]);
+        // A larger count of the provider's still wins.
+        p.sync_requested(30_002, 5, &[node("a", true, false)]);
+        assert_eq!((p.requested(), p.starting()), (5, 4));
     }
 
     #[test]
