@@ -1572,7 +1572,8 @@ impl Scheduler {
 
     fn prune_chunk_logs(&mut self) {
         let Some(logs) = &self.chunk_logs else { return };
-        let jobs = logs.jobs();
+        // Busy writing: the next round prunes.
+        let Some(jobs) = logs.try_jobs() else { return };
         // Every job in memory, hot or retained, in one pass.
         let held = self.core.job_ids_below(u64::MAX);
         let keep: Vec<u64> = jobs.iter().copied().filter(|j| held.contains(j)).collect();

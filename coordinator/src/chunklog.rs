@@ -319,6 +319,19 @@ impl ChunkLogs {
         self.inner.lock().jobs.keys().copied().collect()
     }
 
+    /// Jobs with logs here, or `None` while the writer thread holds the
+    /// index (it does through its disk writes): the scheduler's periodic
+    /// prune asks this way, so a slow disk never stalls the scheduler.
+    pub fn try_jobs(&self) -> Option<Vec<u64>> {
+        match self.inner.index.try_lock() {
+            Ok(index) => Some(index.jobs.keys().copied().collect()),
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                Some(e.into_inner().jobs.keys().copied().collect())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// A job's chunk logs, by chunk id.
     pub fn list(&self, job: u64) -> Vec<ChunkLogMeta> {
         self.inner
@@ -775,6 +788,13 @@ mod tests {
         assert_eq!(logs.jobs(), [9]);
         assert!(!dir.path().join("7").exists());
         assert!(logs.read(7, 3).unwrap().is_none());
+        // While the writer holds the index (its disk writes), the
+        // scheduler's prune is told to come back rather than wait.
+        assert_eq!(logs.try_jobs(), Some(vec![9]));
+        let held = logs.inner.lock();
+        assert_eq!(logs.try_jobs(), None);
+        drop(held);
+        assert_eq!(logs.try_jobs(), Some(vec![9]));
     }
 
     /// Who may write: the holder always; after the attempt, only the node
