@@ -930,6 +930,7 @@ fn a_kubernetes_pool_grows_and_shrinks_a_deployment_through_the_api() {
         Workload {
             replicas: 0,
             resource_version: 1,
+            not_ready: 0,
         },
     );
     let api = FakeApi::start(fake);

@@ -38,6 +38,7 @@ fn farm(replicas: i64) -> Fake {
         Workload {
             replicas,
             resource_version: 7,
+            not_ready: 0,
         },
     );
     fake.workloads.insert(
@@ -45,6 +46,7 @@ fn farm(replicas: i64) -> Fake {
         Workload {
             replicas,
             resource_version: 40,
+            not_ready: 0,
         },
     );
     for pod in ["render-5d4f7c9b8-aaaaa", "render-5d4f7c9b8-bbbbb"] {
@@ -160,6 +162,45 @@ fn removing_a_deployment_node_marks_its_pod_cheapest_then_lowers_the_count() {
         "-2147483648"
     );
     assert!(state.pods["render-5d4f7c9b8-aaaaa"].1.is_empty());
+}
+
+#[test]
+fn a_deployment_with_a_pod_not_ready_refuses_a_removal_until_it_is_ready() {
+    // One of the two pods is Pending: the ReplicaSet controller would
+    // delete it before the drained node's pod, whatever its cost.
+    let mut fake = farm(2);
+    fake.workloads
+        .get_mut("deployments/render")
+        .unwrap()
+        .not_ready = 1;
+    let api = FakeApi::start(fake);
+    let mut p = provider(&api, WorkloadKind::Deployment, "render");
+    let err = p.remove("render-5d4f7c9b8-bbbbb").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, ProviderError::Api { .. })
+            && text.contains("GET deployments/render in namespace farm (pool gpu)")
+            && text.contains("deployment render has 2 pods, 1 ready and 1 unavailable")
+            && text.contains("replica count is unchanged"),
+        "{text}"
+    );
+    // Nothing written: no pod marked, no count lowered.
+    assert_eq!(api.seen(), vec![get(DEPLOYMENT)]);
+    assert_eq!(api.replicas("deployments/render"), 2);
+    assert!(api.state.lock().unwrap().pods["render-5d4f7c9b8-bbbbb"]
+        .1
+        .is_empty());
+
+    // The pod became ready: the same removal goes through.
+    api.state
+        .lock()
+        .unwrap()
+        .workloads
+        .get_mut("deployments/render")
+        .unwrap()
+        .not_ready = 0;
+    p.remove("render-5d4f7c9b8-bbbbb").unwrap();
+    assert_eq!(api.replicas("deployments/render"), 1);
 }
 
 #[test]

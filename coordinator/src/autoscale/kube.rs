@@ -20,7 +20,11 @@
 //!   named after its pod) setting [`POD_DELETION_COST_ANNOTATION`] to the
 //!   lowest cost, so the ReplicaSet controller removes exactly that pod when
 //!   the count drops; the pod's labels must match the Deployment's selector,
-//!   or nothing is scaled; then the `PATCH` of the scale, one lower.
+//!   or nothing is scaled; then the `PATCH` of the scale, one lower. While
+//!   the Deployment's status shows a pod not ready (`status.replicas >
+//!   status.readyReplicas`, or `status.unavailableReplicas > 0`) the removal
+//!   is refused before any write: the controller deletes such pods before it
+//!   honours the deletion cost.
 //! - [`Provider::remove`] of a StatefulSet's node: a StatefulSet always
 //!   removes its highest ordinal, so only the pod `{name}-{replicas - 1}` can
 //!   be removed; any other is refused with the one that could be, and nothing
@@ -283,6 +287,25 @@ impl KubernetesProvider {
             .runtime
             .block_on(Api::<Deployment>::namespaced(self.client.clone(), ns).get(name))
             .map_err(|e| api_error(deployment_op(), e))?;
+        // The ReplicaSet controller deletes unscheduled, Pending and
+        // not-Ready pods before it looks at pod-deletion-cost: lowering the
+        // count while any pod is not ready could delete that pod instead of
+        // the drained node's (which would stay, drained, with one node
+        // fewer). Refused; the driver tries again after a backoff.
+        let status = deployment.status.clone().unwrap_or_default();
+        let (pods, ready, unavailable) = (
+            status.replicas.unwrap_or(0),
+            status.ready_replicas.unwrap_or(0),
+            status.unavailable_replicas.unwrap_or(0),
+        );
+        if pods > ready || unavailable > 0 {
+            return Err(ProviderError::Api {
+                operation: deployment_op(),
+                message: format!(
+                    "deployment {name} has {pods} pods, {ready} ready and {unavailable} unavailable; the ReplicaSet controller would delete a pod that is not ready before node {node}'s, so the replica count is unchanged until every pod is ready"
+                ),
+            });
+        }
         let selector = deployment
             .spec
             .map(|s| s.selector.match_labels.unwrap_or_default())

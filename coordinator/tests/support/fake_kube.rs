@@ -40,6 +40,9 @@ pub struct Seen {
 pub struct Workload {
     pub replicas: i64,
     pub resource_version: u64,
+    /// Of the replicas, how many pods are not ready (Pending, starting):
+    /// the Deployment's status shows them as not ready and unavailable.
+    pub not_ready: i64,
 }
 
 /// A refusal to give: every request with this method and path is answered
@@ -116,6 +119,21 @@ pub fn pool_labels() -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A Deployment's status as the API server writes it: a count of zero is
+/// left out (`omitempty`).
+pub fn deployment_status(w: &Workload) -> Value {
+    let mut status = json!({ "observedGeneration": 3, "replicas": w.replicas });
+    let ready = w.replicas - w.not_ready;
+    if ready > 0 {
+        status["readyReplicas"] = json!(ready);
+        status["availableReplicas"] = json!(ready);
+    }
+    if w.not_ready > 0 {
+        status["unavailableReplicas"] = json!(w.not_ready);
+    }
+    status
+}
+
 pub fn deployment_json(name: &str, w: &Workload) -> Value {
     let labels = labels_json(&pool_labels());
     json!({
@@ -141,7 +159,7 @@ pub fn deployment_json(name: &str, w: &Workload) -> Value {
             "revisionHistoryLimit": 10,
             "progressDeadlineSeconds": 600,
         },
-        "status": { "observedGeneration": 3, "replicas": w.replicas, "readyReplicas": w.replicas },
+        "status": deployment_status(w),
     })
 }
 
