@@ -278,8 +278,7 @@ fn run_pool(
     let pool = c.name.clone();
     let first = provider.requested().unwrap_or(0);
     let mut policy = PoolPolicy::new(&pool, c.policy(), first);
-    let mut backoff_ms = 0u64;
-    let mut retry_at_ms = 0u64;
+    let mut backoffs = Backoffs::default();
     let mut last_error: Option<String> = None;
     // Removed nodes whose drained mark is lifted once they are gone, so
     // no admin record is left behind for a name.
@@ -313,7 +312,7 @@ fn run_pool(
             sched.do_send(CoreEvent(Event::Undrain { name: name.clone() }));
             false
         });
-        if now >= retry_at_ms {
+        if backoffs.tick_ready(now) {
             if tick.is_multiple_of(SYNC_EVERY_TICKS) {
                 match provider.requested() {
                     Ok(r) => policy.sync_requested(now, r, &nodes),
@@ -326,19 +325,30 @@ fn run_pool(
                 work_s: report.work_s,
                 nodes: nodes.clone(),
             };
-            for d in policy.tick(now, &input) {
+            let decisions = {
+                let provider = &*provider;
+                policy.tick_with(now, &input, &|node, nodes| provider.removable(node, nodes))
+            };
+            for d in decisions {
+                if !backoffs.ready(&d, now) {
+                    // A removal in its backoff is not tried now: the node
+                    // stays drained and comes back once the backoff passed.
+                    if let Decision::Remove { node, .. } = &d {
+                        policy.remove_failed(node);
+                    }
+                    continue;
+                }
+                let remove = matches!(d, Decision::Remove { .. });
                 let failed =
                     carry_out(&inner, &sched, &mut *provider, &mut policy, d, &mut undrain);
+                backoffs.record(remove, now, failed.is_none());
                 match failed {
-                    None => {
-                        backoff_ms = 0;
-                        last_error = None;
-                    }
+                    None => last_error = None,
                     Some(e) => {
-                        backoff_ms = (backoff_ms * 2).clamp(BASE_BACKOFF_MS, MAX_BACKOFF_MS);
-                        retry_at_ms = now + backoff_ms;
                         last_error = Some(e);
-                        break;
+                        if !remove {
+                            break;
+                        }
                     }
                 }
             }
@@ -359,6 +369,65 @@ fn run_pool(
     }
     tracing::info!(pool, "pool stopping: its provider stops what it started");
     drop(provider);
+}
+
+/// When a failing kind of provider call may be tried again: the wait
+/// starts at [`BASE_BACKOFF_MS`] and doubles per failure in a row up to
+/// [`MAX_BACKOFF_MS`].
+#[derive(Debug, Default)]
+struct Backoff {
+    wait_ms: u64,
+    retry_at_ms: u64,
+}
+
+impl Backoff {
+    fn ready(&self, now_ms: u64) -> bool {
+        now_ms >= self.retry_at_ms
+    }
+
+    fn failed(&mut self, now_ms: u64) {
+        self.wait_ms = (self.wait_ms * 2).clamp(BASE_BACKOFF_MS, MAX_BACKOFF_MS);
+        self.retry_at_ms = now_ms + self.wait_ms;
+    }
+}
+
+/// A pool's backoffs. Adds and removes back off apart, so a removal the
+/// provider keeps refusing (a pod not ready yet, a node it cannot remove)
+/// never delays a scale-up; a failing add holds the pool's whole tick, as
+/// the provider is likely unreachable.
+#[derive(Debug, Default)]
+struct Backoffs {
+    add: Backoff,
+    remove: Backoff,
+}
+
+impl Backoffs {
+    /// Whether the pool's policy runs this tick.
+    fn tick_ready(&self, now_ms: u64) -> bool {
+        self.add.ready(now_ms)
+    }
+
+    /// Whether `d` may be carried out now.
+    fn ready(&self, d: &Decision, now_ms: u64) -> bool {
+        match d {
+            Decision::Remove { .. } => self.remove.ready(now_ms),
+            _ => self.add.ready(now_ms),
+        }
+    }
+
+    /// A decision's outcome (a drain counts with adds and always succeeds).
+    fn record(&mut self, remove: bool, now_ms: u64, ok: bool) {
+        let b = if remove {
+            &mut self.remove
+        } else {
+            &mut self.add
+        };
+        if ok {
+            *b = Backoff::default();
+        } else {
+            b.failed(now_ms);
+        }
+    }
 }
 
 /// Journals one decision, carries it out and journals the outcome with it;
@@ -426,4 +495,36 @@ fn carry_out(
         }
     }
     error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_removal_never_delays_a_scale_up() {
+        let up = Decision::ScaleUp {
+            pool: "gpu".into(),
+            by: 1,
+            reason: "work".into(),
+        };
+        let rm = Decision::Remove {
+            pool: "gpu".into(),
+            node: "gpu-1".into(),
+            reason: "idle".into(),
+        };
+        let mut b = Backoffs::default();
+        b.record(true, 1_000, false);
+        assert!(b.tick_ready(1_000) && b.ready(&up, 1_000));
+        assert!(!b.ready(&rm, 2_999) && b.ready(&rm, 3_000));
+        // It doubles per failure in a row, and a success resets it.
+        b.record(true, 3_000, false);
+        assert!(!b.ready(&rm, 6_999) && b.ready(&rm, 7_000));
+        b.record(true, 7_000, true);
+        assert!(b.ready(&rm, 7_000));
+        // A failing add holds the tick, not removals' own clock.
+        b.record(false, 8_000, false);
+        assert!(!b.tick_ready(9_999) && !b.ready(&up, 9_999) && b.ready(&rm, 8_000));
+        assert!(b.tick_ready(10_000));
+    }
 }

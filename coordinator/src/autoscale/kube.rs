@@ -28,7 +28,8 @@
 //! - [`Provider::remove`] of a StatefulSet's node: a StatefulSet always
 //!   removes its highest ordinal, so only the pod `{name}-{replicas - 1}` can
 //!   be removed; any other is refused with the one that could be, and nothing
-//!   is changed.
+//!   is changed. [`Provider::removable`] tells the policy so, and it drains
+//!   only the highest ordinal among the pool's connected pods.
 //!
 //! The rights these requests need are [`RBAC_RULES`]; the Role in
 //! `deploy/kubernetes/` grants exactly those, and the deploy tests compare
@@ -442,6 +443,30 @@ impl Provider for KubernetesProvider {
     fn requested(&mut self) -> Result<u32, ProviderError> {
         self.read_scale().map(|r| r.replicas)
     }
+
+    /// A Deployment removes any of its pods (the deletion cost picks it);
+    /// a StatefulSet only its highest ordinal, here the highest among the
+    /// pool's connected pods of it.
+    fn removable(&self, node: &str, nodes: &[&str]) -> bool {
+        match self.config.kind {
+            WorkloadKind::Deployment => true,
+            WorkloadKind::StatefulSet => {
+                let name = &self.config.name;
+                let highest = nodes.iter().filter_map(|n| ordinal(name, n)).max();
+                ordinal(name, node).is_some_and(|o| Some(o) == highest)
+            }
+        }
+    }
+}
+
+/// The ordinal of a StatefulSet `name`'s pod `{name}-{ordinal}`, or `None`
+/// for any other name.
+fn ordinal(name: &str, pod: &str) -> Option<u64> {
+    let digits = pod.strip_prefix(name)?.strip_prefix('-')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// The replica count and version of a `Scale`, or why it has none.
@@ -523,6 +548,42 @@ mod tests {
         assert!(check(&"a".repeat(64))
             .unwrap_err()
             .contains("64 bytes; the limit is 63"));
+    }
+
+    #[test]
+    fn a_stateful_set_can_remove_only_its_highest_connected_ordinal() {
+        let ordinals = |n: &str| ordinal("shots", n);
+        assert_eq!(ordinals("shots-10"), Some(10));
+        assert_eq!(ordinals("shots-"), None);
+        assert_eq!(ordinals("shots-cache-0"), None);
+        assert_eq!(ordinals("render-1"), None);
+        let p = KubernetesProvider::new(
+            "gpu",
+            KubernetesConfig {
+                namespace: "farm".into(),
+                kind: WorkloadKind::StatefulSet,
+                name: "shots".into(),
+                api_url: Some("http://127.0.0.1:1".into()),
+            },
+        )
+        .unwrap();
+        // Numeric order, not text order: shots-10 is above shots-9.
+        let nodes = ["shots-0", "shots-9", "shots-10", "other-99"];
+        assert!(p.removable("shots-10", &nodes));
+        assert!(!p.removable("shots-9", &nodes));
+        assert!(!p.removable("shots-0", &nodes));
+        assert!(!p.removable("other-99", &nodes));
+        let d = KubernetesProvider::new(
+            "gpu",
+            KubernetesConfig {
+                namespace: "farm".into(),
+                kind: WorkloadKind::Deployment,
+                name: "render".into(),
+                api_url: Some("http://127.0.0.1:1".into()),
+            },
+        )
+        .unwrap();
+        assert!(d.removable("render-5d4f7c9b8-aaaaa", &["render-5d4f7c9b8-aaaaa"]));
     }
 
     #[test]

@@ -228,8 +228,20 @@ impl PoolPolicy {
         }
     }
 
-    /// One step: the pool's state now in, decisions out.
+    /// One step: the pool's state now in, decisions out; every node may
+    /// be removed.
     pub fn tick(&mut self, now_ms: u64, input: &PoolInput) -> Vec<Decision> {
+        self.tick_with(now_ms, input, &|_, _| true)
+    }
+
+    /// One step, draining only nodes `removable(node, pool's nodes)` says
+    /// the provider can remove ([`super::provider::Provider::removable`]).
+    pub fn tick_with(
+        &mut self,
+        now_ms: u64,
+        input: &PoolInput,
+        removable: &dyn Fn(&str, &[&str]) -> bool,
+    ) -> Vec<Decision> {
         let mut out = Vec::new();
         // A removed node is forgotten only once it has left; until then it
         // is neither seen, idle, drained, removed again nor capacity.
@@ -337,7 +349,9 @@ impl PoolPolicy {
             return out;
         }
 
-        // Down: idle longest first, never below the minimum.
+        // Down: idle longest first, never below the minimum, and only
+        // nodes the provider can remove.
+        let names: Vec<&str> = input.nodes.iter().map(|n| n.name.as_str()).collect();
         let mut kept = kept;
         let mut idle: Vec<(&String, u64)> = self
             .idle_since
@@ -347,6 +361,7 @@ impl PoolPolicy {
                 now_ms.saturating_sub(*since) > c.idle_cooldown_ms
                     && !self.draining.contains(*k)
                     && !self.removing.contains(*k)
+                    && removable(k, &names)
             })
             .collect();
         idle.sort_by_key(|(k, since)| (*since, (*k).clone()));
@@ -744,6 +759,51 @@ mod tests {
         // A larger count of the provider's still wins.
         p.sync_requested(30_002, 5, &[node("a", true, false)]);
         assert_eq!((p.requested(), p.starting()), (5, 4));
+    }
+
+    #[test]
+    fn only_nodes_the_provider_can_remove_are_drained() {
+        // A StatefulSet: only the highest ordinal goes, even though s-0
+        // has been idle longer.
+        let highest = |n: &str, all: &[&str]| {
+            let ord = |x: &str| x.trim_start_matches("s-").parse::<u32>().unwrap();
+            all.iter().all(|o| ord(o) <= ord(n))
+        };
+        let mut p = PoolPolicy::new("gpu", cfg(0, 3), 2);
+        let both = |s1_busy| {
+            input(
+                0.0,
+                vec![node("s-0", false, false), node("s-1", s1_busy, false)],
+            )
+        };
+        assert!(p.tick_with(0, &both(true), &highest).is_empty());
+        assert!(p.tick_with(10_000, &both(false), &highest).is_empty());
+        // s-0 is past its cooldown but cannot be removed alone.
+        assert!(p.tick_with(30_001, &both(false), &highest).is_empty());
+        let got: Vec<String> = p
+            .tick_with(40_001, &both(false), &highest)
+            .iter()
+            .map(short)
+            .collect();
+        assert_eq!(got, ["drain s-1"]);
+        let gone = input(
+            0.0,
+            vec![node("s-0", false, false), node("s-1", false, true)],
+        );
+        let got: Vec<String> = p
+            .tick_with(40_002, &gone, &highest)
+            .iter()
+            .map(short)
+            .collect();
+        assert_eq!(got, ["remove s-1"]);
+        p.removed("s-1");
+        // While s-1 terminates, s-0 is the highest left: it goes next.
+        let got: Vec<String> = p
+            .tick_with(40_003, &gone, &highest)
+            .iter()
+            .map(short)
+            .collect();
+        assert_eq!(got, ["drain s-0"]);
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub trait Provider: Send + 'static {
     fn remove(&mut self, node: &str) -> Result<(), ProviderError>;
     /// How many nodes the provider has asked for and not removed (Kubernetes: the replica count).
     fn requested(&mut self) -> Result<u32, ProviderError>;
+    /// Whether [`Provider::remove`] could remove `node` given the pool's
+    /// connected `nodes` (it among them). The policy drains only such
+    /// nodes: a node drained that can never be removed (a StatefulSet's
+    /// pod below its highest ordinal) would stay drained for ever. Most
+    /// providers remove any of their nodes.
+    fn removable(&self, _node: &str, _nodes: &[&str]) -> bool {
+        true
+    }
     /// What the last call printed, for the decision's journal entry (the
     /// `command` provider's captured output); `None` when there is none.
     fn last_output(&mut self) -> Option<String> {
